@@ -1,0 +1,69 @@
+"""Resolve how many threads the kernels use, and keep BLAS from oversubscribing.
+
+``n_threads=0`` means "all the cores this process may use": the CPU affinity mask,
+capped by a cgroup CPU quota (containers) and by ``OMP_NUM_THREADS`` when set, as
+scikit-learn's ``_openmp_effective_n_threads`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from threadpoolctl import threadpool_limits
+
+from timbral._core import _openmp_enabled
+
+
+def _cgroup_cpu_quota() -> int | None:
+    """CPUs granted by a cgroup v2 (or v1) quota, or None when unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        if quota > 0:
+            return max(1, math.ceil(quota / period))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def available_cpus() -> int:
+    """The cores this process may run on, after affinity and cgroup quotas."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return min(count, quota) if quota else count
+
+
+def effective_n_threads(n_threads: int = 0) -> int:
+    """Threads for a kernel call: ``n_threads`` if positive, else every available core.
+
+    ``OMP_NUM_THREADS`` caps the automatic choice; without OpenMP it is always 1.
+    """
+    if not _openmp_enabled():
+        return 1
+    if n_threads > 0:
+        return n_threads
+    count = available_cpus()
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        count = min(count, int(omp))
+    return max(1, count)
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Run BLAS on one thread while our OpenMP kernels use the cores (implicit #440)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
