@@ -1,0 +1,39 @@
+import numpy as np
+from numpy.typing import NDArray
+
+def solve_rows(
+    indptr: NDArray[np.integer],
+    indices: NDArray[np.integer],
+    data: NDArray[np.floating],
+    X: NDArray[np.floating],
+    Y: NDArray[np.floating],
+    gram: NDArray[np.floating],
+    conf_offset: float,
+    conf_scale: float,
+    target_one: bool,
+    beta: float,
+    l1: float,
+    n_sweeps: int,
+    n_threads: int,
+) -> None: ...
+def observed_loss(
+    indptr: NDArray[np.integer],
+    indices: NDArray[np.integer],
+    data: NDArray[np.floating],
+    X: NDArray[np.floating],
+    Y: NDArray[np.floating],
+    conf_offset: float,
+    conf_scale: float,
+    target_one: bool,
+    beta: float,
+    out: NDArray[np.float64],
+    n_threads: int,
+) -> None: ...
+def observed_dot(
+    indptr: NDArray[np.integer],
+    indices: NDArray[np.integer],
+    X: NDArray[np.floating],
+    Y: NDArray[np.floating],
+    out: NDArray[np.floating],
+    n_threads: int,
+) -> None: ...
