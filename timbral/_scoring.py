@@ -1,7 +1,179 @@
-"""Top-K selection (interim: the NumPy reference until the compiled kernel lands)."""
+"""Top-K recommendation scoring: validate and coerce, then one GIL-free kernel call.
 
-from timbral._reference import top_k as _top_k
+``top_k`` has exactly the semantics of ``timbral._reference.top_k`` (score
+descending, ties to the lower item index, padding with id -1 / score -inf) but
+scores items in bounded chunks, in parallel, with the GIL released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+from threadpoolctl import ThreadpoolController
+
+from timbral._core._topk import top_k as _top_k_kernel
+from timbral._threads import effective_n_threads
+from timbral.exceptions import ValidationError
+
+# Items scored per BLAS call and queries per work unit: the per-thread scratch is
+# CHUNK_ITEMS × BLOCK_QUERIES scores (1 MiB in float32).
+CHUNK_ITEMS = 4096
+BLOCK_QUERIES = 64
+
+_NO_EXCLUDE_INDPTR = np.empty(0, dtype=np.int64)
+_NO_EXCLUDE_INDICES = np.empty(0, dtype=np.int32)
+_NO_MASK = np.empty(0, dtype=np.uint8)
+
+_blas_lock = threading.Lock()
+_blas_state: dict = {"controller": None, "limiter": None, "users": 0}
 
 
-def top_k(query, items, k, *, exclude=None, item_mask=None, n_threads=0):
-    return _top_k(query, items, k, exclude=exclude, item_mask=item_mask)
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """Keep BLAS on one thread while any ``top_k`` call runs (reference counted).
+
+    The kernel calls BLAS from each of its own threads; a multi-threaded OpenBLAS
+    underneath oversubscribes the cores (a 1000-user batch ran 13× slower). The
+    limit is process-wide, so concurrent calls share it: the first caller sets it,
+    the last one restores it. The threadpool controller is built once (it scans
+    the loaded libraries, which takes milliseconds).
+    """
+    with _blas_lock:
+        if _blas_state["users"] == 0:
+            if _blas_state["controller"] is None:
+                _blas_state["controller"] = ThreadpoolController()
+            _blas_state["limiter"] = _blas_state["controller"].limit(limits=1, user_api="blas")
+        _blas_state["users"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_state["users"] -= 1
+            if _blas_state["users"] == 0:
+                _blas_state["limiter"].restore_original_limits()
+
+
+def _as_factors(name: str, array: NDArray[np.floating], dtype: np.dtype) -> NDArray:
+    """``array`` as a C-contiguous 2-D array of ``dtype`` (a copy only when needed)."""
+    out = np.asarray(array)
+    if out.ndim != 2:
+        raise ValidationError(
+            f"`{name}` must be a 2-D array of factors, got shape {out.shape}; "
+            f"reshape a single factor vector with `{name}.reshape(1, -1)`."
+        )
+    return np.ascontiguousarray(out, dtype=dtype)
+
+
+def _exclude_arrays(
+    exclude: sp.csr_matrix | sp.csr_array, n_queries: int, n_items: int
+) -> tuple[NDArray[np.int64], NDArray[np.int32]]:
+    """``(indptr int64, indices int32 sorted per row)`` of the ``exclude`` CSR."""
+    if not sp.issparse(exclude) or exclude.format != "csr":
+        raise ValidationError(
+            f"`exclude` must be a scipy.sparse CSR matrix, got {type(exclude).__name__}; "
+            "convert it with `scipy.sparse.csr_matrix(exclude)`."
+        )
+    if exclude.shape != (n_queries, n_items):
+        raise ValidationError(
+            f"`exclude` must have shape (n_queries, n_items) = ({n_queries}, {n_items}), "
+            f"got {exclude.shape}; pass one row per query row and one column per item."
+        )
+    if not exclude.has_sorted_indices:
+        exclude = exclude.sorted_indices()  # a sorted copy; the caller's matrix is untouched
+    return (
+        np.ascontiguousarray(exclude.indptr, dtype=np.int64),
+        np.ascontiguousarray(exclude.indices, dtype=np.int32),
+    )
+
+
+def top_k(
+    query: NDArray[np.floating],
+    items: NDArray[np.floating],
+    k: int,
+    *,
+    exclude: sp.csr_matrix | sp.csr_array | None = None,
+    item_mask: NDArray[np.bool_] | None = None,
+    n_threads: int = 0,
+) -> tuple[NDArray[np.int32], NDArray[np.floating]]:
+    """The ``k`` best items for each query row, by score ``query @ items.T``.
+
+    Parameters
+    ----------
+    query : ndarray of shape (n_queries, n_factors)
+        Query factors (user factors, or item factors for similar items).
+    items : ndarray of shape (n_items, n_factors)
+        Item factors. Both are scored in their common float dtype (float32 stays
+        float32); C-contiguous inputs of that dtype are not copied.
+    k : int
+        Number of items to return per query, ``k >= 0``.
+    exclude : scipy.sparse CSR of shape (n_queries, n_items), optional
+        Items to drop per query row (e.g. the user's seen items); values are ignored.
+    item_mask : bool ndarray of shape (n_items,), optional
+        ``True`` drops the item for every query (a deny list, or the complement of
+        an allow list).
+    n_threads : int, default 0
+        Threads for the kernel; 0 means every available core.
+
+    Returns
+    -------
+    ids : int32 ndarray of shape (n_queries, k)
+        Item indices, best first; ties go to the lower index; -1 pads rows with
+        fewer than ``k`` candidates.
+    scores : ndarray of shape (n_queries, k)
+        Their scores, ``-inf`` where ``ids`` is -1. Items whose score is NaN are
+        never returned.
+    """
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise ValidationError(
+            f"`k` must be an integer, got {k!r} ({type(k).__name__}); pass e.g. k=10."
+        ) from None
+    if k < 0:
+        raise ValidationError(f"`k` must be >= 0, got {k}; pass the number of items wanted.")
+    dtype = np.result_type(np.asarray(query).dtype, np.asarray(items).dtype, np.float32)
+    if dtype not in (np.float32, np.float64):
+        dtype = np.dtype(np.float64)
+    query = _as_factors("query", query, dtype)
+    items = _as_factors("items", items, dtype)
+    n_queries, n_items = query.shape[0], items.shape[0]
+    if query.shape[1] != items.shape[1]:
+        raise ValidationError(
+            f"`query` has {query.shape[1]} factors per row but `items` has {items.shape[1]} "
+            f"(shapes {query.shape} and {items.shape}); both must come from the same model."
+        )
+    if n_items >= np.iinfo(np.int32).max:
+        raise ValidationError(
+            f"`items` has {n_items} rows; item ids are int32, so at most 2**31 - 2 items."
+        )
+    indptr, indices = _NO_EXCLUDE_INDPTR, _NO_EXCLUDE_INDICES
+    if exclude is not None:
+        indptr, indices = _exclude_arrays(exclude, n_queries, n_items)
+    mask = _NO_MASK
+    if item_mask is not None:
+        mask = np.ascontiguousarray(item_mask, dtype=np.bool_)
+        if mask.shape != (n_items,):
+            raise ValidationError(
+                f"`item_mask` must have shape (n_items,) = ({n_items},), got {mask.shape}; "
+                "pass one boolean per item (True = never recommend)."
+            )
+        mask = mask.view(np.uint8)
+    ids = np.empty((n_queries, k), dtype=np.int32)
+    scores = np.empty((n_queries, k), dtype=dtype)
+    threads = effective_n_threads(n_threads)
+    with _single_threaded_blas():
+        failed = _top_k_kernel(
+            query, items, indptr, indices, mask, ids, scores, CHUNK_ITEMS, BLOCK_QUERIES, threads
+        )
+    if failed:
+        raise MemoryError(
+            f"top_k: {failed} thread(s) could not allocate {CHUNK_ITEMS * BLOCK_QUERIES} "
+            f"scores of scratch; lower `n_threads` (got {n_threads})."
+        )
+    return ids, scores
