@@ -439,7 +439,7 @@ class NMFModel:
             **self._solver_params(),
             global_mean=self.global_mean_,
             item_bias=self.item_bias_,
-            reference=self.user_items_,
+            bm25=self._bm25_stats(),
         )
 
     def explain(self, user: int, item: int, *, n_factors: int = 5, n_items: int = 5) -> Explanation:
@@ -450,9 +450,7 @@ class NMFModel:
         w, h = self.user_factors_[user].astype(np.float64), self.item_factors_[item].astype(np.float64)
         per_factor = w * h
         top_factors = np.argsort(-per_factor, kind="stable")[: check_k(n_factors, name="n_factors")]
-        history, contributions = _solvers.history_contributions(
-            self.item_factors_, self.user_items_, user, item, **self._solver_params()
-        )
+        history, contributions = self._history_contributions(user, item)
         order = np.argsort(-contributions, kind="stable")[: check_k(n_items, name="n_items")]
         bias = float(np.sum(self._bias(np.array([user]), np.array([item]))))
         return Explanation(
@@ -590,6 +588,39 @@ class NMFModel:
             "l2": float(self.regularization * (1.0 - self.l1_ratio)),
             "l1": float(self.regularization * self.l1_ratio),
         }
+
+    def _bm25_stats(self) -> _solvers.BM25Stats | None:
+        """Corpus statistics for BM25 confidence, from the training matrix (cached)."""
+        if self.feedback != "implicit" or self.confidence != "bm25":
+            return None
+        if "bm25" not in self._cache:
+            self._cache["bm25"] = _solvers.bm25_stats(self.user_items_)
+        return self._cache["bm25"]
+
+    def _history_contributions(self, user: int, item: int) -> tuple[NDArray[np.int32], NDArray[np.float64]]:
+        """Each history item's share of ``user``'s score for ``item``.
+
+        The user's factors solve (without the bound) ``A_u w_u = b_u`` with
+        ``b_u = Σ_j c_j p_j h_j``, so ``w_u·h_i = Σ_j c_j p_j · h_jᵀ A_u⁻¹ h_i``:
+        one term per history item, as implicit's ALS ``explain``.
+        """
+        row = self.user_items_[user]
+        weights = _solvers._weights(self.feedback, float(self.alpha))
+        H = self.item_factors_.astype(np.float64)
+        if self.feedback == "implicit":
+            scaled = _solvers._confidence_data(row, self.confidence, np.dtype(np.float64), self._bm25_stats())
+            confidence, target = weights.conf_offset + weights.conf_scale * scaled, 1.0
+        elif self.feedback == "explicit":
+            confidence = np.ones(row.nnz)
+            target = row.data - self.global_mean_ - self.user_bias_[user] - self.item_bias_[row.indices]
+        else:
+            confidence, target = np.ones(row.nnz), row.data.astype(np.float64)
+        history = H[row.indices]
+        l2 = self._solver_params()["l2"]
+        system = weights.beta * (H.T @ H) + l2 * np.eye(H.shape[1])
+        system += (history * (confidence - weights.beta)[:, None]).T @ history
+        direction = np.linalg.lstsq(system, H[item], rcond=None)[0]
+        return row.indices, confidence * target * (history @ direction)
 
     def _bias(self, users: NDArray[np.int64], items: NDArray[np.int64]) -> NDArray[np.floating] | float:
         if self.feedback != "explicit":
