@@ -249,7 +249,7 @@ def train(
             "k": k,
             "train_nnz": int(train_part.nnz),
             "test_nnz": int(test_part.nnz),
-            "saved_model": "refitted on all data" if refit else "fitted on the training part",
+            "final_model": "refitted on all data" if refit else "fitted on the training part",
         }
         if refit:
             model = _fit(params, interactions.user_items, progress, "final")
