@@ -74,6 +74,7 @@ _BATCH_ROWS = 1 << 20
 _CSV_BLOCK_BYTES = 8 << 20
 
 _INT_RE = r"^[-+]?\d{1,18}$"
+_CANONICAL_INT_RE = r"^-?(0|[1-9]\d{0,17})$"  # no leading zeros: "007" stays a string id
 _FLOAT_RE = r"^[-+]?(\d+\.?\d*([eE][-+]?\d+)?|\.\d+([eE][-+]?\d+)?|nan|inf|infinity)$"
 _ISO_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
 _ZONE_RE = r"(Z|[+-]\d{2}:?\d{2})$"
@@ -400,8 +401,12 @@ def load_interactions(
     -----
     Numeric timestamps are epoch seconds; values whose median exceeds 1e11, 1e14
     or 1e17 are read as milliseconds, microseconds or nanoseconds. The id type
-    (integer or string) of a CSV column is inferred from its first block; later
-    values that do not parse as that type are dropped as missing ids.
+    (integer or string) of a CSV column is inferred from its first block, and a
+    text column whose ids are at least 99 % canonical integers is read as integers;
+    values that do not parse as the chosen type are dropped as missing ids. Missing
+    markers (empty, ``NA``, ``null``, ``NaN``) count as invalid, ``±inf`` as
+    non-finite. A stray unterminated quote makes the parser treat the rest of the
+    file as one field (standard CSV quoting); the row is counted as malformed.
     """
     started = time.perf_counter()
     options = _Options.make(
@@ -446,7 +451,7 @@ def _detect_format(path: str, format: str | None) -> tuple[str, str | None]:
     compression = None
     for ext in _COMPRESSIONS:
         if lower.endswith(ext):
-            compression = ext[1:]
+            compression = {"gz": "gzip", "bz2": "bz2", "zst": "zstd", "lz4": "lz4"}[ext[1:]]
             lower = lower[: -len(ext)]
     if format is not None:
         fmt = {"tsv": "csv", "dat": "csv", "txt": "csv", "ndjson": "jsonl", "pq": "parquet"}.get(
@@ -648,6 +653,9 @@ def _read_csv(
             raw.add(batch)
             tick(batch.num_rows)
     report.rows_malformed = malformed[0]
+    for role in ("user", "item"):
+        if raw.kinds[role] == "str":
+            raw.int_like_to_int(role)
     return raw
 
 
@@ -765,6 +773,24 @@ class _Collector:
         self.time_ok: list[NDArray[np.bool_]] = []
         self.time_numeric = False
         self.n_rows = 0
+
+    def int_like_to_int(self, role: str) -> None:
+        """Turn inferred string ids into integer ids when at least 99 % are integers.
+
+        Garbage rows in a CSV's first block make pyarrow infer text for an integer
+        id column; the non-integer ids are then dropped as invalid instead.
+        """
+        chunks = self.ids[role]
+        matches = [pc.match_substring_regex(c, _CANONICAL_INT_RE) for c in chunks]
+        n_int = sum(pc.sum(m).as_py() or 0 for m in matches)
+        n_valid = sum(int(ok.sum()) for ok in self.id_ok[role])
+        if n_valid == 0 or n_int < 0.99 * n_valid:
+            return
+        for j, (chunk, match) in enumerate(zip(chunks, matches)):
+            match = pc.fill_null(match, False)
+            chunks[j] = pc.cast(pc.if_else(match, chunk, "0"), pa.int64()).to_numpy(zero_copy_only=False)
+            self.id_ok[role][j] &= match.to_numpy(zero_copy_only=False)
+        self.kinds[role] = "int"
 
     def _column(self, batch: pa.RecordBatch, name: str) -> pa.Array:
         arr = batch.column(name)
@@ -952,7 +978,7 @@ def _clean(raw: _Collector, options: _Options, report: ValidationReport, started
             median = float(np.median(times[keep]))
             for threshold, scale in ((1e17, 1e-9), (1e14, 1e-6), (1e11, 1e-3)):
                 if median > threshold:
-                    times *= scale
+                    times = times * scale
                     break
         report.dropped_out_of_range_timestamp = _drop(keep, (times < 0) | (times > time.time() + 86400.0))
     _require_rows(keep, report, "validating rows")
