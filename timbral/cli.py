@@ -1,0 +1,446 @@
+"""The ``timbral`` command: generate data, train, evaluate, recommend, serve.
+
+Exit status: 0 on success, 2 for bad usage or bad input (one line on stderr,
+``timbral: error: ...``, saying what to do; never a traceback), 130 on Ctrl-C.
+Progress bars appear only when stderr is a terminal; JSON-lines logs go to stderr
+(level INFO when stderr is not a terminal, else WARNING; ``--log-level`` overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import orjson
+
+from timbral._version import __version__
+from timbral.exceptions import ConvergenceWarning, TimbralError
+from timbral.logs import configure_logging
+
+__all__ = ["main"]
+
+QUICKSTART_SIZE = {"users": 2_000, "items": 1_000, "interactions": 100_000}
+QUICKSTART_ITERATIONS = 15
+
+
+class _UsageError(Exception):
+    """A command-line mistake found after parsing (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error that points at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"timbral: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 0..65535, got {text!r}")
+    return value
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """The options DESIGN.md §3 calls common: model parameters and how to read the data."""
+    model = parser.add_argument_group("model (unset options keep the library defaults)")
+    model.add_argument("--components", type=_positive_int, metavar="K", help="latent factors")
+    model.add_argument("--feedback", choices=["implicit", "explicit", "frobenius"], default="implicit",
+                       help="implicit (play counts, default), explicit (ratings) or frobenius")
+    model.add_argument("--alpha", type=_non_negative_float, help="confidence slope of implicit feedback")
+    model.add_argument("--confidence", choices=["linear", "log", "bm25"],
+                       help="scaling of play counts before the confidence")
+    model.add_argument("--regularization", type=_non_negative_float, metavar="LAMBDA")
+    model.add_argument("--iterations", type=_positive_int, metavar="N", help="maximum epochs")
+    model.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the split and the model (0)")
+    model.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
+                       help="kernel threads, 0 = all available cores (default)")
+    data = parser.add_argument_group("data (columns are matched by common names unless given)")
+    data.add_argument("--user-col", metavar="NAME")
+    data.add_argument("--item-col", metavar="NAME")
+    data.add_argument("--rating-col", metavar="NAME", help="play count or rating column")
+    data.add_argument("--timestamp-col", metavar="NAME")
+    data.add_argument("--sep", metavar="SEP", help=r"field separator of a text file (sniffed by default; '\t' for tab)")
+    data.add_argument("--min-user-interactions", type=_non_negative_int, metavar="N",
+                      help="drop users with fewer interactions (default 5)")
+
+
+def _evaluation_options(parser: argparse.ArgumentParser, default_fraction: float | None) -> None:
+    parser.add_argument("--test-fraction", type=_fraction, default=default_fraction, metavar="F",
+                        help=f"share of each user's interactions held out (default {default_fraction})")
+    parser.add_argument("-k", type=_positive_int, default=10, help="cut-off of the ranking metrics (10)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``timbral`` command."""
+    parser = _Parser(prog="timbral", description="Music recommendations from non-negative matrix factorization.")
+    parser.add_argument("--version", action="version", version=f"timbral {__version__}")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+                        help="JSON log level on stderr (INFO when not a terminal, else WARNING)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    train = commands.add_parser("train", help="train a model and save it to a directory",
+                                description="Load, validate, evaluate on a holdout, refit on all data, save.")
+    train.add_argument("data", metavar="DATA", help="interactions: CSV/TSV/.dat, Parquet or JSON lines")
+    train.add_argument("--output", "-o", required=True, metavar="DIR", help="model directory to write")
+    _evaluation_options(train, 0.2)
+    train.add_argument("--no-eval", action="store_true", help="skip the holdout evaluation (fit once, on all data)")
+    train.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _model_options(train)
+
+    evaluate = commands.add_parser("evaluate", help="measure a model on a held-out split",
+                                   description="Split, fit on the training part, print held-out metrics.")
+    evaluate.add_argument("data", metavar="DATA")
+    _evaluation_options(evaluate, 0.2)
+    evaluate.add_argument("--json", action="store_true", help="print metrics as JSON")
+    _model_options(evaluate)
+
+    recommend = commands.add_parser("recommend", help="recommend items to a user from a model directory")
+    recommend.add_argument("model", metavar="DIR", help="model directory written by `timbral train`")
+    recommend.add_argument("user_id", metavar="USER_ID")
+    recommend.add_argument("-k", type=_positive_int, default=10, help="number of items (10)")
+    recommend.add_argument("--include-seen", action="store_true", help="allow items the user already played")
+    recommend.add_argument("--json", action="store_true")
+
+    generate = commands.add_parser("generate", help="write synthetic music-like interactions",
+                                   description="Heavy-tailed popularity and activity, taste clusters, play counts.")
+    generate.add_argument("output", metavar="OUT", help="file to write: .parquet, .csv or .tsv")
+    generate.add_argument("--users", type=_positive_int, default=10_000)
+    generate.add_argument("--items", type=_positive_int, default=5_000)
+    generate.add_argument("--interactions", type=_positive_int, default=500_000)
+    generate.add_argument("--seed", type=_non_negative_int, default=0)
+
+    serve = commands.add_parser("serve", help="serve a model over HTTP")
+    serve.add_argument("--model", metavar="DIR", help="model directory (default: $TIMBRAL_MODEL_DIR)")
+    serve.add_argument("--host", help="bind address (default: $API_HOST or 0.0.0.0)")
+    serve.add_argument("--port", type=_port, help="port (default: $API_PORT or 8001)")
+
+    quick = commands.add_parser("quickstart", help="generate sample data, train it and serve it (no Redis)")
+    quick.add_argument("--dir", metavar="DIR", help="working directory (default: a timbral cache directory)")
+    quick.add_argument("--users", type=_positive_int, default=QUICKSTART_SIZE["users"])
+    quick.add_argument("--items", type=_positive_int, default=QUICKSTART_SIZE["items"])
+    quick.add_argument("--interactions", type=_positive_int, default=QUICKSTART_SIZE["interactions"])
+    quick.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1)")
+    quick.add_argument("--port", type=_port, default=8001)
+    quick.add_argument("--no-serve", action="store_true", help="stop after training")
+    _model_options(quick)
+    return parser
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+
+
+def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    sep = args.sep.encode().decode("unicode_escape") if args.sep else None  # "\t" typed as two characters
+    options = {
+        "user_col": args.user_col,
+        "item_col": args.item_col,
+        "rating_col": args.rating_col,
+        "timestamp_col": args.timestamp_col,
+        "sep": sep,
+        "min_user_interactions": args.min_user_interactions,
+    }
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _train(args: argparse.Namespace, data: str | Path, output: str | Path | None, *,
+           test_fraction: float | None, k: int, refit: bool, progress: bool) -> Any:
+    from timbral.train import train
+
+    return train(
+        data,
+        output,
+        n_components=args.components,
+        feedback=args.feedback,
+        alpha=args.alpha,
+        confidence=args.confidence,
+        regularization=args.regularization,
+        max_iter=args.iterations,
+        seed=args.seed,
+        n_threads=args.threads,
+        test_fraction=test_fraction,
+        k=k,
+        refit=refit,
+        load_options=_load_options(args),
+        progress=progress,
+    )
+
+
+def _metrics_table(metrics: dict[str, float]) -> str:
+    width = max((len(name) for name in metrics), default=0)
+    return "\n".join(f"  {name:<{width}}  {value:.4f}" for name, value in metrics.items())
+
+
+def _summary(result: Any) -> dict[str, Any]:
+    rec = result.recommender
+    return {
+        "model_version": rec.model_version,
+        "path": None if result.path is None else str(result.path),
+        "n_users": rec.n_users,
+        "n_items": rec.n_items,
+        "nnz": int(rec.user_items.nnz),
+        "n_components": int(rec.model.item_factors_.shape[1]),
+        "n_iter": int(rec.model.n_iter_),
+        "metrics": result.metrics,
+        "evaluation": rec.metadata.get("evaluation"),
+        "timings": result.timings,
+    }
+
+
+def _describe_training(result: Any) -> str:
+    s = _summary(result)
+    lines = [
+        f"Trained on {s['n_users']:,} users × {s['n_items']:,} items ({s['nnz']:,} interactions): "
+        f"{s['n_components']} components, {s['n_iter']} iterations, {s['timings']['total']:.1f} s.",
+    ]
+    if s["metrics"]:
+        ev = s["evaluation"]
+        lines.append(f"Held-out metrics ({ev['test_fraction']:.0%} of each user's interactions, "
+                     f"seed {ev['seed']}; final model {ev['final_model']}):")
+        lines.append(_metrics_table(s["metrics"]))
+    if s["path"]:
+        lines.append(f"Model {s['model_version']} saved to {s['path']}")
+    return "\n".join(lines)
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace, progress: bool) -> int:
+    result = _train(args, args.data, args.output, test_fraction=None if args.no_eval else args.test_fraction,
+                    k=args.k, refit=True, progress=progress)
+    if args.json:
+        _print_json(_summary(result))
+    else:
+        print(_describe_training(result))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace, progress: bool) -> int:
+    result = _train(args, args.data, None, test_fraction=args.test_fraction, k=args.k, refit=False,
+                    progress=progress)
+    if args.json:
+        summary = _summary(result)
+        summary.pop("path")
+        summary["params"] = result.recommender.model.get_params()
+        summary["data"] = result.report.to_dict()
+        _print_json(summary)
+    else:
+        rec = result.recommender
+        print(f"{rec.n_users:,} users × {rec.n_items:,} items, {rec.user_items.nnz:,} interactions; "
+              f"{args.test_fraction:.0%} of each user's interactions held out (seed {args.seed}):")
+        print(_metrics_table(result.metrics))
+    return 0
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from timbral.recommender import Recommender
+
+    rec = Recommender.load(args.model)
+    out = rec.recommend(args.user_id, args.k, exclude_seen=not args.include_seen)
+    if args.json:
+        _print_json({**out.to_dict(), "model_version": rec.model_version})
+        return 0
+    note = {"nmf": "", "popularity": " (unknown user: most popular items)", "fold_in": ""}[out.strategy]
+    print(f"Top {len(out.items)} for user {out.user_id}{note}, model {rec.model_version}:")
+    width = max((len(str(item)) for item, _ in out.items), default=7)
+    for rank, (item, score) in enumerate(out.items, 1):
+        print(f"  {rank:>3}  {item!s:<{width}}  {score:.4f}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace, progress: bool) -> int:
+    from timbral.generate import write_interactions
+
+    summary = write_interactions(args.output, args.users, args.items, args.interactions, args.seed,
+                                 progress=progress)
+    print(f"Wrote {summary.n_rows:,} interactions ({summary.n_users:,} users × {summary.n_items:,} items, "
+          f"seed {args.seed}) to {summary.path} ({summary.format}) in {summary.seconds:.1f} s.")
+    return 0
+
+
+def _server() -> tuple[Any, Any]:
+    """``server.config.Config`` and ``server.__main__.run``, imported on first use."""
+    try:
+        from server.__main__ import run
+        from server.config import Config
+    except ImportError as exc:
+        raise _UsageError(
+            f"the HTTP server is not available ({exc}); install timbral with its service "
+            "dependencies (pip install timbral) from a full source tree"
+        ) from None
+    return Config, run
+
+
+def _server_config(overrides: dict[str, Any], *, no_redis: bool = False) -> Any:
+    """Config from the environment, then the command line's overrides."""
+    config_type, _ = _server()
+    env = dict(os.environ)
+    if no_redis:
+        env.pop("REDIS_URL", None)
+    try:
+        config = config_type.from_env(env)
+        return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:  # server.config.ConfigError
+        raise _UsageError(" ".join(str(exc).split())) from None
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    model = None
+    if args.model is not None:
+        model = Path(args.model)
+        if not model.is_dir():
+            raise _UsageError(f"--model {args.model!r} is not a directory; pass the --output of `timbral train`")
+    config = _server_config({"model_dir": model, "api_host": args.host, "api_port": args.port})
+    _, run = _server()
+    run(config)
+    return 0
+
+
+def _default_quickstart_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "timbral" / "quickstart"
+
+
+def _cmd_quickstart(args: argparse.Namespace, progress: bool) -> int:
+    from timbral.generate import write_interactions
+
+    workdir = Path(args.dir) if args.dir else _default_quickstart_dir()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        workdir = Path(tempfile.mkdtemp(prefix="timbral-quickstart-"))
+    data, model_dir = workdir / "plays.parquet", workdir / "model"
+    summary = write_interactions(data, args.users, args.items, args.interactions, args.seed, progress=progress)
+    print(f"1. Generated {summary.n_rows:,} plays by {args.users:,} listeners of {args.items:,} artists "
+          f"(heavy-tailed popularity, taste clusters) -> {data}")
+    if args.iterations is None:
+        args.iterations = QUICKSTART_ITERATIONS
+    result = _train(args, data, model_dir, test_fraction=0.2, k=10, refit=True, progress=progress)
+    print("2. " + _describe_training(result).replace("\n", "\n   "))
+    rec = result.recommender
+    user, item = rec.user_ids[0].item(), rec.item_ids[int(rec.item_popularity.argmax())].item()
+    base = f"http://{'localhost' if args.host in ('0.0.0.0', '127.0.0.1') else args.host}:{args.port}"
+    print(
+        "3. Try it (in another terminal) once the server below is up:\n"
+        f"   curl '{base}/api/v1/recommendations/{user}?k=5'\n"
+        f"   curl -X POST {base}/api/v1/recommendations -H 'Content-Type: application/json' "
+        f"-d '{{\"user_id\": \"new-listener\", \"items\": [{item}], \"k\": 5}}'\n"
+        f"   curl '{base}/api/v1/similar/{item}?k=5'\n"
+        f"   curl '{base}/api/v1/explain/{user}/{item}'\n"
+        f"   curl {base}/api/v1/health      curl {base}/metrics\n"
+        f"   Or from Python: timbral.Recommender.load({str(model_dir)!r}).recommend({user!r})"
+    )
+    if args.no_serve:
+        print(f"   Serve it later with: timbral serve --model {model_dir}")
+        return 0
+    config = _server_config({"model_dir": model_dir, "api_host": args.host, "api_port": args.port},
+                            no_redis=True)
+    print(f"4. Serving on {base} with the in-process cache (no Redis); Ctrl-C stops.", flush=True)
+    _, run = _server()
+    run(config)
+    return 0
+
+
+# -- entry point ------------------------------------------------------------------------
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    """Warnings as one plain line on a terminal, else as a JSON log event."""
+    if sys.stderr.isatty():
+        print(f"timbral: warning: {message}", file=sys.stderr)
+    else:
+        logging.getLogger("timbral").warning(str(message), extra={"category": category.__name__})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``timbral`` command; returns the exit status (see the module docstring)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return int(exc.code or 0)
+    interactive = sys.stderr.isatty()
+    handler = configure_logging(args.log_level or ("WARNING" if interactive else "INFO"))
+    try:
+        with warnings.catch_warnings():
+            # A model that hit max_iter is still a model: report it, don't fail the command.
+            warnings.simplefilter("always", ConvergenceWarning)
+            warnings.showwarning = _show_warning
+            if args.command == "train":
+                return _cmd_train(args, interactive)
+            if args.command == "evaluate":
+                return _cmd_evaluate(args, interactive)
+            if args.command == "recommend":
+                return _cmd_recommend(args)
+            if args.command == "generate":
+                return _cmd_generate(args, interactive)
+            if args.command == "serve":
+                return _cmd_serve(args)
+            return _cmd_quickstart(args, interactive)
+    except (TimbralError, OSError, _UsageError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"timbral: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("timbral: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
