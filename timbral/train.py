@@ -233,7 +233,9 @@ def train(
         )
         model = _fit(params, train_part, progress, "evaluation")
         t = lap("fit", t)
-        raw = dict(ranking_metrics(model, train_part, test_part, k=k, n_threads=n_threads))
+        raw = dict(ranking_metrics(model, train_part, test_part, k=k))
+        evaluated_users = int(raw.pop("n_users"))
+        raw.pop("k")
         if feedback == "explicit":
             raw |= rating_metrics(model, test_part)
         metrics = {
@@ -247,6 +249,7 @@ def train(
             "test_fraction": test_fraction,
             "seed": seed,
             "k": k,
+            "evaluated_users": evaluated_users,
             "train_nnz": int(train_part.nnz),
             "test_nnz": int(test_part.nnz),
             "final_model": "refitted on all data" if refit else "fitted on the training part",
