@@ -418,7 +418,7 @@ def load_interactions(
     _check_file(path, fmt, compression)
     report = ValidationReport(source=path, format=fmt, feedback=feedback)
     names = (user_col, item_col, rating_col, timestamp_col)
-    with _progress_bar(progress) as tick:
+    with _Progress(progress) as tick:
         if fmt == "csv":
             raw = _read_csv(path, compression, sep, names, report, tick)
         elif fmt == "parquet":
@@ -428,7 +428,7 @@ def load_interactions(
     return _clean(raw, options, report, started)
 
 
-class _progress_bar:
+class _Progress:
     """Context manager yielding ``tick(n_rows)``; a tqdm bar when enabled."""
 
     def __init__(self, enabled: bool) -> None:
