@@ -176,10 +176,11 @@ def top_k(
     if n == 0 or k == 0:
         return 0
     cdef Py_ssize_t n_blocks = (n + block_queries - 1) // block_queries
-    # split the items when there are fewer query blocks than threads
+    # with fewer query blocks than threads, split the items into about 4 units per
+    # thread, so a thread descheduled on a busy machine leaves work for the others
     cdef Py_ssize_t n_segments = 1
     if n_blocks < n_threads:
-        n_segments = (n_threads + n_blocks - 1) // n_blocks
+        n_segments = (4 * n_threads + n_blocks - 1) // n_blocks
     cdef Py_ssize_t n_units = n_blocks * n_segments
     cdef const int64_t* indptr = &exclude_indptr[0] if exclude_indptr.shape[0] > 0 else NULL
     cdef const int32_t* excl = &exclude_indices[0] if exclude_indices.shape[0] > 0 else NULL
