@@ -317,3 +317,19 @@ def test_missing_and_foreign_files_are_refused(tmp_path):
     with pytest.raises(ArtifactError, match=r"not a readable model file"):
         NMFModel.load(tmp_path / "text.npz")
     assert not zipfile.is_zipfile(tmp_path / "text.npz")
+
+
+def test_auto_regularization_follows_the_confidence_mass():
+    matrix = play_counts()
+    n_rows = sum(matrix.shape)
+    implicit = NMFModel(n_components=2, max_iter=2, alpha=2.0).fit(matrix)
+    expected = np.sum(1 + 2.0 * np.log1p(matrix.data.astype(np.float64))) / n_rows
+    assert implicit.regularization_ == pytest.approx(expected, rel=1e-6)
+    linear = NMFModel(n_components=2, max_iter=2, confidence="linear").fit(matrix)
+    assert linear.regularization_ == pytest.approx((matrix.nnz + matrix.data.sum()) / n_rows, rel=1e-6)
+    explicit = NMFModel(n_components=2, max_iter=2, feedback="explicit").fit(matrix)
+    assert explicit.regularization_ == pytest.approx(matrix.nnz / n_rows)
+    assert NMFModel(n_components=2, max_iter=2, feedback="frobenius").fit(matrix).regularization_ == 0.01
+    assert NMFModel(n_components=2, max_iter=2, regularization=3).fit(matrix).regularization_ == 3.0
+    with pytest.raises(ValidationError, match=r"`regularization` must be a number in \[0, inf\] or one of 'auto'"):
+        NMFModel(regularization="high").fit(matrix)

@@ -83,6 +83,7 @@ def fit_distributed(
         raise ValidationError(f"`n_shards` must be a positive integer; got {n_shards!r}.")
 
     dtype = np.dtype(np.float64 if csr.dtype == np.float64 else np.float32)
+    model.regularization_ = model._resolve_regularization(csr)
     params = model._solver_params()
     weights = _solvers._weights(model.feedback, params["alpha"])
     l1, l2 = params["l1"], params["l2"]

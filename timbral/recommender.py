@@ -470,30 +470,16 @@ class Recommender:
         -------
         pathlib.Path
         """
-        model = self.model
-        params = model.get_params()
-        if not isinstance(params["random_state"], (int, type(None))):
-            params["random_state"] = None  # a Generator cannot be written down
-        arrays = {
-            "user_factors": model.user_factors_,
-            "item_factors": model.item_factors_,
-            "user_bias": model.user_bias_,
-            "item_bias": model.item_bias_,
+        state, fields = self.model._state()
+        arrays = state | {
             "user_ids": self._users.ids,
             "item_ids": self._items.ids,
-            "user_items_indptr": self.user_items.indptr.astype(np.int64),
-            "user_items_indices": self.user_items.indices.astype(np.int64),
-            "user_items_data": self.user_items.data,
             "item_popularity": self.item_popularity,
         }
         metadata = dict(self.metadata)
         metadata["timbral_version"] = __version__
-        metadata["params"] = params
-        metadata["fit"] = {
-            "global_mean": model.global_mean_,
-            "n_iter": model.n_iter_,
-            "loss_history": list(model.loss_history_),
-        }
+        metadata["params"] = fields["params"]
+        metadata["fit"] = fields
         return write_model_dir(directory, ModelArtifact(arrays, metadata), overwrite=overwrite)
 
     @classmethod
@@ -510,30 +496,19 @@ class Recommender:
         a, meta = artifact.arrays, artifact.metadata
         where = f"model directory {str(directory)!r}"
         try:
-            model = NMFModel(**meta["params"])
-            fit = meta["fit"]
-            n_users, n_items = meta["n_users"], meta["n_items"]
-            indptr, indices = a["user_items_indptr"], a["user_items_indices"]
-            if indptr[0] != 0 or indptr[-1] != indices.shape[0] or np.any(np.diff(indptr) < 0):
-                raise ArtifactError(f"{where}: user_items_indptr is not a valid CSR index pointer; retrain the model")
-            if indices.size and (indices.min() < 0 or indices.max() >= n_items):
-                raise ArtifactError(f"{where}: user_items_indices point outside the {n_items} items; retrain the model")
-            user_items = sp.csr_matrix((a["user_items_data"], indices, indptr), shape=(n_users, n_items))
-            model.user_factors_ = a["user_factors"]
-            model.item_factors_ = a["item_factors"]
-            model.user_bias_ = a["user_bias"]
-            model.item_bias_ = a["item_bias"]
-            model.global_mean_ = float(fit["global_mean"])
-            model.n_iter_ = int(fit["n_iter"])
-            model.loss_history_ = [float(x) for x in fit["loss_history"]]
-            model.user_items_ = user_items
-            model._reset_caches()
-            return cls(model, a["user_ids"], a["item_ids"], user_items, meta, a["item_popularity"])
-        except (KeyError, TypeError, ValidationError) as exc:
+            fields = meta["fit"]
+            if (fields.get("shape") or [None, None]) != [meta["n_users"], meta["n_items"]]:
+                raise ArtifactError(
+                    f"{where}: metadata.json records {meta['n_users']} users × {meta['n_items']} items "
+                    f"but the model was fitted on shape {fields.get('shape')}; retrain the model"
+                )
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ArtifactError(
                 f"{where}: metadata.json does not describe a valid model ({type(exc).__name__}: {exc}); "
                 "retrain the model"
             ) from None
+        model = NMFModel._from_state(a, fields, source=where)
+        return cls(model, a["user_ids"], a["item_ids"], model.user_items_, meta, a["item_popularity"])
 
 
 def _check_k(k: Any) -> int:
