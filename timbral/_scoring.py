@@ -7,18 +7,14 @@ scores items in bounded chunks, in parallel, with the GIL released.
 
 from __future__ import annotations
 
-import contextlib
 import operator
-import threading
-from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
-from threadpoolctl import ThreadpoolController
 
 from timbral._core._topk import top_k as _top_k_kernel
-from timbral._threads import effective_n_threads
+from timbral._threads import effective_n_threads, single_threaded_blas
 from timbral.exceptions import ValidationError
 
 # Items scored per BLAS call and queries per work unit: the per-thread scratch is
@@ -29,35 +25,6 @@ BLOCK_QUERIES = 64
 _NO_EXCLUDE_INDPTR = np.empty(0, dtype=np.int64)
 _NO_EXCLUDE_INDICES = np.empty(0, dtype=np.int32)
 _NO_MASK = np.empty(0, dtype=np.uint8)
-
-_blas_lock = threading.Lock()
-_blas_state: dict = {"controller": None, "limiter": None, "users": 0}
-
-
-@contextlib.contextmanager
-def _single_threaded_blas() -> Iterator[None]:
-    """Keep BLAS on one thread while any ``top_k`` call runs (reference counted).
-
-    The kernel calls BLAS from each of its own threads; a multi-threaded OpenBLAS
-    underneath oversubscribes the cores (a 1000-user batch ran 13× slower). The
-    limit is process-wide, so concurrent calls share it: the first caller sets it,
-    the last one restores it. The threadpool controller is built once (it scans
-    the loaded libraries, which takes milliseconds).
-    """
-    with _blas_lock:
-        if _blas_state["users"] == 0:
-            if _blas_state["controller"] is None:
-                _blas_state["controller"] = ThreadpoolController()
-            _blas_state["limiter"] = _blas_state["controller"].limit(limits=1, user_api="blas")
-        _blas_state["users"] += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_state["users"] -= 1
-            if _blas_state["users"] == 0:
-                _blas_state["limiter"].restore_original_limits()
-
 
 def _as_factors(name: str, array: NDArray[np.floating], dtype: np.dtype) -> NDArray:
     """``array`` as a C-contiguous 2-D array of ``dtype`` (a copy only when needed)."""
@@ -167,7 +134,7 @@ def top_k(
     ids = np.empty((n_queries, k), dtype=np.int32)
     scores = np.empty((n_queries, k), dtype=dtype)
     threads = effective_n_threads(n_threads)
-    with _single_threaded_blas():
+    with single_threaded_blas():
         failed = _top_k_kernel(
             query, items, indptr, indices, mask, ids, scores, CHUNK_ITEMS, BLOCK_QUERIES, threads
         )

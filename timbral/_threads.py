@@ -8,12 +8,15 @@ scikit-learn's ``_openmp_effective_n_threads`` does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
+import threading
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from timbral._core import _openmp_enabled
 
@@ -36,6 +39,7 @@ def _cgroup_cpu_quota() -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
 def available_cpus() -> int:
     """The cores this process may run on, after affinity and cgroup quotas."""
     try:
@@ -62,8 +66,30 @@ def effective_n_threads(n_threads: int = 0) -> int:
     return max(1, count)
 
 
+_blas_lock = threading.Lock()
+_blas_state: dict[str, Any] = {"controller": None, "limiter": None, "users": 0}
+
+
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    """Run BLAS on one thread while our OpenMP kernels use the cores (implicit #440)."""
-    with threadpool_limits(limits=1, user_api="blas"):
+    """Keep BLAS on one thread while our OpenMP kernels use the cores (implicit #440).
+
+    The kernels call BLAS from each of their own threads; a multi-threaded OpenBLAS
+    underneath oversubscribes the cores (a 1000-user top-K batch ran 13× slower).
+    The limit is process-wide, so concurrent callers share it, reference counted:
+    the first sets it, the last restores it. The threadpool controller is built
+    once (it scans the loaded libraries, which takes milliseconds).
+    """
+    with _blas_lock:
+        if _blas_state["users"] == 0:
+            if _blas_state["controller"] is None:
+                _blas_state["controller"] = ThreadpoolController()
+            _blas_state["limiter"] = _blas_state["controller"].limit(limits=1, user_api="blas")
+        _blas_state["users"] += 1
+    try:
         yield
+    finally:
+        with _blas_lock:
+            _blas_state["users"] -= 1
+            if _blas_state["users"] == 0:
+                _blas_state["limiter"].restore_original_limits()
