@@ -160,8 +160,7 @@ async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Res
         exclude_seen=req.exclude_seen,
         exclude_items=None if req.exclude_items is None else [model.item_id(i) for i in req.exclude_items],
         recent_items=None if req.recent_items is None else [model.item_id(i) for i in req.recent_items])
-    payload = {"user_id": user_id, "model_version": model.version, "strategy": recs.strategy,
-               "cached": False, "recommendations": _items(recs.items)}
+    payload = {**recs.to_dict(), "model_version": model.version, "cached": False}
     body = orjson.dumps(payload, option=JSON_OPTIONS)
     if key is not None:
         payload["cached"] = True
@@ -177,8 +176,7 @@ async def _recommend_batch(request: web.Request, req: BatchRequest) -> web.Respo
     return json_response({
         "model_version": model.version,
         "k": req.k,
-        "results": [{"user_id": recs.user_id, "strategy": recs.strategy,
-                     "recommendations": _items(recs.items)} for recs in results],
+        "results": [recs.to_dict() for recs in results],
     })
 
 
