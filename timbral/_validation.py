@@ -67,10 +67,26 @@ def check_params(params: Mapping[str, Any], constraints: Mapping[str, list[Any]]
     """Raise ValidationError for the first parameter matching none of its constraints."""
     for name, allowed in constraints.items():
         value = params[name]
-        if any(value is None if c is NONE else value in c for c in allowed):
+        if any(_satisfies(value, c) for c in allowed):
             continue
-        expected = " or ".join("None" if c is NONE else str(c) for c in allowed)
+        expected = " or ".join(_describe(c) for c in allowed)
         raise ValidationError(f"`{name}` must be {expected}; got {value!r}.")
+
+
+def _satisfies(value: Any, constraint: Any) -> bool:
+    if constraint is NONE:
+        return value is None
+    if isinstance(constraint, type):
+        return isinstance(value, constraint)
+    return value in constraint
+
+
+def _describe(constraint: Any) -> str:
+    if constraint is NONE:
+        return "None"
+    if isinstance(constraint, type):
+        return f"a {constraint.__module__}.{constraint.__qualname__}"
+    return str(constraint)
 
 
 def check_user_items(user_items: Any, *, name: str = "user_items") -> sp.csr_matrix:

@@ -501,7 +501,7 @@ class NMFModel:
         """Read a model written by ``save``; refuse a damaged, edited or newer file."""
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
                 stored = {name: npz[name] for name in npz.files}
         except FileNotFoundError:
             raise ArtifactError(f"no model file at {path}; check the path or train a model first.") from None

@@ -1,0 +1,20 @@
+"""The package as installed: compiled kernels, OpenMP, and (in CI) not the source tree."""
+
+import os
+from pathlib import Path
+
+import timbral
+from timbral import _core
+
+
+def test_kernels_report_their_build():
+    assert isinstance(_core._openmp_enabled(), bool)
+    assert _core._openmp_max_threads() >= 1
+
+
+def test_tests_run_against_the_installed_wheel():
+    if os.environ.get("TIMBRAL_TEST_INSTALLED") != "1":
+        return  # a developer's in-place build; scripts/test checks the wheel
+    repo = Path(__file__).resolve().parents[1]
+    assert repo not in Path(timbral.__file__).resolve().parents, timbral.__file__
+    assert _core._openmp_enabled(), "the wheel was built without OpenMP"

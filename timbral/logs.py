@@ -1,0 +1,113 @@
+"""JSON-lines logging shared by the library, the command line and the server.
+
+Every record becomes one line of JSON::
+
+    {"timestamp": "2024-05-01T12:00:00.123456Z", "level": "INFO",
+     "service": "timbral-ml", "logger": "timbral.train", "message": "fitted model",
+     "n_iter": 15, "seconds": 1.2}
+
+Fields passed with ``extra=`` are added as they are; values orjson cannot encode
+(paths, NumPy scalars, ...) are written as their ``str``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import IO, Any
+
+import orjson
+
+from timbral.exceptions import ValidationError
+
+__all__ = ["SERVICE", "JsonFormatter", "configure_logging"]
+
+SERVICE = "timbral-ml"
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def _default(value: Any) -> Any:
+    """orjson fallback: NumPy scalars become Python numbers, the rest ``str``."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return item()
+        except (TypeError, ValueError):
+            pass
+    return str(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """Format a record as one JSON object (see the module docstring for the fields)."""
+
+    def __init__(self, service: str = SERVICE) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, tz=timezone.utc)
+        entry: dict[str, Any] = {
+            "timestamp": stamp.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RESERVED and key not in entry:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(
+            entry, default=_default, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+        ).decode()
+
+
+def configure_logging(
+    level: int | str = "INFO", stream: IO[str] | None = None, *, service: str = SERVICE
+) -> logging.Handler:
+    """Send the root logger's records to ``stream`` as JSON lines.
+
+    Replaces a handler installed by an earlier call (so calling it twice does not
+    double every line) and leaves other handlers alone.
+
+    Parameters
+    ----------
+    level : int or str, default="INFO"
+        Root logger level (``"DEBUG"``, ``"INFO"``, ``"WARNING"``, ...).
+    stream : text stream, optional
+        Where lines go; default ``sys.stderr`` (resolved at call time).
+    service : str, default="timbral-ml"
+        Value of the ``service`` field.
+
+    Returns
+    -------
+    logging.Handler
+        The installed handler.
+    """
+    if isinstance(level, str):
+        resolved = logging.getLevelName(level.upper())
+        if not isinstance(resolved, int):
+            raise ValidationError(
+                f"level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL; got {level!r}"
+            )
+        level = resolved
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_timbral_json", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    handler._timbral_json = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler

@@ -1,0 +1,279 @@
+"""The training pipeline: load → validate → split → fit → evaluate → refit → save.
+
+From Python, in three lines::
+
+    from timbral.train import train
+    result = train("plays.csv", "model/")
+    print(result.metrics)
+
+Protocol. With ``test_fraction`` set, a per-user random holdout is taken, a model
+is fitted on the rest and ranking metrics (and rating metrics for explicit
+feedback) are measured on the held-out part. The model that is returned and saved
+is then refitted on *all* the data with the same parameters (``refit=True``), so
+serving loses nothing to the evaluation; the metadata records that the metrics
+come from the holdout model. ``refit=False`` returns (and saves) the holdout model.
+
+Every step logs one JSON event (logger ``timbral.train``) with its counts and timings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from timbral._validation import check_params
+from timbral.data import Interactions, ValidationReport, load_interactions
+from timbral.exceptions import ValidationError
+from timbral.model import NMFModel
+from timbral.recommender import Recommender
+
+__all__ = ["TrainResult", "train"]
+
+log = logging.getLogger("timbral.train")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes
+    ----------
+    recommender : Recommender
+        The fitted model with its id maps (fitted on all data unless ``refit=False``).
+    metrics : dict of str to float
+        Held-out metrics (``precision@10``, ``ndcg@10``, ...); empty without a split.
+    report : ValidationReport
+        What loading read, merged and dropped.
+    timings : dict of str to float
+        Seconds per step (``load``, ``split``, ``fit``, ``evaluate``, ``refit``,
+        ``save``, ``total``).
+    path : pathlib.Path or None
+        The saved model directory, if ``output`` was given.
+    """
+
+    recommender: Recommender
+    metrics: dict[str, float]
+    report: ValidationReport
+    timings: dict[str, float] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def _model_params(
+    n_components: int | None,
+    feedback: str,
+    alpha: float | None,
+    confidence: str | None,
+    regularization: float | None,
+    l1_ratio: float | None,
+    max_iter: int | None,
+    tol: float | None,
+    seed: int | None,
+    n_threads: int,
+) -> dict[str, Any]:
+    """NMFModel parameters; ``None`` leaves the model's (measured) default in place."""
+    given = {
+        "n_components": n_components,
+        "alpha": alpha,
+        "confidence": confidence,
+        "regularization": regularization,
+        "l1_ratio": l1_ratio,
+        "max_iter": max_iter,
+        "tol": tol,
+        "random_state": seed,
+    }
+    return {"feedback": feedback, "n_threads": n_threads} | {k: v for k, v in given.items() if v is not None}
+
+
+def _fit(params: Mapping[str, Any], user_items: Any, progress: bool, phase: str) -> NMFModel:
+    start = time.perf_counter()
+    model = NMFModel(**params).fit(user_items, show_progress=progress)
+    log.info(
+        "fitted model",
+        extra={
+            "event": "fit",
+            "phase": phase,
+            "n_users": int(user_items.shape[0]),
+            "n_items": int(user_items.shape[1]),
+            "nnz": int(user_items.nnz),
+            "n_iter": model.n_iter_,
+            "loss": model.loss_history_[-1] if model.loss_history_ else None,
+            "seconds": round(time.perf_counter() - start, 4),
+        },
+    )
+    return model
+
+
+def train(
+    data: str | os.PathLike[str] | Interactions,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    n_components: int | None = None,
+    feedback: str = "implicit",
+    alpha: float | None = None,
+    confidence: str | None = None,
+    regularization: float | None = None,
+    l1_ratio: float | None = None,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    seed: int | None = 0,
+    n_threads: int = 0,
+    test_fraction: float | None = 0.2,
+    k: int = 10,
+    refit: bool = True,
+    load_options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    overwrite: bool = True,
+) -> TrainResult:
+    """Train, evaluate and (optionally) save a recommender.
+
+    Parameters
+    ----------
+    data : path-like or Interactions
+        An interaction file (anything :func:`timbral.data.load_interactions` reads)
+        or already loaded interactions.
+    output : path-like, optional
+        Model directory to write (atomically). Nothing is written when omitted.
+    n_components, alpha, confidence, regularization, l1_ratio, max_iter, tol : optional
+        :class:`~timbral.model.NMFModel` parameters; ``None`` keeps its defaults.
+    feedback : {"implicit", "explicit", "frobenius"}, default="implicit"
+        Used both to load (how duplicates merge) and to fit.
+    seed : int or None, default=0
+        Seeds the split and the model's initialisation.
+    n_threads : int, default=0
+        Kernel threads (0 = all available cores).
+    test_fraction : float in (0, 1) or None, default=0.2
+        Share of each user's interactions held out for evaluation; ``None`` skips
+        the split and the metrics.
+    k : int, default=10
+        Cut-off of the ranking metrics.
+    refit : bool, default=True
+        After evaluating, refit on all the data and return/save that model.
+    load_options : mapping, optional
+        More keyword arguments of ``load_interactions`` (``user_col``, ``sep``,
+        ``min_user_interactions``, ...). Ignored when ``data`` is ``Interactions``.
+    progress : bool, default=False
+        Progress bars for loading and fitting.
+    overwrite : bool, default=True
+        Replace an existing model directory at ``output``.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    DataError
+        The data cannot be read or nothing is left after cleaning.
+    ValidationError
+        A parameter is out of range.
+    ArtifactError
+        ``output`` cannot be written.
+    """
+    if test_fraction is not None and not (
+        isinstance(test_fraction, (int, float)) and not isinstance(test_fraction, bool) and 0 < test_fraction < 1
+    ):
+        raise ValidationError(f"`test_fraction` must be a number in (0, 1) or None; got {test_fraction!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValidationError(f"`k` must be a positive integer; got {k!r}")
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round(now - since, 4)
+        return now
+
+    params = _model_params(
+        n_components, feedback, alpha, confidence, regularization, l1_ratio, max_iter, tol, seed, n_threads
+    )
+    check_params(NMFModel(**params).get_params(), NMFModel._parameter_constraints)  # before any I/O
+
+    t = time.perf_counter()
+    if isinstance(data, Interactions):
+        interactions = data
+    else:
+        interactions = load_interactions(data, feedback=feedback, progress=progress, **dict(load_options or {}))
+    t = lap("load", t)
+    report = interactions.report
+    log.info(
+        "loaded interactions",
+        extra={
+            "event": "load",
+            "source": report.source,
+            "rows_read": report.rows_read,
+            "n_users": interactions.n_users,
+            "n_items": interactions.n_items,
+            "nnz": interactions.nnz,
+            "seconds": timings["load"],
+        },
+    )
+
+    metrics: dict[str, float] = {}
+    evaluation: dict[str, Any] | None = None
+    if test_fraction is None:
+        model = _fit(params, interactions.user_items, progress, "final")
+        lap("fit", t)
+    else:
+        from timbral.metrics import ranking_metrics, rating_metrics
+        from timbral.split import random_split
+
+        train_part, test_part = random_split(interactions, test_fraction=test_fraction, seed=seed or 0)
+        t = lap("split", t)
+        log.info(
+            "split interactions",
+            extra={"event": "split", "train_nnz": int(train_part.nnz), "test_nnz": int(test_part.nnz),
+                   "test_fraction": test_fraction, "seconds": timings["split"]},
+        )
+        model = _fit(params, train_part, progress, "evaluation")
+        t = lap("fit", t)
+        raw = dict(ranking_metrics(model, train_part, test_part, k=k, n_threads=n_threads))
+        if feedback == "explicit":
+            raw |= rating_metrics(model, test_part)
+        metrics = {
+            (name if name in ("rmse", "mae") or "@" in name else f"{name}@{k}"): float(value)
+            for name, value in raw.items()
+        }
+        t = lap("evaluate", t)
+        log.info("evaluated model", extra={"event": "evaluate", "k": k, **metrics, "seconds": timings["evaluate"]})
+        evaluation = {
+            "protocol": "per-user random holdout",
+            "test_fraction": test_fraction,
+            "seed": seed,
+            "k": k,
+            "train_nnz": int(train_part.nnz),
+            "test_nnz": int(test_part.nnz),
+            "saved_model": "refitted on all data" if refit else "fitted on the training part",
+        }
+        if refit:
+            model = _fit(params, interactions.user_items, progress, "final")
+            t = lap("refit", t)
+
+    metadata = {
+        "data": report.to_dict(),
+        "metrics": metrics,
+        "evaluation": evaluation,
+        "timings": dict(timings),
+    }
+    recommender = Recommender(
+        model, interactions.user_ids, interactions.item_ids, interactions.user_items, metadata
+    )
+    path = None
+    if output is not None:
+        t = time.perf_counter()
+        path = recommender.save(output, overwrite=overwrite)
+        lap("save", t)
+        log.info(
+            "saved model",
+            extra={"event": "save", "path": str(path), "model_version": recommender.model_version,
+                   "seconds": timings["save"]},
+        )
+    timings["total"] = round(time.perf_counter() - started, 4)
+    log.info("training done", extra={"event": "done", "model_version": recommender.model_version, **timings})
+    return TrainResult(recommender, metrics, report, timings, path)
