@@ -15,7 +15,7 @@ from aiohttp import web
 
 from server.app import create_app
 from server.config import Config, ConfigError
-from server.logs import configure_logging
+from timbral.logs import configure_logging
 
 log = logging.getLogger("server")
 

@@ -18,3 +18,5 @@ EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 CACHE = web.AppKey("cache", TieredCache)
 RELOADER = web.AppKey("reloader", Reloader)
 OPENAPI = web.AppKey("openapi", bytes)
+
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from server.errors import ApiError, error_response
-from server.keys import METRICS
+from server.keys import METRICS, REQUEST_ID
 from timbral.exceptions import ArtifactError, UnknownIdError, ValidationError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -21,7 +21,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 access_log = logging.getLogger("server.access")
 error_log = logging.getLogger("server.error")
 
-REQUEST_ID = "X-Request-ID"
+REQUEST_ID_HEADER = "X-Request-ID"
 _ids = itertools.count(1)
 _prefix = f"{os.getpid():x}-"
 
@@ -46,13 +46,13 @@ def route_name(request: web.Request) -> str:
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
-    incoming = request.headers.get(REQUEST_ID)
+    incoming = request.headers.get(REQUEST_ID_HEADER)
     request_id = incoming if incoming and len(incoming) <= 128 else f"{_prefix}{next(_ids):x}"
     request[REQUEST_ID] = request_id
     response = await handler(request)  # ``errors`` (inner) turns every failure into one
     elapsed = time.perf_counter() - start
     route = route_name(request)
-    response.headers[REQUEST_ID] = request_id
+    response.headers[REQUEST_ID_HEADER] = request_id
     request.app[METRICS].observe_request(route, request.method, response.status, elapsed)
     if access_log.isEnabledFor(logging.INFO):
         access_log.info("request", extra={
@@ -82,7 +82,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message, headers)
     except Exception:
         error_log.exception("unhandled error", extra={
-            "request_id": request.get(REQUEST_ID), "method": request.method, "path": request.path, "route": route_name(request)})
+            "request_id": request.get(REQUEST_ID), "method": request.method,
+            "path": request.path, "route": route_name(request)})
         return error_response(500, "internal_error",
                               "the server failed to answer; the error is in its log")
 

@@ -19,7 +19,7 @@ from typing import Any
 from server.errors import ApiError
 from server.metrics import Metrics
 from server.schemas import ExternalId
-from timbral import Recommender
+from timbral.recommender import Recommender
 from timbral.exceptions import ArtifactError
 
 log = logging.getLogger("server.model")

@@ -8,7 +8,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from server.config import Config
-from timbral import NMFModel, Recommender
+from timbral import NMFModel
+from timbral.recommender import Recommender
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 N_USERS, N_ITEMS = 120, 60
