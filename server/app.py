@@ -7,10 +7,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from server.access_log import AccessLog
 from server.cache import LRUCache, TieredCache
 from server.config import Config
 from server.contexts import CLEANUP_CONTEXTS
-from server.keys import CACHE, CONFIG, METRICS, MODEL, OPENAPI, RELOADER
+from server.keys import ACCESS_LOG, CACHE, CONFIG, METRICS, MODEL, OPENAPI, RELOADER
 from server.metrics import Metrics
 from server.middlewares import errors, observe
 from server.routes import ROUTES
@@ -38,6 +39,10 @@ def create_app(config: Config) -> web.Application:
     app[CACHE] = cache
     app[RELOADER] = reloader
     app[OPENAPI] = OPENAPI_PATH.read_bytes()
+    access_log = AccessLog() if config.log_level in ("DEBUG", "INFO") else None
+    app[ACCESS_LOG] = access_log
     app.router.add_routes(ROUTES)
     app.cleanup_ctx.extend(CLEANUP_CONTEXTS)
+    if access_log is not None:
+        app.cleanup_ctx.append(access_log.flushing)
     return app

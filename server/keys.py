@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from server.access_log import AccessLog
 from server.cache import TieredCache
 from server.config import Config
 from server.metrics import Metrics
@@ -18,5 +19,6 @@ EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 CACHE = web.AppKey("cache", TieredCache)
 RELOADER = web.AppKey("reloader", Reloader)
 OPENAPI = web.AppKey("openapi", bytes)
+ACCESS_LOG = web.AppKey("access_log", AccessLog | None)  # None below LOG_LEVEL=INFO
 
 REQUEST_ID = web.RequestKey("request_id", str)

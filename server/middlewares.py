@@ -13,12 +13,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from server.errors import ApiError, error_response
-from server.keys import METRICS, REQUEST_ID
+from server.keys import ACCESS_LOG, METRICS, REQUEST_ID
 from timbral.exceptions import ArtifactError, UnknownIdError, ValidationError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-access_log = logging.getLogger("server.access")
 error_log = logging.getLogger("server.error")
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -53,12 +52,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     elapsed = time.perf_counter() - start
     route = route_name(request)
     response.headers[REQUEST_ID_HEADER] = request_id
-    request.app[METRICS].observe_request(route, request.method, response.status, elapsed)
-    if access_log.isEnabledFor(logging.INFO):
-        access_log.info("request", extra={
+    app = request.app
+    app[METRICS].observe_request(route, request.method, response.status, elapsed)
+    access_log = app[ACCESS_LOG]
+    if access_log is not None:
+        access_log.write({
             "request_id": request_id, "method": request.method, "path": request.path,
-            "route": route, "status": response.status,
-            "duration_ms": round(elapsed * 1000, 3)})
+            "route": route, "status": response.status, "duration_ms": round(elapsed * 1000, 3)})
     return response
 
 

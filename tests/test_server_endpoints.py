@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import orjson
@@ -162,3 +163,15 @@ async def test_responses_are_orjson_encoded_json(client):
     response = await client.get("/api/v1/recommendations/u2")
     assert response.content_type == "application/json"
     assert orjson.loads(await response.read())["user_id"] == "u2"
+
+
+async def test_access_log_is_one_json_line_per_request(aiohttp_client, model_dir, capfd):
+    client = await aiohttp_client(create_app(config(model_dir, log_level="INFO")))
+    response = await client.get("/api/v1/recommendations/u4", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+    await asyncio.sleep(0.4)  # lines are written in batches
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    (entry,) = [line for line in lines if line.get("request_id") == "abc-123"]
+    assert entry["service"] == "timbral-ml" and entry["level"] == "INFO"
+    assert entry["route"] == "/api/v1/recommendations/{user_id}" and entry["status"] == 200
+    assert entry["duration_ms"] > 0 and entry["timestamp"].endswith("Z")
