@@ -1,0 +1,251 @@
+"""Load test of the HTTP service on loopback, driven by ``wrk``.
+
+Builds (once, cached under ``--models``) two synthetic models of 100K users, one over
+10K items and one over 100K items, starts ``python -m server`` on a free loopback
+port for each scenario, and reports requests/s with p50/p99 latency at 8 and 64
+connections for: ``/ping``, cache-miss recommendations for random users, tier-1 hits,
+tier-2 (Redis) hits, a 1000-user batch (sequential latency), and ``/ping`` while cache-miss load
+saturates the scorer.
+
+The factors are random non-negative matrices standing in for a fit (fitting 100K
+users takes minutes on 2 cores and does not change serving cost, which depends only
+on the shapes). Everything is bounded in time: ``--seconds`` per wrk run.
+
+    python benchmarks/load.py [--seconds 4] [--components 50] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import psutil
+import scipy.sparse as sp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # measure this checkout, as the server subprocess (cwd=ROOT) does
+N_USERS = 100_000
+SEEN_PER_USER = 20
+ADMIN = "load-test-token-0123456789"
+
+RANDOM_USERS_LUA = """
+math.randomseed(os.time())
+request = function()
+  return wrk.format("GET", "/api/v1/recommendations/" .. math.random(0, %(users)d - 1) .. "?k=10")
+end
+"""
+FEW_USERS_LUA = """
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/api/v1/recommendations/" .. (counter %% %(users)d) .. "?k=10")
+end
+"""
+
+
+def build_model(directory: Path, n_items: int, components: int) -> Path:
+    """A saved Recommender with random factors of the given shape (cached on disk)."""
+    from timbral import NMFModel
+    from timbral.recommender import Recommender
+
+    if (directory / "metadata.json").exists():
+        return directory
+    rng = np.random.default_rng(n_items)
+    indptr = np.arange(0, (N_USERS + 1) * SEEN_PER_USER, SEEN_PER_USER, dtype=np.int64)
+    indices = np.sort(rng.integers(0, n_items, size=(N_USERS, SEEN_PER_USER)), axis=1).ravel()
+    user_items = sp.csr_matrix((np.ones(indices.size, np.float32), indices, indptr),
+                               shape=(N_USERS, n_items))
+    user_items.sum_duplicates()
+    model = NMFModel(n_components=components)
+    model.user_factors_ = rng.random((N_USERS, components), dtype=np.float32)
+    model.item_factors_ = rng.random((n_items, components), dtype=np.float32)
+    model.user_bias_ = np.zeros(N_USERS, np.float32)
+    model.item_bias_ = np.zeros(n_items, np.float32)
+    model.global_mean_, model.n_iter_, model.loss_history_ = 0.0, 0, []
+    model.user_items_ = user_items
+    recommender = Recommender(model, np.arange(N_USERS), np.arange(n_items), user_items)
+    return recommender.save(directory)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A running ``python -m server``: its URL and the CPU time it has used."""
+
+    def __init__(self, url: str, pid: int) -> None:
+        self.url = url
+        self._process = psutil.Process(pid)
+
+    def cpu_seconds(self) -> float:
+        times = self._process.cpu_times()
+        return times.user + times.system
+
+
+@contextmanager
+def serving(model_dir: Path, **env: str) -> Iterator[Server]:
+    """``python -m server`` on a free loopback port."""
+    port = free_port()
+    environment = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(port),
+                   "TIMBRAL_MODEL_DIR": str(model_dir), "LOG_LEVEL": "INFO",
+                   "TIMBRAL_ADMIN_TOKEN": ADMIN, **env}
+    if "REDIS_URL" not in env:
+        environment.pop("REDIS_URL", None)
+    process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=environment,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=1).read()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the server did not start") from None
+                time.sleep(0.1)
+        yield Server(url, process.pid)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                "--save", "", "--appendonly", "no"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextmanager
+def wrk_command(url: str, connections: int, seconds: int, script: str | None) -> Iterator[list[str]]:
+    """The wrk command line (1 thread: the other core is the server's), with its Lua file."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
+        if script:
+            lua.write(script)
+            lua.flush()
+            command += ["-s", lua.name]
+        yield [*command, url]
+
+
+def wrk(url: str, connections: int, seconds: int, script: str | None = None) -> dict[str, Any]:
+    """One wrk run: requests/s, p50 and p99 in ms, and error counts."""
+    with wrk_command(url, connections, seconds, script) as command:
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
+        "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
+        "errors": int(errors.group(1)) if errors else 0,
+        **({"socket_errors": socket_errors.group(1)} if socket_errors else {}),
+    }
+
+
+def _ms(value: str) -> float:
+    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def warm(url: str, users: int) -> None:
+    for user in range(users):
+        urllib.request.urlopen(f"{url}/api/v1/recommendations/{user}?k=10").read()
+
+
+def batch_latency(url: str, repeats: int = 3) -> dict[str, float]:
+    body = json.dumps({"user_ids": list(range(1000)), "k": 10}).encode()
+    times = []
+    for _ in range(repeats):
+        request = urllib.request.Request(f"{url}/api/v1/recommendations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        start = time.perf_counter()
+        urllib.request.urlopen(request, timeout=30).read()
+        times.append(time.perf_counter() - start)
+    return {"median_s": float(np.median(times)), "max_s": max(times)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=4, help="duration of each wrk run")
+    parser.add_argument("--components", type=int, default=50)
+    parser.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "timbral-load")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed (Debian: apt-get install wrk)")
+    small = build_model(args.models / f"items10k-k{args.components}", 10_000, args.components)
+    large = build_model(args.models / f"items100k-k{args.components}", 100_000, args.components)
+    results: dict[str, Any] = {}
+    seconds = args.seconds
+    random_users = RANDOM_USERS_LUA % {"users": N_USERS}
+    few_users = FEW_USERS_LUA % {"users": 1000}
+
+    def record(name: str, connections: int, server: Server, url: str,
+               script: str | None = None) -> None:
+        """One wrk run, plus the server's CPU time per request: the machine is shared, and
+        CPU µs per request (1e6 / it = requests/s on one free core) does not depend on
+        what else is running."""
+        before = server.cpu_seconds()
+        figures = wrk(url, connections, seconds, script)
+        used = server.cpu_seconds() - before
+        figures["server_cpu_us_per_request"] = round(1e6 * used / max(1.0, figures["rps"] * seconds), 1)
+        results[f"{name} c{connections}"] = figures
+        print(f"{name:<34} c={connections:<3} {figures}", flush=True)
+
+    no_cache = {"TIMBRAL_CACHE_MAX_ENTRIES": "0"}
+    with serving(small, **no_cache) as server:
+        for c in (8, 64):
+            record("ping", c, server, f"{server.url}/ping")
+        for c in (8, 64):
+            record("miss 10K items (random users)", c, server, server.url, random_users)
+    with serving(large, **no_cache) as server:
+        for c in (8, 64):
+            record("miss 100K items (random users)", c, server, server.url, random_users)
+        results["batch 1000 users, 100K items, sequential"] = batch_latency(server.url)
+        print("batch 1000 users (sequential)", results["batch 1000 users, 100K items, sequential"])
+        # /ping latency while 64 connections of cache misses saturate the scorer.
+        with wrk_command(server.url, 64, seconds + 2, random_users) as command:
+            loader = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+            time.sleep(1)
+            record("ping under miss load", 8, server, f"{server.url}/ping")
+            loader.wait(seconds + 30)
+    with serving(large) as server:
+        warm(server.url, 1000)
+        for c in (8, 64):
+            record("tier-1 hits", c, server, server.url, few_users)
+    with redis_server() as redis_url, serving(large, REDIS_URL=redis_url, **no_cache) as server:
+        warm(server.url, 1000)
+        for c in (8, 64):
+            record("tier-2 (Redis) hits", c, server, server.url, few_users)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Two cache tiers for recommendation lists, keyed by model version.
+
+Tier 1 is a bounded in-process LRU with a TTL. Tier 2 is Redis through
+``redis.asyncio`` with a connection pool and short timeouts. Redis is an
+optimisation, never a dependency: every Redis call is bounded by a deadline, errors
+become cache misses, and a circuit breaker stops calling Redis after repeated
+failures, then lets one probe through after a cool-down (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from server.metrics import Metrics
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+
+def cache_key(model_version: str, kind: str, *parts: object) -> str:
+    """A key that changes with the model, so a reload never serves a stale list.
+
+    ``repr`` keeps the integer user ``1`` and the string user ``"1"`` apart.
+    """
+    return f"timbral:{model_version}:{kind}:" + ":".join(repr(part) for part in parts)
+
+
+class LRUCache:
+    """A bounded mapping with least-recently-used eviction and a per-entry TTL.
+
+    Not thread-safe: it is only touched from the event loop.
+    """
+
+    def __init__(self, max_entries: int, ttl_seconds: float, clock: Clock = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> Any | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires <= self._clock():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def set(self, key: str, value: Any) -> None:
+        if self.max_entries == 0:
+            return
+        self._entries[key] = (self._clock() + self.ttl_seconds, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"  # Redis is called normally
+    OPEN = "open"  # Redis is skipped until the cool-down ends
+    HALF_OPEN = "half_open"  # one probe call is in flight
+
+
+class CircuitBreaker:
+    """Skip a failing dependency for a while instead of waiting on it every request."""
+
+    def __init__(self, failures: int, cooldown_seconds: float, clock: Clock = time.monotonic) -> None:
+        self.failure_threshold = failures
+        self.cooldown_seconds = cooldown_seconds
+        self._clock = clock
+        self.state = BreakerState.CLOSED
+        self.consecutive_failures = 0
+        self.opened_at = 0.0
+        self.last_error = ""
+
+    def allow(self) -> bool:
+        """Whether a call may go through now (at most one probe when the cool-down ended)."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN and self._clock() - self.opened_at >= self.cooldown_seconds:
+            self.state = BreakerState.HALF_OPEN
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self.state = BreakerState.CLOSED
+        self.consecutive_failures = 0
+        self.last_error = ""
+
+    def record_failure(self, error: str) -> None:
+        self.consecutive_failures += 1
+        self.last_error = error
+        if self.state is BreakerState.HALF_OPEN or self.consecutive_failures >= self.failure_threshold:
+            self.state = BreakerState.OPEN
+            self.opened_at = self._clock()
+
+
+@dataclass(frozen=True, slots=True)
+class RedisHealth:
+    status: str  # "ok" | "degraded" | "disabled"
+    latency_ms: float | None = None
+    reason: str | None = None
+    breaker: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in (
+            ("status", self.status), ("latency_ms", self.latency_ms),
+            ("reason", self.reason), ("breaker", self.breaker),
+        ) if v is not None}
+
+
+class RedisCache:
+    """Tier 2: bytes in Redis with a TTL, behind a deadline and a circuit breaker."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        db: int,
+        ttl_seconds: float,
+        timeout_seconds: float,
+        connect_timeout_seconds: float,
+        max_connections: int,
+        breaker: CircuitBreaker,
+        metrics: Metrics,
+    ) -> None:
+        self.ttl_ms = max(1, round(ttl_seconds * 1000))
+        self.timeout_seconds = timeout_seconds
+        self.breaker = breaker
+        self._metrics = metrics
+        self._client = aioredis.Redis.from_url(
+            url,
+            db=db,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=connect_timeout_seconds,
+            max_connections=max_connections,
+            retry=Retry(NoBackoff(), 0),  # our deadline and breaker decide, not redis-py
+            health_check_interval=0,
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _call(self, operation: str, make: Callable[[], Awaitable[T]]) -> T | None:
+        """Run one Redis command under the deadline; ``None`` when skipped or failed."""
+        if not self.breaker.allow():
+            return None
+        settled = False
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                result = await make()
+            settled = True
+        except (RedisError, OSError, TimeoutError) as exc:
+            settled = True
+            self._failed(operation, f"{type(exc).__name__}: {exc}".rstrip(": "))
+            return None
+        finally:
+            if not settled and self.breaker.state is BreakerState.HALF_OPEN:
+                # The caller was cancelled during the probe: never leave the breaker half open.
+                self.breaker.record_failure(f"{operation}: probe cancelled")
+        if self.breaker.state is not BreakerState.CLOSED or self.breaker.consecutive_failures:
+            self.breaker.record_success()
+            self._metrics.redis_breaker_open.set(0)
+        return result
+
+    def _failed(self, operation: str, error: str) -> None:
+        self._metrics.redis_errors.labels(operation).inc()
+        self.breaker.record_failure(f"{operation}: {error}")
+        self._metrics.redis_breaker_open.set(self.breaker.state is BreakerState.OPEN)
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._call("get", lambda: self._client.get(key))
+
+    async def set(self, key: str, value: bytes) -> None:
+        await self._call("set", lambda: self._client.set(key, value, px=self.ttl_ms))
+
+    async def health(self) -> RedisHealth:
+        """Ping Redis under the deadline; once the cool-down has passed this is also a probe."""
+        start = time.perf_counter()
+        pong = await self._call("ping", self._client.ping)
+        latency_ms = round((time.perf_counter() - start) * 1000, 3)
+        breaker = self.breaker.state.value
+        if pong is not None:
+            return RedisHealth("ok", latency_ms, breaker=breaker)
+        if self.breaker.state is BreakerState.CLOSED:
+            reason = f"Redis did not answer: {self.breaker.last_error}"
+        else:
+            reason = (f"Redis skipped for {self.breaker.cooldown_seconds:g} s at a time after "
+                      f"{self.breaker.consecutive_failures} failures; last: {self.breaker.last_error}")
+        return RedisHealth("degraded", latency_ms, reason=reason, breaker=breaker)
+
+
+class TieredCache:
+    """Tier 1 in front of tier 2 (``redis`` is ``None`` when ``REDIS_URL`` is unset).
+
+    Values are the encoded response bodies, so a hit is served without re-encoding.
+    """
+
+    def __init__(self, tier1: LRUCache, metrics: Metrics) -> None:
+        self.tier1 = tier1
+        self.redis: RedisCache | None = None
+        self._metrics = metrics
+
+    async def get(self, key: str) -> bytes | None:
+        value = self.tier1.get(key)
+        if value is not None:
+            self._metrics.cache_lookup("1", ())
+            return value
+        if self.redis is None:
+            self._metrics.cache_lookup(None, ("1",))
+            return None
+        value = await self.redis.get(key)
+        if value is None:
+            self._metrics.cache_lookup(None, ("1", "2"))
+            return None
+        self._metrics.cache_lookup("2", ("1",))
+        self.tier1.set(key, value)
+        return value
+
+    async def set(self, key: str, value: bytes) -> None:
+        self.tier1.set(key, value)
+        if self.redis is not None:
+            await self.redis.set(key, value)

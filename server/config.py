@@ -1,0 +1,194 @@
+"""Service configuration, read once from the environment and validated at start.
+
+The names are the ones operators already use (DESIGN.md §3). Every problem is
+collected and reported together, each naming the variable, the value received and
+what is expected, so a bad deployment fails at start with one clear message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """One or more environment variables have values the service cannot run with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the service reads from its environment.
+
+    Build it with :meth:`from_env` in production; tests construct it directly.
+    """
+
+    api_host: str = "0.0.0.0"
+    api_port: int = 8001
+    debug: bool = False
+    redis_url: str | None = None
+    redis_db: int = 0
+    nmf_n_components: int = 50
+    nmf_random_state: int = 42
+    model_dir: Path | None = None
+    cache_ttl_seconds: float = 300.0
+    admin_token: str | None = None
+    log_level: str = "INFO"
+    # Limits and tuning (TIMBRAL_* names).
+    max_batch_users: int = 1000
+    max_body_bytes: int = 1 << 20
+    max_id_length: int = 256
+    executor_threads: int = 0  # 0 = one per available core
+    tier1_max_entries: int = 100_000
+    redis_timeout_seconds: float = 0.05
+    redis_connect_timeout_seconds: float = 0.1
+    redis_max_connections: int = 64
+    breaker_failures: int = 3
+    breaker_cooldown_seconds: float = 2.0
+    shutdown_timeout_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        problems = _check(self)
+        if problems:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """Read the configuration from ``environ`` (default ``os.environ``).
+
+        Raises
+        ------
+        ConfigError
+            Listing every variable that could not be parsed or is out of range.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for field in fields(cls):
+            name = ENV_NAMES[field.name]
+            raw = env.get(name)
+            if raw is None or (raw == "" and field.name in _EMPTY_IS_UNSET):
+                continue
+            try:
+                values[field.name] = _PARSERS[field.name](raw)
+            except ValueError as exc:
+                problems.append(f"{name}={raw!r}: {exc}")
+        if problems:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        return cls(**values)
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected a boolean (1/0, true/false, yes/no, on/off)")
+
+
+def _parse_number(kind: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        try:
+            return kind(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}") from None
+
+    return parse
+
+
+def _check(config: Config) -> list[str]:
+    """Range checks on a built Config, phrased with the environment names."""
+    problems = []
+
+    def need(ok: bool, field: str, expected: str) -> None:
+        if not ok:
+            problems.append(f"{ENV_NAMES[field]}={getattr(config, field)!r}: expected {expected}")
+
+    need(0 <= config.api_port <= 65535, "api_port", "a port number in 0..65535")
+    need(config.redis_db >= 0, "redis_db", "a database index >= 0")
+    need(
+        config.redis_url is None or config.redis_url.startswith(("redis://", "rediss://", "unix://")),
+        "redis_url",
+        "a URL starting with redis://, rediss:// or unix:// (or unset for the in-process cache only)",
+    )
+    need(config.nmf_n_components >= 1, "nmf_n_components", "an integer >= 1")
+    need(config.cache_ttl_seconds > 0, "cache_ttl_seconds", "a number of seconds > 0")
+    need(config.log_level in LOG_LEVELS, "log_level", f"one of {', '.join(LOG_LEVELS)}")
+    need(config.admin_token is None or len(config.admin_token) >= 16, "admin_token",
+         "at least 16 characters (or unset to disable model reload)")
+    need(config.max_batch_users >= 1, "max_batch_users", "an integer >= 1")
+    need(config.max_body_bytes >= 1024, "max_body_bytes", "at least 1024 bytes")
+    need(config.max_id_length >= 1, "max_id_length", "an integer >= 1")
+    need(config.executor_threads >= 0, "executor_threads", "an integer >= 0 (0 = one per core)")
+    need(config.tier1_max_entries >= 0, "tier1_max_entries", "an integer >= 0 (0 = no tier 1)")
+    need(config.redis_timeout_seconds > 0, "redis_timeout_seconds", "a number of seconds > 0")
+    need(config.redis_connect_timeout_seconds > 0, "redis_connect_timeout_seconds",
+         "a number of seconds > 0")
+    need(config.redis_max_connections >= 1, "redis_max_connections", "an integer >= 1")
+    need(config.breaker_failures >= 1, "breaker_failures", "an integer >= 1")
+    need(config.breaker_cooldown_seconds > 0, "breaker_cooldown_seconds", "a number of seconds > 0")
+    need(config.shutdown_timeout_seconds >= 0, "shutdown_timeout_seconds", "a number of seconds >= 0")
+    return problems
+
+
+ENV_NAMES: dict[str, str] = {
+    "api_host": "API_HOST",
+    "api_port": "API_PORT",
+    "debug": "DEBUG",
+    "redis_url": "REDIS_URL",
+    "redis_db": "REDIS_DB",
+    "nmf_n_components": "NMF_N_COMPONENTS",
+    "nmf_random_state": "NMF_RANDOM_STATE",
+    "model_dir": "TIMBRAL_MODEL_DIR",
+    "cache_ttl_seconds": "CACHE_TTL_SECONDS",
+    "admin_token": "TIMBRAL_ADMIN_TOKEN",
+    "log_level": "LOG_LEVEL",
+    "max_batch_users": "TIMBRAL_MAX_BATCH_USERS",
+    "max_body_bytes": "TIMBRAL_MAX_BODY_BYTES",
+    "max_id_length": "TIMBRAL_MAX_ID_LENGTH",
+    "executor_threads": "TIMBRAL_EXECUTOR_THREADS",
+    "tier1_max_entries": "TIMBRAL_CACHE_MAX_ENTRIES",
+    "redis_timeout_seconds": "TIMBRAL_REDIS_TIMEOUT_SECONDS",
+    "redis_connect_timeout_seconds": "TIMBRAL_REDIS_CONNECT_TIMEOUT_SECONDS",
+    "redis_max_connections": "TIMBRAL_REDIS_MAX_CONNECTIONS",
+    "breaker_failures": "TIMBRAL_REDIS_BREAKER_FAILURES",
+    "breaker_cooldown_seconds": "TIMBRAL_REDIS_BREAKER_COOLDOWN_SECONDS",
+    "shutdown_timeout_seconds": "TIMBRAL_SHUTDOWN_TIMEOUT_SECONDS",
+}
+
+# Unset-able variables for which an empty value means "not set" (common in compose files).
+_EMPTY_IS_UNSET = {"redis_url", "model_dir", "admin_token"}
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "api_host": str.strip,
+    "api_port": _parse_number(int),
+    "debug": _parse_bool,
+    "redis_url": str.strip,
+    "redis_db": _parse_number(int),
+    "nmf_n_components": _parse_number(int),
+    "nmf_random_state": _parse_number(int),
+    "model_dir": Path,
+    "cache_ttl_seconds": _parse_number(float),
+    "admin_token": str,
+    "log_level": lambda raw: raw.strip().upper(),
+    "max_batch_users": _parse_number(int),
+    "max_body_bytes": _parse_number(int),
+    "max_id_length": _parse_number(int),
+    "executor_threads": _parse_number(int),
+    "tier1_max_entries": _parse_number(int),
+    "redis_timeout_seconds": _parse_number(float),
+    "redis_connect_timeout_seconds": _parse_number(float),
+    "redis_max_connections": _parse_number(int),
+    "breaker_failures": _parse_number(int),
+    "breaker_cooldown_seconds": _parse_number(float),
+    "shutdown_timeout_seconds": _parse_number(float),
+}

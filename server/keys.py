@@ -1,0 +1,24 @@
+"""Typed keys for every piece of application state (``app[CONFIG]`` is a Config)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from server.access_log import AccessLog
+from server.cache import TieredCache
+from server.config import Config
+from server.metrics import Metrics
+from server.state import ModelSlot, Reloader
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+MODEL = web.AppKey("model", ModelSlot)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+CACHE = web.AppKey("cache", TieredCache)
+RELOADER = web.AppKey("reloader", Reloader)
+OPENAPI = web.AppKey("openapi", bytes)
+ACCESS_LOG = web.AppKey("access_log", AccessLog | None)  # None below LOG_LEVEL=INFO
+
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -1,0 +1,97 @@
+"""Two middlewares: ``observe`` (outermost: request id, metrics, JSON access log)
+and ``errors`` (every failure becomes ``{"error": {"code", "message"}}``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from server.errors import ApiError, error_response
+from server.keys import ACCESS_LOG, METRICS, REQUEST_ID
+from timbral.exceptions import ArtifactError, UnknownIdError, ValidationError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+error_log = logging.getLogger("server.error")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_ids = itertools.count(1)
+_prefix = f"{os.getpid():x}-"
+
+# Stable codes for the statuses aiohttp itself raises.
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    431: "headers_too_large",
+}
+
+
+def route_name(request: web.Request) -> str:
+    """The route template (``/api/v1/similar/{item_id}``), never the raw path."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    incoming = request.headers.get(REQUEST_ID_HEADER)
+    request_id = incoming if incoming and len(incoming) <= 128 else f"{_prefix}{next(_ids):x}"
+    request[REQUEST_ID] = request_id
+    response = await handler(request)  # ``errors`` (inner) turns every failure into one
+    elapsed = time.perf_counter() - start
+    route = route_name(request)
+    response.headers[REQUEST_ID_HEADER] = request_id
+    app = request.app
+    app[METRICS].observe_request(route, request.method, response.status, elapsed)
+    access_log = app[ACCESS_LOG]
+    if access_log is not None:
+        access_log.write({
+            "request_id": request_id, "method": request.method, "path": request.path,
+            "route": route, "status": response.status, "duration_ms": round(elapsed * 1000, 3)})
+    return response
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    except UnknownIdError as exc:
+        return error_response(404, "unknown_id", str(exc))
+    except ValidationError as exc:
+        return error_response(422, "invalid_request", str(exc))
+    except ArtifactError as exc:
+        return error_response(422, "invalid_model", str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        message = _http_message(request, exc)
+        return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message, headers)
+    except Exception:
+        error_log.exception("unhandled error", extra={
+            "request_id": request.get(REQUEST_ID), "method": request.method,
+            "path": request.path, "route": route_name(request)})
+        return error_response(500, "internal_error",
+                              "the server failed to answer; the error is in its log")
+
+
+def _http_message(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"no endpoint at {request.path}; GET / lists the endpoints"
+    if exc.status == 405:
+        return (f"{request.method} is not allowed on {request.path}; "
+                f"allowed: {exc.headers.get('Allow', 'none')}")
+    return exc.text or exc.reason

@@ -1,0 +1,186 @@
+"""Request validation: turn untrusted JSON and query strings into typed requests.
+
+Every failure is an :class:`ApiError` naming the field, what was received and what is
+expected, so a client can fix its call from the message alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from server.errors import ApiError
+
+MIN_K, MAX_K = 1, 1000
+DEFAULT_K = 10
+MAX_ID_LIST = 10_000  # exclude_items / items entries in one request
+
+ExternalId = str | int
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendRequest:
+    user_id: ExternalId
+    k: int = DEFAULT_K
+    exclude_seen: bool = True
+    exclude_items: tuple[ExternalId, ...] | None = None
+    recent_items: tuple[ExternalId, ...] | None = None
+
+    @property
+    def cacheable(self) -> bool:
+        """Only the plain question is worth caching; ad-hoc filters are one-offs."""
+        return self.exclude_items is None and self.recent_items is None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRequest:
+    user_ids: tuple[ExternalId, ...]
+    k: int = DEFAULT_K
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_request", message)
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_json(raw: bytes) -> Any:
+    """Decode a request body; an empty body is ``None``."""
+    if not raw.strip():
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+
+
+def check_k(value: Any, source: str = "k") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(f"{source} must be an integer in {MIN_K}..{MAX_K}, got {_describe(value)}")
+    if not MIN_K <= value <= MAX_K:
+        raise invalid(f"{source} must be in {MIN_K}..{MAX_K}, got {value}")
+    return value
+
+
+def check_id(value: Any, field: str, max_length: int) -> ExternalId:
+    """A user or item id: a non-empty string or an integer, of bounded length."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise invalid(f"{field} must be a string or an integer, got {_describe(value)}")
+    if isinstance(value, str):
+        if not value:
+            raise invalid(f"{field} must not be empty")
+        if len(value) > max_length:
+            raise invalid(f"{field} is {len(value)} characters long; ids are at most {max_length}")
+    elif not -(2**63) <= value < 2**63:
+        raise invalid(f"{field} must fit in 64 bits, got {_describe(value)}")
+    return value
+
+
+def _check_id_list(value: Any, field: str, max_length: int, max_count: int) -> tuple[ExternalId, ...]:
+    if not isinstance(value, list):
+        raise invalid(f"{field} must be a list of ids, got {_describe(value)}")
+    if len(value) > max_count:
+        raise invalid(f"{field} has {len(value)} entries; at most {max_count} are accepted")
+    return tuple(check_id(item, f"{field}[{i}]", max_length) for i, item in enumerate(value))
+
+
+def _check_bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise invalid(f"{field} must be true or false, got {_describe(value)}")
+    return value
+
+
+_SINGLE_FIELDS = {"user_id", "k", "exclude_seen", "exclude_items", "items"}
+_BATCH_FIELDS = {"user_ids", "k"}
+
+
+def parse_recommendation_body(body: Any, *, max_batch: int,
+                              max_id_length: int) -> RecommendRequest | BatchRequest:
+    """Validate ``POST /api/v1/recommendations``: one user, or ``user_ids`` for a batch."""
+    if not isinstance(body, dict):
+        raise invalid('the body must be a JSON object like {"user_id": "u1", "k": 10} '
+                      f'or {{"user_ids": ["u1", "u2"], "k": 10}}, got {_describe(body)}')
+    if "user_ids" in body:
+        if "user_id" in body:
+            raise invalid("send either user_id (one user) or user_ids (a batch), not both")
+        _reject_unknown(body, _BATCH_FIELDS)
+        user_ids = body["user_ids"]
+        if not isinstance(user_ids, list) or not user_ids:
+            raise invalid(f"user_ids must be a non-empty list of ids, got {_describe(user_ids)}")
+        if len(user_ids) > max_batch:
+            raise invalid(f"user_ids has {len(user_ids)} entries; a batch holds at most {max_batch}")
+        return BatchRequest(
+            user_ids=_check_id_list(user_ids, "user_ids", max_id_length, max_batch),
+            k=check_k(body.get("k", DEFAULT_K)),
+        )
+    if "user_id" not in body:
+        raise invalid("missing field user_id (or user_ids for a batch)")
+    _reject_unknown(body, _SINGLE_FIELDS)
+    exclude_items = body.get("exclude_items")
+    recent = body.get("items")
+    return RecommendRequest(
+        user_id=check_id(body["user_id"], "user_id", max_id_length),
+        k=check_k(body.get("k", DEFAULT_K)),
+        exclude_seen=_check_bool(body.get("exclude_seen", True), "exclude_seen"),
+        exclude_items=None if exclude_items is None else _check_id_list(
+            exclude_items, "exclude_items", max_id_length, MAX_ID_LIST),
+        recent_items=None if recent is None else _check_id_list(
+            recent, "items", max_id_length, MAX_ID_LIST),
+    )
+
+
+def _reject_unknown(body: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise invalid(f"unknown field(s) {', '.join(map(repr, unknown))}; "
+                      f"expected some of {', '.join(sorted(allowed))}")
+
+
+def query_k(query: Mapping[str, str]) -> int:
+    raw = query.get("k")
+    if raw is None:
+        return DEFAULT_K
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid(f"query parameter k must be an integer in {MIN_K}..{MAX_K}, "
+                      f"got {_describe(raw)}") from None
+    return check_k(value, "query parameter k")
+
+
+def query_bool(query: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no"):
+        return False
+    raise invalid(f"query parameter {name} must be true or false, got {_describe(raw)}")
+
+
+def check_path_id(raw: str, field: str, max_length: int) -> str:
+    if len(raw) > max_length:
+        raise invalid(f"{field} is {len(raw)} characters long; ids are at most {max_length}")
+    return raw
+
+
+def parse_reload_body(body: Any) -> str | None:
+    """``{"path": "..."}`` or an empty body (reload the configured directory)."""
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        raise invalid(f'the body must be a JSON object like {{"path": "/models/v2"}}, got {_describe(body)}')
+    _reject_unknown(body, {"path"})
+    path = body.get("path")
+    if path is not None and (not isinstance(path, str) or not 0 < len(path) <= 4096):
+        raise invalid(f"path must be a non-empty string of at most 4096 characters, "
+                      f"got {_describe(path)}")
+    return path
