@@ -14,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from server.batching import RecommendBatcher
 from server.cache import CircuitBreaker, RedisCache
-from server.keys import CACHE, CONFIG, EXECUTOR, METRICS, MODEL, RELOADER
+from server.keys import BATCHER, CACHE, CONFIG, EXECUTOR, METRICS, MODEL, RELOADER
 from server.state import load_model
-from timbral._threads import available_cpus
+from timbral._threads import available_cpus, pin_blas_to_one_thread
 
 log = logging.getLogger("server")
 
@@ -25,8 +26,12 @@ log = logging.getLogger("server")
 async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     """A bounded pool for scoring: the kernels release the GIL, so threads use every core."""
     threads = app[CONFIG].executor_threads or available_cpus()
+    pin_blas_to_one_thread()  # parallelism comes from the pool; BLAS threads would oversubscribe
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="timbral-score")
     app[EXECUTOR] = executor
+    app[BATCHER] = RecommendBatcher(
+        executor, max_in_flight=threads, observe=app[METRICS].observe_batch
+    )
     yield
     executor.shutdown(wait=True, cancel_futures=True)
 

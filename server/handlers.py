@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.cache import cache_key
 from server.errors import ApiError
-from server.keys import CACHE, CONFIG, EXECUTOR, METRICS, MODEL, OPENAPI, RELOADER
+from server.keys import BATCHER, CACHE, CONFIG, EXECUTOR, METRICS, MODEL, OPENAPI, RELOADER
 from server.schemas import (
     BatchRequest,
     RecommendRequest,
@@ -155,11 +155,14 @@ async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Res
         cached = await request.app[CACHE].get(key)
         if cached is not None:
             return web.Response(body=cached, content_type="application/json")
-    recs = await score(
-        request, "recommend", model.recommender.recommend, user_id, req.k,
-        exclude_seen=req.exclude_seen,
-        exclude_items=None if req.exclude_items is None else [model.item_id(i) for i in req.exclude_items],
-        recent_items=None if req.recent_items is None else [model.item_id(i) for i in req.recent_items])
+    if req.cacheable:  # the plain question: scored together with concurrent ones
+        recs = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
+    else:
+        recs = await score(
+            request, "recommend", model.recommender.recommend, user_id, req.k,
+            exclude_seen=req.exclude_seen,
+            exclude_items=None if req.exclude_items is None else [model.item_id(i) for i in req.exclude_items],
+            recent_items=None if req.recent_items is None else [model.item_id(i) for i in req.recent_items])
     payload = {**recs.to_dict(), "model_version": model.version, "cached": False}
     body = orjson.dumps(payload, option=JSON_OPTIONS)
     if key is not None:

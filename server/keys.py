@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from server.access_log import AccessLog
+from server.batching import RecommendBatcher
 from server.cache import TieredCache
 from server.config import Config
 from server.metrics import Metrics
@@ -16,6 +17,7 @@ CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 MODEL = web.AppKey("model", ModelSlot)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+BATCHER = web.AppKey("batcher", RecommendBatcher)
 CACHE = web.AppKey("cache", TieredCache)
 RELOADER = web.AppKey("reloader", Reloader)
 OPENAPI = web.AppKey("openapi", bytes)

@@ -44,6 +44,10 @@ class Metrics:
         self.scoring_seconds = Histogram(
             "timbral_scoring_seconds", "Time spent scoring in the executor, by operation.",
             ("operation",), buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "timbral_scoring_batch_size", "Single-user requests scored together (micro-batching).",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self._batch_scoring = self.scoring_seconds.labels("recommend")
         # Label lookups cost more than the increments; keep the children.
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.hits_by_tier = {tier: self.cache_hits.labels(tier) for tier in ("1", "2")}
@@ -71,6 +75,10 @@ class Metrics:
         if hit_tier is not None:
             self._hits += 1
             self.hits_by_tier[hit_tier].inc()
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self._batch_scoring.observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

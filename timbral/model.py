@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
 from timbral import _solvers
-from timbral._scoring import top_k
+from timbral._scoring import exclude_rows, top_k
 from timbral._validation import (
     NONE,
     Interval,
@@ -368,7 +368,7 @@ class NMFModel:
         """
         self._check_fitted()
         users = check_indices(users, self.n_users_, name="users")
-        exclude = self.user_items_[users] if exclude_seen else None
+        exclude = exclude_rows(self.user_items_, users) if exclude_seen else None
         return self._top_k(
             self.user_factors_[users], users, k, exclude=exclude, exclude_items=exclude_items, items=items
         )
@@ -602,6 +602,7 @@ class NMFModel:
         model.user_factors_, model.item_factors_ = W, H
         model.user_bias_, model.item_bias_ = b_u, b_i
         model.user_items_ = sp.csr_matrix((data, indices, indptr), shape=(n_users, n_items))
+        model.user_items_.sort_indices()  # top-K walks each row's seen items in order
         model._reset_caches()
         return model
 
@@ -714,7 +715,7 @@ class NMFModel:
         users: NDArray[np.int64] | None,
         k: int,
         *,
-        exclude: sp.spmatrix | None,
+        exclude: sp.spmatrix | tuple[NDArray[np.int64], NDArray[np.int32]] | None,
         exclude_items: ArrayLike | None,
         items: ArrayLike | None,
     ) -> tuple[NDArray[np.int32], NDArray[np.floating]]:
@@ -726,7 +727,7 @@ class NMFModel:
         if exclude_items is not None:
             mask = np.zeros(self.n_items_, dtype=bool) if mask is None else mask
             mask[check_indices(exclude_items, self.n_items_, name="exclude_items")] = True
-        if exclude is not None:
+        if exclude is not None and not isinstance(exclude, tuple):
             exclude = sp.csr_matrix(exclude)
             if exclude.shape != (query.shape[0], self.n_items_):
                 raise ValidationError(

@@ -1,0 +1,74 @@
+"""Micro-batching: concurrent requests scored together answer exactly as alone."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import pytest
+from server_support import N_USERS, config
+
+from server.app import create_app
+from server.batching import RecommendBatcher
+from server.state import load_model
+from server.metrics import Metrics
+
+
+@pytest.fixture
+async def client(aiohttp_client, model_dir):
+    return await aiohttp_client(create_app(config(model_dir, executor_threads=1)))
+
+
+async def test_concurrent_requests_share_a_batch_and_match_single_scoring(client, model_dir):
+    recommender = load_model(model_dir, Metrics()).recommender
+    users = [f"u{i}" for i in range(0, N_USERS, 3)]
+    ks = [1 + (i % 7) for i in range(len(users))]
+    responses = await asyncio.gather(
+        *(client.get(f"/api/v1/recommendations/{u}", params={"k": k}) for u, k in zip(users, ks))
+    )
+    for user, k, response in zip(users, ks, responses):
+        assert response.status == 200
+        body = await response.json()
+        expected = recommender.recommend(user, k)
+        assert [r["item_id"] for r in body["recommendations"]] == [item for item, _ in expected.items]
+        assert [r["score"] for r in body["recommendations"]] == pytest.approx([s for _, s in expected.items], rel=1e-5)
+        assert body["strategy"] == "nmf"
+    metrics = (await (await client.get("/metrics")).text()).splitlines()
+    batches = next(line for line in metrics if line.startswith("timbral_scoring_batch_size_count"))
+    scored = next(line for line in metrics if line.startswith("timbral_scoring_batch_size_sum"))
+    assert float(scored.split()[-1]) == len(users)
+    assert float(batches.split()[-1]) < len(users), "no two requests were scored together"
+
+
+async def test_unknown_users_in_a_batch_get_popular_items(client):
+    responses = await asyncio.gather(
+        client.get("/api/v1/recommendations/u1?k=3"), client.get("/api/v1/recommendations/nobody?k=3")
+    )
+    known, unknown = [await r.json() for r in responses]
+    assert known["strategy"] == "nmf" and unknown["strategy"] == "popularity"
+    assert len(unknown["recommendations"]) == 3
+
+
+class _BrokenRecommender:
+    """A recommender whose batch scoring fails, to inject the fault."""
+
+    def recommend_batch(self, user_ids, k, exclude_seen=True):
+        raise MemoryError("scratch allocation failed")
+
+
+async def test_a_failing_batch_fails_its_requests_and_the_batcher_recovers(model_dir):
+    good = load_model(model_dir, Metrics())
+    broken = SimpleNamespace(recommender=_BrokenRecommender())
+    with ThreadPoolExecutor(1) as executor:
+        batcher = RecommendBatcher(executor, max_in_flight=1)
+        results = await asyncio.gather(
+            batcher.recommend(broken, "u1", 5, True),
+            batcher.recommend(broken, "u2", 5, True),
+            batcher.recommend(good, "u3", 5, True),
+            return_exceptions=True,
+        )
+        assert isinstance(results[0], MemoryError) and isinstance(results[1], MemoryError)
+        assert len(results[2].items) == 5  # another model's batch was unaffected
+        again = await batcher.recommend(good, "u1", 4, True)
+    assert [item for item, _ in again.items] == [item for item, _ in good.recommender.recommend("u1", 4).items]
