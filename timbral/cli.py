@@ -28,7 +28,6 @@ from timbral.logs import configure_logging
 __all__ = ["main"]
 
 QUICKSTART_SIZE = {"users": 2_000, "items": 1_000, "interactions": 100_000}
-QUICKSTART_ITERATIONS = 15
 
 
 class _UsageError(Exception):
@@ -367,8 +366,6 @@ def _cmd_quickstart(args: argparse.Namespace, progress: bool) -> int:
     summary = write_interactions(data, args.users, args.items, args.interactions, args.seed, progress=progress)
     print(f"1. Generated {summary.n_rows:,} plays by {args.users:,} listeners of {args.items:,} artists "
           f"(heavy-tailed popularity, taste clusters) -> {data}")
-    if args.iterations is None:
-        args.iterations = QUICKSTART_ITERATIONS
     result = _train(args, data, model_dir, test_fraction=0.2, k=10, refit=True, progress=progress)
     print("2. " + _describe_training(result).replace("\n", "\n   "))
     rec = result.recommender
