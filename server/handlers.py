@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.cache import cache_key
 from server.errors import ApiError
-from server.keys import BATCHER, CACHE, CONFIG, EXECUTOR, METRICS, MODEL, OPENAPI, RELOADER
+from server.keys import BATCHER, CACHE, CONFIG, EXECUTOR, SCORING_THREADS, METRICS, MODEL, OPENAPI, RELOADER
 from server.schemas import (
     BatchRequest,
     RecommendRequest,
@@ -174,8 +174,14 @@ async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Res
 async def _recommend_batch(request: web.Request, req: BatchRequest) -> web.Response:
     model = request.app[MODEL].require()
     user_ids = [model.user_id(u) for u in req.user_ids]
-    results = await score(request, "recommend_batch", model.recommender.recommend_batch,
-                          user_ids, req.k)
+    # one part per scoring thread: the kernels run single-threaded in the pool
+    n_parts = max(1, min(len(user_ids), request.app[SCORING_THREADS]))
+    bounds = [len(user_ids) * part // n_parts for part in range(n_parts + 1)]
+    parts = await asyncio.gather(*(
+        score(request, "recommend_batch", model.recommender.recommend_batch,
+              user_ids[start:stop], req.k)
+        for start, stop in zip(bounds[:-1], bounds[1:])))
+    results = [recs for part in parts for recs in part]
     return json_response({
         "model_version": model.version,
         "k": req.k,

@@ -17,6 +17,7 @@ CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 MODEL = web.AppKey("model", ModelSlot)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+SCORING_THREADS = web.AppKey("scoring_threads", int)  # the executor's size
 BATCHER = web.AppKey("batcher", RecommendBatcher)
 CACHE = web.AppKey("cache", TieredCache)
 RELOADER = web.AppKey("reloader", Reloader)

@@ -88,6 +88,10 @@ def load_model(path: Path, metrics: Metrics) -> LoadedModel:
     except (OSError, ValueError, KeyError) as exc:
         raise ArtifactError(f"model directory {str(path)!r} could not be read: "
                             f"{type(exc).__name__}: {exc}") from exc
+    # One kernel thread per call: the scoring pool is the server's parallelism. Nested
+    # OpenMP teams inside pool threads oversubscribe the cores, and a team waiting for a
+    # descheduled member stalls a whole scheduler slice (a 4-user batch took 23 ms, not 3).
+    recommender.model.n_threads = 1
     if recommender.n_users < 1 or recommender.n_items < 1:
         raise ArtifactError(f"model in {str(path)!r} has {recommender.n_users} users and "
                             f"{recommender.n_items} items; it cannot recommend anything")
