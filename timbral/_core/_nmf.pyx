@@ -19,10 +19,30 @@ NumPy statement of the same computation.
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
 from cython cimport floating, integral
 from cython.parallel cimport parallel, prange
+from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 cdef enum:
     # Rows per dynamic-schedule chunk: rows are cheap (microseconds), lengths power-law.
     CHUNK = 8
+    # Rows per block of solve_rows: Gx = X_block · gram is one small GEMM per block.
+    BLOCK = 16
+
+
+cdef inline void _gram_times(
+    const floating* X, const floating* gram, floating* out, int n_rows, int k
+) noexcept nogil:
+    """out (n_rows × k) = X (n_rows × k) · gram (k × k, symmetric), row-major, by BLAS.
+
+    Column-major BLAS sees row-major ``X`` as Xᵀ, so it computes outᵀ = gram · Xᵀ.
+    """
+    cdef char no = b"N"
+    cdef floating one = 1.0, zero = 0.0
+    if floating is float:
+        sgemm(&no, &no, &k, &n_rows, &k, &one, <float*> gram, &k, <float*> X, &k,
+              &zero, out, &k)
+    else:
+        dgemm(&no, &no, &k, &n_rows, &k, &one, <double*> gram, &k, <double*> X, &k,
+              &zero, out, &k)
 
 
 cdef inline double _dot_w(
@@ -59,17 +79,21 @@ cdef void _solve_row(
     int n_sweeps,
     bint weighted,
     double* x,
-    double* gx,
+    floating* gx,
     double* b,
     double* diag,
     double* w,
     double* s,
     floating* yt,
 ) noexcept nogil:
-    """Coordinate-descent sweeps on one row; scratch ``yt`` is k × n (row f contiguous)."""
+    """Coordinate-descent sweeps on one row; ``gx`` holds gram · x on entry.
+
+    Scratch ``yt`` is k × n (row f contiguous), filled here.
+    """
     cdef Py_ssize_t j, f, g
     cdef int sweep
     cdef double c, cp, wj, sj, y, ax, new, delta
+    cdef floating step
     cdef const floating* yrow
     cdef const floating* grow
     cdef floating* ytf
@@ -96,30 +120,25 @@ cdef void _solve_row(
         else:
             for f in range(k):
                 b[f] += cp * yrow[f]
-    for f in range(k):                                # Gx = gram · x
-        grow = gram + f * k
-        ax = 0.0
-        for g in range(k):
-            ax += grow[g] * x[g]
-        gx[f] = ax
-
+    for f in range(k):                                # 1 / A_ff: no divide in the sweeps
+        diag[f] = 1.0 / diag[f] if diag[f] > 0.0 else 0.0
     for sweep in range(n_sweeps):
         for f in range(k):
-            if diag[f] <= 0.0:
+            if diag[f] == 0.0:                        # A_ff ≤ 0: leave x_f alone
                 continue
             ax = gx[f]                                # (A x)_f = Gx_f + Σ_j w_j y_jf s_j
             ytf = yt + f * n
             if weighted:
                 ax += _dot_w(w, ytf, s, n)
-            new = x[f] - (ax - b[f] + l1) / diag[f]   # x_f − (A x − b + l1)_f / A_ff
-            if new < 0.0:
-                new = 0.0
+            new = x[f] - (ax - b[f] + l1) * diag[f]   # x_f − (A x − b + l1)_f / A_ff
+            new = new if new > 0.0 else 0.0
             delta = new - x[f]
             if delta != 0.0:
                 x[f] = new
                 grow = gram + f * k                   # gram symmetric: row f = column f
+                step = <floating> delta
                 for g in range(k):
-                    gx[g] += delta * grow[g]          # Gx += δ · gram[:, f]
+                    gx[g] += step * grow[g]           # Gx += δ · gram[:, f]
                 if weighted:
                     for j in range(n):
                         s[j] += delta * ytf[j]        # s_j += δ · y_jf
@@ -168,34 +187,44 @@ def solve_rows(
     """
     cdef Py_ssize_t n_rows = X.shape[0], k = X.shape[1]
     cdef Py_ssize_t longest = _max_row_length(indptr)
+    cdef Py_ssize_t n_blocks = (n_rows + BLOCK - 1) // BLOCK
     cdef bint weighted = not (conf_scale == 0.0 and conf_offset == beta)
-    cdef Py_ssize_t u, start, n
+    cdef Py_ssize_t block, first, last, u, start
     cdef double* buf = NULL
-    cdef floating* yt = NULL
+    cdef floating* fbuf = NULL
 
+    if n_rows == 0:
+        return
     with nogil, parallel(num_threads=n_threads):
-        # Per thread: x, Gx, b, diag (k each), w, s (longest each) and the gathered
-        # y_j of a row, k × longest (only when the observed entries carry weight).
-        buf = <double*> PyMem_RawMalloc((4 * k + 2 * longest + 1) * sizeof(double))
-        yt = <floating*> PyMem_RawMalloc(((k * longest if weighted else 0) + 1) * sizeof(floating))
+        # Per thread: x, b, 1/diag (k each), w, s (longest each) in double; Gx of a
+        # block of rows (BLOCK × k) and the gathered y_j of a row (k × longest, only
+        # when observed entries carry weight) in the factors' dtype.
+        buf = <double*> PyMem_RawMalloc((3 * k + 2 * longest + 1) * sizeof(double))
+        fbuf = <floating*> PyMem_RawMalloc(
+            (BLOCK * k + (k * longest if weighted else 0) + 1) * sizeof(floating)
+        )
         try:
-            for u in prange(n_rows, schedule="dynamic", chunksize=CHUNK):
-                if buf == NULL or yt == NULL:
+            for block in prange(n_blocks, schedule="dynamic", chunksize=1):
+                if buf == NULL or fbuf == NULL:
                     with gil:
                         raise MemoryError(
                             f"solve_rows: cannot allocate scratch for rows of {longest} entries"
                         )
-                start = indptr[u]
-                n = indptr[u + 1] - start
-                _solve_row(
-                    &indices[0] + start, &data[0] + start, n, &X[u, 0], &Y[0, 0], &gram[0, 0],
-                    k, conf_offset, conf_scale, target_one, beta, l1, n_sweeps, weighted,
-                    buf, buf + k, buf + 2 * k, buf + 3 * k, buf + 4 * k, buf + 4 * k + longest,
-                    yt,
-                )
+                first = block * BLOCK
+                last = min(first + BLOCK, n_rows)
+                _gram_times(&X[first, 0], &gram[0, 0], fbuf, <int> (last - first), <int> k)
+                for u in range(first, last):
+                    start = indptr[u]
+                    _solve_row(
+                        &indices[0] + start, &data[0] + start, indptr[u + 1] - start,
+                        &X[u, 0], &Y[0, 0], &gram[0, 0], k, conf_offset, conf_scale,
+                        target_one, beta, l1, n_sweeps, weighted, buf, fbuf + (u - first) * k,
+                        buf + k, buf + 2 * k, buf + 3 * k, buf + 3 * k + longest,
+                        fbuf + BLOCK * k,
+                    )
         finally:
             PyMem_RawFree(buf)
-            PyMem_RawFree(yt)
+            PyMem_RawFree(fbuf)
 
 
 def observed_loss(
