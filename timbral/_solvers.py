@@ -43,8 +43,11 @@ INIT_KINDS = ("random", "nndsvd")
 LOG_EPSILON = 1.0
 #: ``confidence="bm25"``: implicit's ``bm25_weight`` defaults.
 BM25_K1, BM25_B = 100.0, 0.8
-#: Coordinate-descent sweeps per row in each half-step of ``fit_nmf``.
-FIT_SWEEPS = {"implicit": 3, "explicit": 3, "frobenius": 1}
+#: Coordinate-descent sweeps per row in each half-step of ``fit_nmf``. Implicit does
+#: 3 like implicit's ALS does 3 CG steps. Frobenius rows are cheap to re-sweep (no
+#: observed-entry weights): on Last.fm (k=64) 8 sweeps reach scikit-learn's 200-iteration
+#: error in 10 iterations, 1 sweep (scikit-learn's cd) needs 194.
+FIT_SWEEPS = {"implicit": 3, "explicit": 3, "frobenius": 8}
 #: Sweeps for ``fold_in`` (one row from zero, so run it close to the exact solve).
 FOLD_IN_SWEEPS = 30
 
@@ -176,10 +179,12 @@ def _init_factors(
     """
     n_users, n_items = target.shape
     if init == "random":
-        scale = np.sqrt(abs(target.sum()) / (n_users * n_items) / k)
-        W = rng.random((n_users, k), dtype=np.float64) * scale
-        H = rng.random((n_items, k), dtype=np.float64) * scale
-        return np.ascontiguousarray(W, dtype), np.ascontiguousarray(H, dtype)
+        scale = dtype.type(np.sqrt(abs(target.sum()) / (n_users * n_items) / k))
+        W = rng.random((n_users, k), dtype=dtype)
+        H = rng.random((n_items, k), dtype=dtype)
+        W *= scale
+        H *= scale
+        return W, H
     if k >= min(n_users, n_items):
         raise ValidationError(
             f"init='nndsvd' needs n_components < min(n_users, n_items) = "
