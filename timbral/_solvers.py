@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -102,7 +102,7 @@ class _Triplet:
     indices: NDArray[np.integer]
     data: NDArray[np.floating]
     shape: tuple[int, int]
-    rows: NDArray[np.integer] | None = field(default=None)  # row of each entry (explicit)
+    rows: NDArray[np.integer] | None = None  # row of each entry (explicit feedback only)
 
 
 def _weights(feedback: str, alpha: float) -> _Weights:
@@ -386,7 +386,9 @@ def fit_nmf(
         R.data, Rt.data = np.empty_like(raw), np.empty_like(raw_t)
 
     with single_threaded_blas():
-        if feedback == "implicit":  # the target is the zero-filled 0/1 pattern
+        # Init scales to the zero-filled target: the 0/1 pattern (implicit), |r − μ|
+        # (explicit: the part biases leave to W Hᵀ) or r (frobenius).
+        if feedback == "implicit":
             target = sp.csr_matrix((np.ones_like(data), R.indices, R.indptr), R.shape)
         else:
             target = sp.csr_matrix((np.abs(data - mu), R.indices, R.indptr), R.shape)
@@ -475,10 +477,9 @@ def fold_in(
     n_items, k = item_factors.shape
     item_indices = np.asarray(item_indices, dtype=np.intp).ravel()
     values = np.ones(item_indices.size, dtype) if weights is None else np.asarray(weights, dtype)
-    row = sp.csr_matrix(
+    row = sp.csr_matrix(  # COO -> CSR sums repeated items
         (values, (np.zeros_like(item_indices), item_indices)), shape=(1, n_items), dtype=dtype
     )
-    row.sum_duplicates()
     w = _weights(feedback, alpha)
     if feedback == "implicit":
         if confidence == "bm25" and bm25 is None:

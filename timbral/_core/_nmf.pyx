@@ -12,8 +12,9 @@ user factors) with observed columns ``i`` and values ``r_i`` solves
 
 ``A`` is never formed. The solver keeps ``s_i = x · y_i`` for the observed
 items and ``Gx = gram · x`` up to date, so ``(A x)_f = Gx_f + Σ_i (c_i − beta) y_if s_i``
-and a sweep costs O(n_u · k + k²). ``timbral._reference.solve_rows`` is the
-NumPy statement of the same computation.
+and a sweep costs O(n_u · k + k²). ``Gx`` starts as one small GEMM per block of
+rows (scipy's BLAS) and is kept in the factors' dtype; x, b, s and A_ff are double.
+``timbral._reference.solve_rows`` is the NumPy statement of the same computation.
 """
 
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
