@@ -180,8 +180,9 @@ def _init_factors(
     n_users, n_items = target.shape
     if init == "random":
         scale = dtype.type(np.sqrt(abs(target.sum()) / (n_users * n_items) / k))
-        W = rng.random((n_users, k), dtype=dtype)
-        H = rng.random((n_items, k), dtype=dtype)
+        # Drawn in float32 for either dtype: float32 and float64 fits start alike.
+        W = rng.random((n_users, k), dtype=np.float32).astype(dtype, copy=False)
+        H = rng.random((n_items, k), dtype=np.float32).astype(dtype, copy=False)
         W *= scale
         H *= scale
         return W, H
@@ -227,11 +228,15 @@ def _half_step(
     l1: float,
     n_sweeps: int,
     n_threads: int,
+    row_loss: NDArray[np.float64] | None = None,
 ) -> None:
-    """Update every row of X against fixed Y; ``l1`` is the objective's coefficient."""
+    """Update every row of X against fixed Y; ``l1`` is the objective's coefficient.
+
+    ``row_loss`` (n_rows,) receives each row's observed loss at its new value.
+    """
     _nmf.solve_rows(
         R.indptr, R.indices, R.data, X, Y, gram, w.conf_offset, w.conf_scale, w.target_one,
-        w.beta, 0.5 * l1, n_sweeps, n_threads,
+        w.beta, 0.5 * l1, n_sweeps, n_threads, row_loss,
     )
 
 
@@ -266,7 +271,6 @@ def _update_biases(
 
 
 def _loss(
-    R: _Triplet,
     W: NDArray[np.floating],
     H: NDArray[np.floating],
     WtW: NDArray[np.floating],
@@ -274,15 +278,13 @@ def _loss(
     w: _Weights,
     l2: float,
     l1: float,
-    per_row: NDArray[np.float64],
-    n_threads: int,
+    observed: NDArray[np.float64],
 ) -> float:
-    """β · Σ (WᵀW ∘ HᵀH) + Σ_obs [c (p − s)² − β s²] + l2 (‖W‖² + ‖H‖²) + l1 (ΣW + ΣH)."""
-    _nmf.observed_loss(
-        R.indptr, R.indices, R.data, W, H, w.conf_offset, w.conf_scale, w.target_one, w.beta,
-        per_row, n_threads,
-    )
-    loss = w.beta * float(np.sum(WtW.astype(np.float64) * HtH)) + float(per_row.sum())
+    """β · Σ (WᵀW ∘ HᵀH) + Σ_obs [c (p − s)² − β s²] + l2 (‖W‖² + ‖H‖²) + l1 (ΣW + ΣH).
+
+    ``observed`` holds the observed-entry sums per item, from the H half-step.
+    """
+    loss = w.beta * float(np.sum(WtW.astype(np.float64) * HtH)) + float(observed.sum())
     loss += l2 * float(np.trace(WtW) + np.trace(HtH))
     if l1:
         loss += l1 * (float(W.sum(dtype=np.float64)) + float(H.sum(dtype=np.float64)))
@@ -395,7 +397,7 @@ def fit_nmf(
         W, H = _init_factors(target, k, init, rng, dtype)
         del target
 
-        per_row = np.empty(n_users)
+        observed = np.empty(n_items)
         HtH = H.T @ H
         history: list[float] = []
         converged = False
@@ -407,10 +409,10 @@ def fit_nmf(
                 np.subtract(raw_t, mu + user_bias[Rt.indices] + item_bias[Rt.rows], out=Rt.data)
             _half_step(R, W, H, _gram(HtH, w.beta, l2), w, l1, sweeps, n_threads)
             WtW = W.T @ W
-            _half_step(Rt, H, W, _gram(WtW, w.beta, l2), w, l1, sweeps, n_threads)
+            _half_step(Rt, H, W, _gram(WtW, w.beta, l2), w, l1, sweeps, n_threads, observed)
             HtH = H.T @ H
 
-            loss = _loss(R, W, H, WtW, HtH, w, l2, l1, per_row, n_threads)
+            loss = _loss(W, H, WtW, HtH, w, l2, l1, observed)
             if feedback == "explicit":
                 loss += l2 * float(user_bias @ user_bias + item_bias @ item_bias)
             _check_finite(loss, iteration, feedback, alpha, l2)

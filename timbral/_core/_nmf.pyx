@@ -64,7 +64,7 @@ cdef inline double _dot_w(
     return (a0 + a1) + (a2 + a3)
 
 
-cdef void _solve_row(
+cdef double _solve_row(
     const integral* cols,
     const floating* r,
     Py_ssize_t n,
@@ -79,6 +79,7 @@ cdef void _solve_row(
     double l1,
     int n_sweeps,
     bint weighted,
+    bint with_loss,
     double* x,
     floating* gx,
     double* b,
@@ -89,11 +90,13 @@ cdef void _solve_row(
 ) noexcept nogil:
     """Coordinate-descent sweeps on one row; ``gx`` holds gram · x on entry.
 
-    Scratch ``yt`` is k × n (row f contiguous), filled here.
+    Scratch ``yt`` is k × n (row f contiguous), filled here. Returns the row's
+    observed loss Σ_j c_j (p_j − s_j)² − β s_j² at the new x when ``with_loss``
+    (O(n) from the maintained s_j, O(n · k) when unweighted), else 0.
     """
     cdef Py_ssize_t j, f, g
     cdef int sweep
-    cdef double c, cp, wj, sj, y, ax, new, delta
+    cdef double c, cp, wj, sj, y, ax, new, delta, loss
     cdef floating step
     cdef const floating* yrow
     cdef const floating* grow
@@ -145,6 +148,22 @@ cdef void _solve_row(
                         s[j] += delta * ytf[j]        # s_j += δ · y_jf
     for f in range(k):
         x_out[f] = <floating> x[f]
+    if not with_loss:
+        return 0.0
+    loss = 0.0
+    for j in range(n):
+        if weighted:
+            sj = s[j]
+            c = w[j] + beta
+        else:
+            yrow = Y + <Py_ssize_t> cols[j] * k
+            sj = 0.0
+            for f in range(k):
+                sj += x[f] * yrow[f]
+            c = conf_offset + conf_scale * r[j]
+        y = 1.0 if target_one else r[j]               # p_j
+        loss += c * (y - sj) * (y - sj) - beta * sj * sj
+    return loss
 
 
 cdef Py_ssize_t _max_row_length(const integral[::1] indptr) noexcept nogil:
@@ -169,6 +188,7 @@ def solve_rows(
     double l1,
     int n_sweeps,
     int n_threads,
+    double[::1] row_loss=None,
 ):
     """Projected coordinate descent on every row of ``X``, in place, in parallel.
 
@@ -185,6 +205,10 @@ def solve_rows(
     n_sweeps : sweeps over coordinates 0 .. k-1:
         x_f ← max(0, x_f − ((A x)_f − b_f + l1) / A_ff), skipping A_ff ≤ 0.
     n_threads : OpenMP threads.
+    row_loss : optional (n_rows,) output: each row's observed loss at its new x,
+        row_loss[u] = Σ_j c_j (p_j − s_j)² − beta · s_j²,  s_j = x_u · y_j.
+        With ``beta · Σ (XᵀX ∘ YᵀY)`` it completes the data part of the objective
+        without another pass over the entries.
     """
     cdef Py_ssize_t n_rows = X.shape[0], k = X.shape[1]
     cdef Py_ssize_t longest = _max_row_length(indptr)
@@ -193,6 +217,9 @@ def solve_rows(
     cdef Py_ssize_t block, first, last, u, start
     cdef double* buf = NULL
     cdef floating* fbuf = NULL
+    cdef bint with_loss = row_loss is not None
+    cdef double* loss_out = &row_loss[0] if with_loss and n_rows > 0 else NULL
+    cdef double loss
 
     if n_rows == 0:
         return
@@ -216,57 +243,18 @@ def solve_rows(
                 _gram_times(&X[first, 0], &gram[0, 0], fbuf, <int> (last - first), <int> k)
                 for u in range(first, last):
                     start = indptr[u]
-                    _solve_row(
+                    loss = _solve_row(
                         &indices[0] + start, &data[0] + start, indptr[u + 1] - start,
                         &X[u, 0], &Y[0, 0], &gram[0, 0], k, conf_offset, conf_scale,
-                        target_one, beta, l1, n_sweeps, weighted, buf, fbuf + (u - first) * k,
-                        buf + k, buf + 2 * k, buf + 3 * k, buf + 3 * k + longest,
-                        fbuf + BLOCK * k,
+                        target_one, beta, l1, n_sweeps, weighted, with_loss, buf,
+                        fbuf + (u - first) * k, buf + k, buf + 2 * k, buf + 3 * k,
+                        buf + 3 * k + longest, fbuf + BLOCK * k,
                     )
+                    if with_loss:
+                        loss_out[u] = loss
         finally:
             PyMem_RawFree(buf)
             PyMem_RawFree(fbuf)
-
-
-def observed_loss(
-    const integral[::1] indptr,
-    const integral[::1] indices,
-    const floating[::1] data,
-    const floating[:, ::1] X,
-    const floating[:, ::1] Y,
-    double conf_offset,
-    double conf_scale,
-    bint target_one,
-    double beta,
-    double[::1] out,
-    int n_threads,
-):
-    """Per-row loss of the observed entries, into ``out`` (n_rows,).
-
-        s_j    = x_u · y_j
-        out[u] = Σ_j c_j (p_j − s_j)² − beta · s_j²
-
-    Summing ``out`` (deterministic, unlike a parallel reduction) and adding
-    ``beta · Σ (XᵀX ∘ YᵀY)`` gives the data part of the objective.
-    """
-    cdef Py_ssize_t n_rows = X.shape[0], k = X.shape[1]
-    cdef Py_ssize_t u, j, f
-    cdef double c, p, s, total
-    cdef const floating* x
-    cdef const floating* y
-    with nogil:
-        for u in prange(n_rows, schedule="dynamic", chunksize=CHUNK, num_threads=n_threads):
-            x = &X[u, 0]
-            total = 0.0
-            for j in range(indptr[u], indptr[u + 1]):
-                y = &Y[indices[j], 0]
-                s = 0.0
-                for f in range(k):
-                    s = s + x[f] * y[f]
-                c = conf_offset + conf_scale * data[j]
-                p = 1.0 if target_one else data[j]
-                total = total + c * (p - s) * (p - s) - beta * s * s
-            out[u] = total
 
 
 def observed_dot(
