@@ -64,6 +64,22 @@ cdef inline double _dot_w(
     return (a0 + a1) + (a2 + a3)
 
 
+cdef inline double _dot(const double* x, const floating* y, Py_ssize_t n) noexcept nogil:
+    """Σ_j x_j · y_j with four accumulators."""
+    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
+    cdef Py_ssize_t j = 0
+    while j + 4 <= n:
+        a0 += x[j] * y[j]
+        a1 += x[j + 1] * y[j + 1]
+        a2 += x[j + 2] * y[j + 2]
+        a3 += x[j + 3] * y[j + 3]
+        j += 4
+    while j < n:
+        a0 += x[j] * y[j]
+        j += 1
+    return (a0 + a1) + (a2 + a3)
+
+
 cdef double _solve_row(
     const integral* cols,
     const floating* r,
@@ -110,17 +126,16 @@ cdef double _solve_row(
         c = conf_offset + conf_scale * r[j]           # c_j = offset + scale · r_j
         cp = c if target_one else c * r[j]            # c_j · p_j
         yrow = Y + <Py_ssize_t> cols[j] * k
-        if weighted:
+        if weighted:                                  # (separate loops vectorize)
             wj = c - beta                             # weight of y_j y_jᵀ in A
-            sj = 0.0
             for f in range(k):
                 y = yrow[f]
-                yt[f * n + j] = y                     # gather: yt[f, j] = y_jf
                 b[f] += cp * y                        # b_f += c_j p_j y_jf
                 diag[f] += wj * y * y                 # A_ff += (c_j − β) y_jf²
-                sj += x[f] * y                        # s_j = x · y_j
+            for f in range(k):
+                yt[f * n + j] = yrow[f]               # gather: yt[f, j] = y_jf
             w[j] = wj
-            s[j] = sj
+            s[j] = _dot(x, yrow, k)                   # s_j = x · y_j
         else:
             for f in range(k):
                 b[f] += cp * yrow[f]
