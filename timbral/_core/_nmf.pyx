@@ -108,7 +108,7 @@ cdef double _solve_row(
 
     Scratch ``yt`` is k × n (row f contiguous), filled here. Returns the row's
     observed loss Σ_j c_j (p_j − s_j)² − β s_j² at the new x when ``with_loss``
-    (O(n) from the maintained s_j, O(n · k) when unweighted), else 0.
+    (O(n) from the maintained s_j, or from b when unweighted), else 0.
     """
     cdef Py_ssize_t j, f, g
     cdef int sweep
@@ -166,18 +166,18 @@ cdef double _solve_row(
     if not with_loss:
         return 0.0
     loss = 0.0
-    for j in range(n):
-        if weighted:
-            sj = s[j]
+    if weighted:
+        for j in range(n):
+            y = 1.0 if target_one else r[j]           # p_j
             c = w[j] + beta
-        else:
-            yrow = Y + <Py_ssize_t> cols[j] * k
-            sj = 0.0
-            for f in range(k):
-                sj += x[f] * yrow[f]
-            c = conf_offset + conf_scale * r[j]
-        y = 1.0 if target_one else r[j]               # p_j
-        loss += c * (y - sj) * (y - sj) - beta * sj * sj
+            loss += c * (y - s[j]) * (y - s[j]) - beta * s[j] * s[j]
+        return loss
+    # c = β for every entry: Σ_j c (p_j − s_j)² − β s_j² = Σ_j c p_j² − 2 x · b, O(n + k).
+    for j in range(n):
+        y = 1.0 if target_one else r[j]
+        loss += conf_offset * y * y
+    for f in range(k):
+        loss -= 2.0 * x[f] * b[f]
     return loss
 
 
