@@ -33,6 +33,7 @@ from timbral._solvers import _init_factors, fit_nmf
 from timbral.exceptions import ConvergenceWarning
 
 K, ITERATIONS, THREADS = 64, 15, 2
+NEAR = 1.001  # "within 0.1 %" of sklearn's final reconstruction error
 
 
 def load_lastfm(path: str) -> sp.csr_matrix:
@@ -107,7 +108,9 @@ def compare_frobenius(R: sp.csr_matrix, sklearn_max_iter: int = 200) -> dict[str
 
     Both start from the same random init. Timbral gets at most as many iterations
     as sklearn ran; if it has not reached sklearn's error by then the time ratio is
-    reported as 0 and ``timbral_error`` says how close it came.
+    reported as 0 and ``timbral_error`` says how close it came. Both fits wander to
+    slightly different local minima, so the time to come within 0.1 % of sklearn's
+    error is reported too.
     """
     from sklearn.decomposition import NMF
 
@@ -120,11 +123,13 @@ def compare_frobenius(R: sp.csr_matrix, sklearn_max_iter: int = 200) -> dict[str
         sk_time = time.perf_counter() - start
     target = sk.reconstruction_err_
 
-    reached: dict[str, float] = {"seconds": np.inf, "iterations": -1}
+    reached: dict[str, float] = {"seconds": np.inf, "iterations": -1, "near_seconds": np.inf}
     start = time.perf_counter()
 
     def stop_at_target(iteration: int, loss: float) -> None:
         reached["error"] = np.sqrt(max(loss, 0.0))
+        if reached["error"] <= NEAR * target and np.isinf(reached["near_seconds"]):
+            reached["near_seconds"] = time.perf_counter() - start
         if reached["error"] <= target:
             reached.update(seconds=time.perf_counter() - start, iterations=iteration)
             raise _Reached
@@ -142,6 +147,8 @@ def compare_frobenius(R: sp.csr_matrix, sklearn_max_iter: int = 200) -> dict[str
         "timbral_s_to_sklearn_error": reached["seconds"],
         "timbral_iterations": reached["iterations"],
         "sklearn_over_timbral": sk_time / reached["seconds"],
+        "timbral_s_to_within_0.1pct": reached["near_seconds"],
+        "sklearn_over_timbral_within_0.1pct": sk_time / reached["near_seconds"],
     }
 
 
