@@ -102,7 +102,6 @@ class _Triplet:
     indices: NDArray[np.integer]
     data: NDArray[np.floating]
     shape: tuple[int, int]
-    rows: NDArray[np.integer] | None = None  # row of each entry (explicit feedback only)
 
 
 def _weights(feedback: str, alpha: float) -> _Weights:
@@ -240,34 +239,49 @@ def _half_step(
     )
 
 
-def _update_biases(
+def _row_sums(values: NDArray[np.floating], indptr: NDArray[np.integer]) -> NDArray[np.float64]:
+    """Σ of each row's stored values, accumulated in float64 (empty rows give 0)."""
+    counts = np.diff(indptr)
+    sums = np.zeros(counts.size)
+    nonempty = counts > 0
+    if values.size:
+        sums[nonempty] = np.add.reduceat(values, indptr[:-1][nonempty], dtype=np.float64)
+    return sums
+
+
+def _residual(
+    raw: NDArray[np.floating],
+    R: _Triplet,
+    mu: float,
+    row_bias: NDArray[np.floating],
+    col_bias: NDArray[np.floating],
+) -> None:
+    """R.data = r − μ − b_row − b_col for each stored entry (the explicit target p)."""
+    np.subtract(raw, mu, out=R.data)
+    R.data -= np.repeat(row_bias, np.diff(R.indptr))
+    R.data -= col_bias[R.indices]
+
+
+def _update_bias(
     R: _Triplet,
     raw: NDArray[np.floating],
-    W: NDArray[np.floating],
-    H: NDArray[np.floating],
+    X: NDArray[np.floating],
+    Y: NDArray[np.floating],
     mu: float,
-    user_bias: NDArray[np.floating],
-    item_bias: NDArray[np.floating],
+    col_bias: NDArray[np.floating],
     l2: float,
     n_threads: int,
-) -> None:
-    """Exact minimisation over b_u, then over b_i, of Σ_obs (r − μ − b_u − b_i − s)² + l2 ‖b‖².
+) -> NDArray[np.float64]:
+    """Exact minimiser over the row biases of Σ_obs (r − μ − b_row − b_col − s)² + l2 ‖b_row‖².
 
-        b_u = Σ_{i ∈ u} (r − μ − b_i − s) / (n_u + l2)
-        b_i = Σ_{u ∈ i} (r − μ − b_u − s) / (n_i + l2)
+        b_row = Σ_{entries of the row} (r − μ − b_col − s) / (n_row + l2),   s = x_row · y_col
     """
-    n_users, n_items = R.shape
     e = np.empty_like(raw)
-    _nmf.observed_dot(R.indptr, R.indices, W, H, e, n_threads)
-    np.subtract(raw - mu, e, out=e)  # e = r − μ − s
-    tiny = np.finfo(np.float64).tiny
-    n_u, n_i = np.diff(R.indptr), np.bincount(R.indices, minlength=n_items)
-    user_bias[:] = np.bincount(R.rows, e - item_bias[R.indices], n_users) / np.maximum(
-        n_u + l2, tiny
-    )
-    item_bias[:] = np.bincount(R.indices, e - user_bias[R.rows], n_items) / np.maximum(
-        n_i + l2, tiny
-    )
+    _nmf.observed_dot(R.indptr, R.indices, X, Y, e, n_threads)
+    np.subtract(raw, e, out=e)  # in place: no further nnz-sized buffers
+    e -= mu
+    e -= col_bias[R.indices]
+    return _row_sums(e, R.indptr) / np.maximum(np.diff(R.indptr) + l2, np.finfo(float).tiny)
 
 
 def _loss(
@@ -382,8 +396,6 @@ def fit_nmf(
     item_bias = np.zeros(n_items, dtype)
     if feedback == "explicit":
         mu = float(data.mean(dtype=np.float64)) if data.size else 0.0
-        R.rows = np.repeat(np.arange(n_users, dtype=R.indices.dtype), np.diff(R.indptr))
-        Rt.rows = np.repeat(np.arange(n_items, dtype=Rt.indices.dtype), np.diff(Rt.indptr))
         raw, raw_t = R.data, Rt.data
         R.data, Rt.data = np.empty_like(raw), np.empty_like(raw_t)
 
@@ -404,9 +416,10 @@ def fit_nmf(
         change = np.inf
         for iteration in range(1, max_iter + 1):
             if feedback == "explicit":
-                _update_biases(R, raw, W, H, mu, user_bias, item_bias, l2, n_threads)
-                np.subtract(raw, mu + user_bias[R.rows] + item_bias[R.indices], out=R.data)
-                np.subtract(raw_t, mu + user_bias[Rt.indices] + item_bias[Rt.rows], out=Rt.data)
+                user_bias[:] = _update_bias(R, raw, W, H, mu, item_bias, l2, n_threads)
+                item_bias[:] = _update_bias(Rt, raw_t, H, W, mu, user_bias, l2, n_threads)
+                _residual(raw, R, mu, user_bias, item_bias)
+                _residual(raw_t, Rt, mu, item_bias, user_bias)
             _half_step(R, W, H, _gram(HtH, w.beta, l2), w, l1, sweeps, n_threads)
             WtW = W.T @ W
             _half_step(Rt, H, W, _gram(WtW, w.beta, l2), w, l1, sweeps, n_threads, observed)
