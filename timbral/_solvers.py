@@ -117,13 +117,14 @@ def _check_choice(name: str, value: str, options: tuple[str, ...]) -> None:
         raise ValidationError(f"{name} must be one of {options}, got {value!r}.")
 
 
-def _triplet(matrix: sp.csr_matrix | sp.csc_matrix, data: NDArray[np.floating]) -> _Triplet:
+def _triplet(matrix: sp.spmatrix | sp.sparray, data: NDArray[np.floating]) -> _Triplet:
+    """The CSR arrays of a CSR matrix, or of the transpose of a CSC matrix."""
     index_dtype = np.promote_types(matrix.indptr.dtype, matrix.indices.dtype)
     return _Triplet(
         matrix.indptr.astype(index_dtype, copy=False),
         matrix.indices.astype(index_dtype, copy=False),
         data,
-        matrix.shape if isinstance(matrix, sp.csr_matrix) else matrix.shape[::-1],
+        matrix.shape if matrix.format == "csr" else matrix.shape[::-1],
     )
 
 
