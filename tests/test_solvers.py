@@ -86,6 +86,13 @@ def test_explicit_biases_follow_the_ratings():
     assert res.item_bias.shape == (R.shape[1],)
 
 
+def test_sparse_arrays_fit_like_sparse_matrices():
+    R = _counts()
+    a, b = _fit(R, max_iter=3), _fit(sp.csr_array(R), max_iter=3)
+    np.testing.assert_array_equal(a.user_factors, b.user_factors)
+    np.testing.assert_array_equal(a.item_factors, b.item_factors)
+
+
 def test_float32_by_default_and_float64_on_request():
     R = _counts(dtype=np.float64)
     res = _fit(R, dtype=np.float32, max_iter=3)

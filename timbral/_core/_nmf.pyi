@@ -15,19 +15,7 @@ def solve_rows(
     l1: float,
     n_sweeps: int,
     n_threads: int,
-) -> None: ...
-def observed_loss(
-    indptr: NDArray[np.integer],
-    indices: NDArray[np.integer],
-    data: NDArray[np.floating],
-    X: NDArray[np.floating],
-    Y: NDArray[np.floating],
-    conf_offset: float,
-    conf_scale: float,
-    target_one: bool,
-    beta: float,
-    out: NDArray[np.float64],
-    n_threads: int,
+    row_loss: NDArray[np.float64] | None = None,
 ) -> None: ...
 def observed_dot(
     indptr: NDArray[np.integer],

@@ -1,0 +1,190 @@
+"""Fit speed and memory of Timbral's NMF against implicit's ALS and scikit-learn's NMF.
+
+In one process, on 2 threads with k = 64:
+
+* implicit feedback: Timbral ``fit_nmf(feedback="implicit")`` vs
+  ``implicit.cpu.als.AlternatingLeastSquares`` (15 iterations each): seconds per
+  iteration and their ratio (target: Timbral ≤ ALS);
+* frobenius: scikit-learn ``NMF(solver="cd")`` from the same random init, run to its
+  own stopping point; then the time Timbral needs to reach sklearn's final
+  reconstruction error ‖R − W Hᵀ‖_F (target: ≥ 20× faster);
+* the fit's peak traced memory (tracemalloc; the kernels allocate scratch through
+  ``PyMem_RawMalloc`` so it is traced too) relative to R CSR + both factors + one
+  transposed copy of R.
+
+Usage::
+
+    python benchmarks/compare_fit.py /work/shared/data/lastfm-2k/user_artists.dat
+    python benchmarks/compare_fit.py --generate 50000 20000 1000000 --sklearn-max-iter 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import tracemalloc
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from timbral._solvers import _init_factors, fit_nmf
+from timbral.exceptions import ConvergenceWarning
+
+K, ITERATIONS, THREADS = 64, 15, 2
+NEAR = 1.001  # "within 0.1 %" of sklearn's final reconstruction error
+
+
+def load_lastfm(path: str) -> sp.csr_matrix:
+    """users × artists play counts from hetrec2011 ``user_artists.dat`` (userID artistID weight)."""
+    table = np.loadtxt(path, skiprows=1, dtype=np.int64)
+    users = np.unique(table[:, 0], return_inverse=True)[1]
+    items = np.unique(table[:, 1], return_inverse=True)[1]
+    R = sp.csr_matrix((table[:, 2].astype(np.float32), (users, items)))
+    R.sum_duplicates()
+    return R
+
+
+def generate_power_law(n_users: int, n_items: int, nnz: int, seed: int = 0) -> sp.csr_matrix:
+    """Play counts with power-law user activity (rank^-0.5) and item popularity (rank^-0.9).
+
+    Draws distinct (user, item) pairs until ``nnz`` are stored; values are 1 + geometric.
+    """
+    rng = np.random.default_rng(seed)
+    p_user = np.arange(1, n_users + 1) ** -0.5
+    p_item = np.arange(1, n_items + 1) ** -0.9
+    keys = np.empty(0, np.int64)
+    while keys.size < nnz:
+        m = int(1.2 * (nnz - keys.size)) + 1000
+        u = rng.choice(n_users, m, p=p_user / p_user.sum())
+        i = rng.choice(n_items, m, p=p_item / p_item.sum())
+        keys = np.unique(np.concatenate([keys, u.astype(np.int64) * n_items + i]))
+    keys = rng.permutation(keys)[:nnz]
+    values = (1 + rng.geometric(0.05, nnz)).astype(np.float32)
+    R = sp.csr_matrix((values, (keys // n_items, keys % n_items)), shape=(n_users, n_items))
+    R.sort_indices()
+    return R
+
+
+def _fit(R: sp.csr_matrix, **params) -> object:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return fit_nmf(R, n_components=K, n_threads=THREADS, **params)
+
+
+def compare_implicit(R: sp.csr_matrix, repeats: int = 3) -> dict[str, float]:
+    """Seconds per iteration: Timbral implicit (linear, alpha=1, l2=0.05) vs implicit ALS.
+
+    The two fits alternate ``repeats`` times and the medians are reported, so a
+    burst of load on a shared machine does not land on one side only.
+    """
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    ours, theirs = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _fit(R, feedback="implicit", alpha=1.0, l2=0.05, max_iter=ITERATIONS, tol=0.0,
+             rng=np.random.default_rng(0))
+        ours.append((time.perf_counter() - start) / ITERATIONS)
+        with threadpool_limits(1, "blas"):
+            als = AlternatingLeastSquares(factors=K, iterations=ITERATIONS, regularization=0.05,
+                                          calculate_training_loss=False, num_threads=THREADS,
+                                          random_state=0)
+            start = time.perf_counter()
+            als.fit(R, show_progress=False)
+            theirs.append((time.perf_counter() - start) / ITERATIONS)
+    ours_s, theirs_s = float(np.median(ours)), float(np.median(theirs))
+    return {"timbral_s_per_iter": ours_s, "als_s_per_iter": theirs_s,
+            "als_over_timbral": theirs_s / ours_s}
+
+
+class _Reached(Exception):
+    """Raised from the fit callback once sklearn's error is reached (stops the clock)."""
+
+
+def compare_frobenius(R: sp.csr_matrix, sklearn_max_iter: int = 200) -> dict[str, float]:
+    """Time for sklearn cd to stop vs time for Timbral to reach sklearn's final error.
+
+    Both start from the same random init. Timbral gets at most as many iterations
+    as sklearn ran; if it has not reached sklearn's error by then the time ratio is
+    reported as 0 and ``timbral_error`` says how close it came. Both fits wander to
+    slightly different local minima, so the time to come within 0.1 % of sklearn's
+    error is reported too.
+    """
+    from sklearn.decomposition import NMF
+
+    W0, H0 = _init_factors(R, K, "random", np.random.default_rng(0), np.dtype(np.float32))
+    sk = NMF(n_components=K, solver="cd", init="custom", max_iter=sklearn_max_iter)
+    with threadpool_limits(THREADS, "blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        sk.fit_transform(R, W=W0.copy(), H=np.ascontiguousarray(H0.T))
+        sk_time = time.perf_counter() - start
+    target = sk.reconstruction_err_
+
+    reached: dict[str, float] = {"seconds": np.inf, "iterations": -1, "near_seconds": np.inf}
+    start = time.perf_counter()
+
+    def stop_at_target(iteration: int, loss: float) -> None:
+        reached["error"] = np.sqrt(max(loss, 0.0))
+        if reached["error"] <= NEAR * target and np.isinf(reached["near_seconds"]):
+            reached["near_seconds"] = time.perf_counter() - start
+        if reached["error"] <= target:
+            reached.update(seconds=time.perf_counter() - start, iterations=iteration)
+            raise _Reached
+
+    try:
+        _fit(R, feedback="frobenius", l2=0.0, max_iter=sk.n_iter_, tol=0.0,
+             rng=np.random.default_rng(0), callback=stop_at_target)
+    except _Reached:
+        pass
+    return {
+        "sklearn_s": sk_time,
+        "sklearn_iterations": sk.n_iter_,
+        "sklearn_error": target,
+        "timbral_error": reached["error"],
+        "timbral_s_to_sklearn_error": reached["seconds"],
+        "timbral_iterations": reached["iterations"],
+        "sklearn_over_timbral": sk_time / reached["seconds"],
+        "timbral_s_to_within_0.1pct": reached["near_seconds"],
+        "sklearn_over_timbral_within_0.1pct": sk_time / reached["near_seconds"],
+    }
+
+
+def peak_memory(R: sp.csr_matrix, feedback: str = "implicit") -> dict[str, float]:
+    """Traced peak during a 3-iteration fit (plus R itself) over R + factors + Rᵀ."""
+    csr_bytes = R.data.nbytes + R.indices.nbytes + R.indptr.nbytes
+    transposed_bytes = R.data.nbytes + R.indices.nbytes + (R.shape[1] + 1) * R.indptr.itemsize
+    factor_bytes = (R.shape[0] + R.shape[1]) * K * 4
+    baseline = csr_bytes + factor_bytes + transposed_bytes
+    tracemalloc.start()
+    _fit(R, feedback=feedback, max_iter=3, tol=0.0, rng=np.random.default_rng(0))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"baseline_MB": baseline / 1e6, "peak_MB": (peak + csr_bytes) / 1e6,
+            "peak_over_baseline": (peak + csr_bytes) / baseline}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("path", nargs="?", help="lastfm user_artists.dat")
+    parser.add_argument("--generate", nargs=3, type=int, metavar=("N_USERS", "N_ITEMS", "NNZ"))
+    parser.add_argument("--sklearn-max-iter", type=int, default=200)
+    args = parser.parse_args()
+    if (args.path is None) == (args.generate is None):
+        parser.error("give either a path to user_artists.dat or --generate N_USERS N_ITEMS NNZ")
+    R = load_lastfm(args.path) if args.path else generate_power_law(*args.generate)
+    print(f"matrix: {R.shape[0]} users × {R.shape[1]} items, {R.nnz} stored; k={K}, "
+          f"{THREADS} threads")
+    for name, figures in (
+        ("implicit", compare_implicit(R)),
+        ("frobenius", compare_frobenius(R, args.sklearn_max_iter)),
+        ("memory (implicit)", peak_memory(R, "implicit")),
+        ("memory (explicit)", peak_memory(R, "explicit")),
+    ):
+        print(f"{name}: " + ", ".join(f"{key}={value:.4g}" for key, value in figures.items()))
+
+
+if __name__ == "__main__":
+    main()
