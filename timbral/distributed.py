@@ -22,7 +22,6 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from timbral import _solvers
-from timbral._core import _nmf
 from timbral._validation import check_params, check_user_items
 from timbral.exceptions import ConvergenceWarning, ValidationError
 from timbral.model import NMFModel
@@ -110,13 +109,13 @@ def fit_distributed(
     history: list[float] = []
     change, converged = np.inf, False
     for iteration in range(1, model.max_iter + 1):
-        W, WtW = _distributed_half_step(
+        W, WtW, _ = _distributed_half_step(
             client, user_shards, W, H, H.T @ H, weights, l1, l2, sweeps, threads_per_shard
         )
-        H, HtH = _distributed_half_step(
+        H, HtH, observed = _distributed_half_step(
             client, item_shards, H, W, WtW, weights, l1, l2, sweeps, threads_per_shard
         )
-        loss = _distributed_loss(client, user_shards, W, H, WtW, HtH, weights, l1, l2, threads_per_shard)
+        loss = _solvers._loss(W, H, WtW, HtH, weights, l2, l1, observed)
         _solvers._check_finite(loss, iteration, model.feedback, params["alpha"], l2)
         if history:
             change = abs(history[-1] - loss) / max(abs(history[-1]), np.finfo(float).tiny)
@@ -166,8 +165,11 @@ def _distributed_half_step(
     l2: float,
     sweeps: int,
     n_threads: int,
-) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
-    """Solve every shard's rows of X against Y; return the new X and ``Σ_s X_sᵀX_s``."""
+) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.float64]]:
+    """Solve every shard's rows of X against Y.
+
+    Returns the new X, ``Σ_s X_sᵀX_s`` and each row's observed loss at its new value.
+    """
     gram = _solvers._gram(YtY, weights.beta, l2)
     fixed = client.scatter(Y, broadcast=True, hash=False)
     futures = [
@@ -177,8 +179,9 @@ def _distributed_half_step(
         for s in shards
     ]
     parts = client.gather(futures)
-    X_new = np.ascontiguousarray(np.concatenate([block for block, _ in parts]))
-    return X_new, sum(gram_part for _, gram_part in parts)
+    X_new = np.ascontiguousarray(np.concatenate([block for block, _, _ in parts]))
+    observed = np.concatenate([loss for _, _, loss in parts])
+    return X_new, sum(gram_part for _, gram_part, _ in parts), observed
 
 
 def _solve_shard(
@@ -190,50 +193,9 @@ def _solve_shard(
     l1: float,
     sweeps: int,
     n_threads: int,
-) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
-    """Runs on a worker: the kernel's row solve for one shard, and the shard's Gram."""
+) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.float64]]:
+    """Runs on a worker: the kernel's row solve for one shard, its Gram and row losses."""
     X_part = np.array(X_part, order="C")  # our own copy: inputs may be shared
-    _solvers._half_step(rows, X_part, Y, gram, weights, l1, sweeps, n_threads)
-    return X_part, X_part.T @ X_part
-
-
-def _distributed_loss(
-    client: Client,
-    shards: list[_Shard],
-    W: NDArray[np.floating],
-    H: NDArray[np.floating],
-    WtW: NDArray[np.floating],
-    HtH: NDArray[np.floating],
-    weights: _solvers._Weights,
-    l1: float,
-    l2: float,
-    n_threads: int,
-) -> float:
-    """The objective: Gram part on the client, observed part summed over user shards."""
-    item_factors = client.scatter(H, broadcast=True, hash=False)
-    futures = [
-        client.submit(_shard_observed_loss, s.rows, W[s.start : s.stop], item_factors, weights, n_threads, pure=False)
-        for s in shards
-    ]
-    observed = float(sum(client.gather(futures)))
-    loss = weights.beta * float(np.sum(WtW.astype(np.float64) * HtH)) + observed
-    loss += l2 * float(np.trace(WtW) + np.trace(HtH))
-    if l1:
-        loss += l1 * (float(W.sum(dtype=np.float64)) + float(H.sum(dtype=np.float64)))
-    return loss
-
-
-def _shard_observed_loss(
-    rows: _solvers._Triplet,
-    W_part: NDArray[np.floating],
-    H: NDArray[np.floating],
-    weights: _solvers._Weights,
-    n_threads: int,
-) -> float:
-    """Runs on a worker: Σ_obs [c (p − s)² − β s²] over the shard's users."""
-    per_row = np.empty(W_part.shape[0])
-    _nmf.observed_loss(
-        rows.indptr, rows.indices, rows.data, np.ascontiguousarray(W_part), H,
-        weights.conf_offset, weights.conf_scale, weights.target_one, weights.beta, per_row, n_threads,
-    )
-    return float(per_row.sum())
+    row_loss = np.empty(X_part.shape[0])
+    _solvers._half_step(rows, X_part, Y, gram, weights, l1, sweeps, n_threads, row_loss)
+    return X_part, X_part.T @ X_part, row_loss
