@@ -166,12 +166,12 @@ def peak_memory(R: sp.csr_matrix, feedback: str = "implicit") -> dict[str, float
             "peak_over_baseline": (peak + csr_bytes) / baseline}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("path", nargs="?", help="lastfm user_artists.dat")
     parser.add_argument("--generate", nargs=3, type=int, metavar=("N_USERS", "N_ITEMS", "NNZ"))
     parser.add_argument("--sklearn-max-iter", type=int, default=200)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if (args.path is None) == (args.generate is None):
         parser.error("give either a path to user_artists.dat or --generate N_USERS N_ITEMS NNZ")
     R = load_lastfm(args.path) if args.path else generate_power_law(*args.generate)

@@ -36,6 +36,8 @@ class Config:
     debug: bool = False
     redis_url: str | None = None
     redis_db: int = 0
+    # Training defaults of `timbral train`/`quickstart` (read there); validated here too so
+    # a deployment with a bad value fails at start, with the rest of its configuration.
     nmf_n_components: int = 50
     nmf_random_state: int = 42
     model_dir: Path | None = None

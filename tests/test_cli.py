@@ -138,3 +138,16 @@ def test_json_logging_fields():
     assert entry["service"] == "timbral-ml" and entry["level"] == "INFO" and entry["message"] == "fitted"
     assert entry["n_iter"] == 3 and entry["seconds"] == 0.5
     assert entry["timestamp"].endswith("Z") and "T" in entry["timestamp"]
+
+
+def test_training_defaults_come_from_the_service_environment(plays, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NMF_N_COMPONENTS", "7")
+    monkeypatch.setenv("NMF_RANDOM_STATE", "3")
+    out = tmp_path / "env-model"
+    quick = ["--iterations", "4", "--threads", "1"]
+    assert main(["train", str(plays), "--output", str(out), "--no-eval", *quick]) == 0
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["params"]["n_components"] == 7 and metadata["params"]["random_state"] == 3
+    monkeypatch.setenv("NMF_N_COMPONENTS", "many")
+    assert main(["train", str(plays), "--output", str(out), *quick]) == 2
+    assert "NMF_N_COMPONENTS: expected a positive integer, got 'many'" in capsys.readouterr().err

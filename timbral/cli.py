@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -49,6 +49,25 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _env_int(name: str, parse: Callable[[str], int]) -> int | None:
+    """A training default from the service's environment (NMF_N_COMPONENTS, NMF_RANDOM_STATE)."""
+    raw = os.environ.get(name, "")
+    if not raw:
+        return None
+    try:
+        return parse(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise _UsageError(f"environment variable {name}: {exc}; fix or unset it") from None
+
+
+def _training_defaults_from_env(args: argparse.Namespace) -> None:
+    """Fill --components and --seed from the service's NMF_* variables when not given."""
+    if getattr(args, "components", 0) is None:
+        args.components = _env_int("NMF_N_COMPONENTS", _positive_int)
+    if getattr(args, "seed", 0) is None:
+        args.seed = _env_int("NMF_RANDOM_STATE", _non_negative_int) or 0
 
 
 def _non_negative_int(text: str) -> int:
@@ -91,7 +110,8 @@ def _port(text: str) -> int:
 def _model_options(parser: argparse.ArgumentParser) -> None:
     """The options DESIGN.md §3 calls common: model parameters and how to read the data."""
     model = parser.add_argument_group("model (unset options keep the library defaults)")
-    model.add_argument("--components", type=_positive_int, metavar="K", help="latent factors")
+    model.add_argument("--components", type=_positive_int, metavar="K",
+                       help="latent factors (default: $NMF_N_COMPONENTS, else the model's 50)")
     model.add_argument("--feedback", choices=["implicit", "explicit", "frobenius"], default="implicit",
                        help="implicit (play counts, default), explicit (ratings) or frobenius")
     model.add_argument("--alpha", type=_non_negative_float, help="confidence slope of implicit feedback")
@@ -99,7 +119,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                        help="scaling of play counts before the confidence")
     model.add_argument("--regularization", type=_non_negative_float, metavar="LAMBDA")
     model.add_argument("--iterations", type=_positive_int, metavar="N", help="maximum epochs")
-    model.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the split and the model (0)")
+    model.add_argument("--seed", type=_non_negative_int,
+                       help="seed of the split and the model (default: $NMF_RANDOM_STATE, else 0)")
     model.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
                        help="kernel threads, 0 = all available cores (default)")
     data = parser.add_argument_group("data (columns are matched by common names unless given)")
@@ -417,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A model that hit max_iter is still a model: report it, don't fail the command.
             warnings.simplefilter("always", ConvergenceWarning)
             warnings.showwarning = _show_warning
+            _training_defaults_from_env(args)
             if args.command == "train":
                 return _cmd_train(args, interactive)
             if args.command == "evaluate":
