@@ -21,16 +21,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import tracemalloc
 import warnings
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from timbral._solvers import _init_factors, fit_nmf
-from timbral.exceptions import ConvergenceWarning
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's timbral
+
+from timbral._solvers import _init_factors, fit_nmf  # noqa: E402
+from timbral.exceptions import ConvergenceWarning  # noqa: E402
 
 K, ITERATIONS, THREADS = 64, 15, 2
 NEAR = 1.001  # "within 0.1 %" of sklearn's final reconstruction error

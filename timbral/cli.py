@@ -51,6 +51,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _regularization(text: str) -> float | str:
+    return "auto" if text == "auto" else _non_negative_float(text)
+
+
 def _env_int(name: str, parse: Callable[[str], int]) -> int | None:
     """A training default from the service's environment (NMF_N_COMPONENTS, NMF_RANDOM_STATE)."""
     raw = os.environ.get(name, "")
@@ -116,8 +120,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                        help="implicit (play counts, default), explicit (ratings) or frobenius")
     model.add_argument("--alpha", type=_non_negative_float, help="confidence slope of implicit feedback")
     model.add_argument("--confidence", choices=["linear", "log", "bm25"],
-                       help="scaling of play counts before the confidence")
-    model.add_argument("--regularization", type=_non_negative_float, metavar="LAMBDA")
+                       help="scaling of play counts before the confidence (default: log)")
+    model.add_argument("--regularization", type=_regularization, metavar="LAMBDA",
+                       help="penalty weight, or 'auto' to follow the data (default: auto)")
     model.add_argument("--iterations", type=_positive_int, metavar="N", help="maximum epochs")
     model.add_argument("--seed", type=_non_negative_int,
                        help="seed of the split and the model (default: $NMF_RANDOM_STATE, else 0)")
