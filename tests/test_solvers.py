@@ -32,9 +32,10 @@ def _counts(n_users=40, n_items=30, density=0.25, seed=0, dtype=np.float64):
 
 
 def _fit(R, **kw):
+    """A float64 fit; one thread unless asked (many tiny iterations: no fork/join waits)."""
     params = dict(n_components=4, feedback="implicit", alpha=2.0, confidence="linear", l2=0.1,
                   l1=0.0, max_iter=30, tol=1e-12, rng=np.random.default_rng(0), init="random",
-                  n_threads=2, dtype=np.float64)
+                  n_threads=1, dtype=np.float64)
     params.update(kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
