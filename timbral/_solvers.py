@@ -44,11 +44,14 @@ LOG_EPSILON = 1.0
 #: ``confidence="bm25"``: implicit's ``bm25_weight`` defaults.
 BM25_K1, BM25_B = 100.0, 0.8
 #: Coordinate-descent sweeps per row in each half-step of ``fit_nmf``. Implicit does
-#: 3 like implicit's ALS does 3 CG steps. Frobenius rows are cheap to re-sweep (no
+#: one, like HALS: on Last.fm (k=64, converged) 1 sweep reaches NDCG@10 0.2295 in
+#: 0.52 s and 3 sweeps 0.2318 in 0.80 s; per epoch a sweep costs about 40 % of the
+#: fixed gather, so 3 sweeps made an epoch slower than implicit's ALS on 1M entries
+#: (0.23 vs 0.14 s) while 1 sweep is faster (0.13 s). Frobenius rows are cheap to re-sweep (no
 #: observed-entry weights): on Last.fm (k=64) 8 sweeps reach scikit-learn cd's
 #: 200-iteration error in 30 iterations (1 sweep, i.e. sklearn's cd, needs 200; the
 #: count is path-dependent: 4 sweeps took 35, 16 took 147).
-FIT_SWEEPS = {"implicit": 3, "explicit": 3, "frobenius": 8}
+FIT_SWEEPS = {"implicit": 1, "explicit": 3, "frobenius": 8}
 #: Sweeps for ``fold_in`` (one row from zero, so run it close to the exact solve).
 FOLD_IN_SWEEPS = 30
 
