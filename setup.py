@@ -22,24 +22,28 @@ from setuptools.command.build_ext import build_ext
 
 CORE = Path("timbral") / "_core"
 OPENMP_FLAG = "-fopenmp"
-PROBE_SOURCE = textwrap.dedent(
+OPENMP_PROBE = textwrap.dedent(
     """
     #include <omp.h>
     int main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }
     """
 )
+# Extensions built for a wider instruction set as well as the portable baseline; the
+# package imports them only on a CPU that has the instructions (timbral/_core/__init__.py).
+SIMD_VARIANTS = {"_nmf_avx2": ["-mavx2", "-mfma"]}
+SIMD_PROBE = "int main(void) { return 0; }\n"
 
 
-def compiler_supports_openmp(compiler) -> bool:
-    """Compile and link a tiny OpenMP program with the build's own compiler."""
+def compiler_accepts(compiler, source: str, flags: list[str]) -> bool:
+    """Compile and link ``source`` with ``flags`` using the build's own compiler."""
     tmp = tempfile.mkdtemp()
     try:
-        source = Path(tmp) / "probe.c"
-        source.write_text(PROBE_SOURCE)
-        objects = compiler.compile([str(source)], output_dir=tmp, extra_postargs=[OPENMP_FLAG])
-        compiler.link_executable(objects, str(Path(tmp) / "probe"), extra_postargs=[OPENMP_FLAG])
+        path = Path(tmp) / "probe.c"
+        path.write_text(source)
+        objects = compiler.compile([str(path)], output_dir=tmp, extra_postargs=flags)
+        compiler.link_executable(objects, str(Path(tmp) / "probe"), extra_postargs=flags)
         return True
-    except Exception:  # any compile or link failure means "no OpenMP"
+    except Exception:  # any compile or link failure means "not supported"
         return False
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -48,7 +52,7 @@ def compiler_supports_openmp(compiler) -> bool:
 class BuildExtWithOpenMP(build_ext):
     def build_extensions(self):
         serial = os.environ.get("TIMBRAL_NO_OPENMP") == "1"
-        with_openmp = not serial and compiler_supports_openmp(self.compiler)
+        with_openmp = not serial and compiler_accepts(self.compiler, OPENMP_PROBE, [OPENMP_FLAG])
         if not serial and not with_openmp:
             sys.exit(
                 "timbral: the C compiler cannot build OpenMP code "
@@ -56,8 +60,14 @@ class BuildExtWithOpenMP(build_ext):
                 "runtime (e.g. libgomp with gcc, libomp with clang), or set TIMBRAL_NO_OPENMP=1 "
                 "to build single-threaded kernels."
             )
+        self.extensions = [
+            ext for ext in self.extensions
+            if ext.name.rsplit(".", 1)[-1] not in SIMD_VARIANTS
+            or compiler_accepts(self.compiler, SIMD_PROBE, SIMD_VARIANTS[ext.name.rsplit(".", 1)[-1]])
+        ]
         for ext in self.extensions:
-            ext.extra_compile_args = ["-O3", *ext.extra_compile_args]
+            ext.extra_compile_args = ["-O3", *SIMD_VARIANTS.get(ext.name.rsplit(".", 1)[-1], []),
+                                      *ext.extra_compile_args]
             if with_openmp:
                 ext.extra_compile_args.append(OPENMP_FLAG)
                 ext.extra_link_args.append(OPENMP_FLAG)

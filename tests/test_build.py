@@ -18,3 +18,12 @@ def test_tests_run_against_the_installed_wheel():
     repo = Path(__file__).resolve().parents[1]
     assert repo not in Path(timbral.__file__).resolve().parents, timbral.__file__
     assert _core._openmp_enabled(), "the wheel was built without OpenMP"
+
+
+def test_the_row_solver_matches_the_cpu():
+    from timbral._core import _cpu_has, _nmf, nmf
+
+    if nmf is not _nmf:
+        assert nmf.__name__ == "timbral._core._nmf_avx2" and _cpu_has("AVX2", "FMA3")
+    elif os.environ.get("TIMBRAL_TEST_INSTALLED") == "1" and _cpu_has("AVX2", "FMA3"):
+        assert os.environ.get("TIMBRAL_KERNELS") == "portable", "the wheel lacks the AVX2 build"

@@ -7,7 +7,23 @@ import pytest
 import scipy.sparse as sp
 
 from timbral import _reference
-from timbral._core import _nmf
+from timbral._core import _cpu_has, _nmf
+
+# Every build of the row solver this machine can run: the portable one, and the
+# AVX2 + FMA one that timbral._core picks on CPUs that have them.
+KERNELS = [pytest.param(_nmf, id="portable")]
+try:
+    from timbral._core import _nmf_avx2
+except ImportError:  # the compiler could not build it
+    pass
+else:
+    if _cpu_has("AVX2", "FMA3"):
+        KERNELS.append(pytest.param(_nmf_avx2, id="avx2"))
+
+
+@pytest.fixture(params=KERNELS)
+def kernels(request):
+    return request.param
 
 # (conf_offset, conf_scale, target_one, beta) for implicit, explicit and frobenius.
 FEEDBACK = {
@@ -42,7 +58,7 @@ def _gram(Y, beta, l2):
 @pytest.mark.parametrize("l1", [0.0, 0.3])
 @pytest.mark.parametrize("n_sweeps", [1, 4])
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_solve_rows_matches_reference(dtype, feedback, l1, n_sweeps, n_threads):
+def test_solve_rows_matches_reference(kernels, dtype, feedback, l1, n_sweeps, n_threads):
     offset, scale, target_one, beta = FEEDBACK[feedback]
     R, X, Y = _problem(dtype)
     gram = _gram(Y, beta, l2=0.1)
@@ -52,7 +68,7 @@ def test_solve_rows_matches_reference(dtype, feedback, l1, n_sweeps, n_threads):
         target_one=target_one, beta=beta, l1=l1, n_sweeps=n_sweeps,
     )
     got = X.copy()
-    _nmf.solve_rows(
+    kernels.solve_rows(
         R.indptr, R.indices, R.data, got, Y, gram, offset, scale, target_one, beta, l1,
         n_sweeps, n_threads,
     )
@@ -61,40 +77,40 @@ def test_solve_rows_matches_reference(dtype, feedback, l1, n_sweeps, n_threads):
     np.testing.assert_allclose(got, expected, **TOL[dtype])
 
 
-def test_empty_rows_get_the_gram_only_solve():
+def test_empty_rows_get_the_gram_only_solve(kernels):
     R, X, Y = _problem(np.float64)
     gram = _gram(Y, 1.0, 0.1)
     got = X.copy()
-    _nmf.solve_rows(R.indptr, R.indices, R.data, got, Y, gram, 1.0, 2.0, True, 1.0, 0.0, 3, 2)
+    kernels.solve_rows(R.indptr, R.indices, R.data, got, Y, gram, 1.0, 2.0, True, 1.0, 0.0, 3, 2)
     # b = 0 and gram ≥ 0 elementwise: projected CD drives an empty row to zero (to rounding).
     np.testing.assert_allclose(got[[3, 17]], 0.0, atol=1e-12)
     # With beta = 0 and l2 = 0 the row problem is empty: A_ff = 0, the row is left alone.
     kept = X.copy()
     zero = np.zeros_like(gram)
-    _nmf.solve_rows(R.indptr, R.indices, R.data, kept, Y, zero, 1.0, 0.0, False, 0.0, 0.0, 3, 2)
+    kernels.solve_rows(R.indptr, R.indices, R.data, kept, Y, zero, 1.0, 0.0, False, 0.0, 0.0, 3, 2)
     np.testing.assert_array_equal(kept[[3, 17]], X[[3, 17]])
 
 
-def test_int64_indices_and_more_threads_than_rows():
+def test_int64_indices_and_more_threads_than_rows(kernels):
     R, X, Y = _problem(np.float64, n_rows=3, empty_rows=())
     gram = _gram(Y, 1.0, 0.1)
     expected = X.copy()
     _reference.solve_rows(R, expected, Y, gram, conf_offset=1.0, conf_scale=1.0,
                           target_one=True, beta=1.0, l1=0.0, n_sweeps=2)
     got = X.copy()
-    _nmf.solve_rows(R.indptr.astype(np.int64), R.indices.astype(np.int64), R.data, got, Y,
+    kernels.solve_rows(R.indptr.astype(np.int64), R.indices.astype(np.int64), R.data, got, Y,
                     gram, 1.0, 1.0, True, 1.0, 0.0, 2, 8)
     np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("feedback", sorted(FEEDBACK))
-def test_row_loss_completes_the_reference_objective(dtype, feedback):
+def test_row_loss_completes_the_reference_objective(kernels, dtype, feedback):
     offset, scale, target_one, beta = FEEDBACK[feedback]
     R, W, H = _problem(dtype)
     gram = _gram(H, beta, l2=0.1)
     row_loss = np.full(R.shape[0], np.nan)
-    _nmf.solve_rows(R.indptr, R.indices, R.data, W, H, gram, offset, scale, target_one, beta,
+    kernels.solve_rows(R.indptr, R.indices, R.data, W, H, gram, offset, scale, target_one, beta,
                     0.0, 2, 2, row_loss)
     W64, H64 = W.astype(np.float64), H.astype(np.float64)
     total = beta * np.sum((W64.T @ W64) * (H64.T @ H64)) + row_loss.sum()
@@ -103,9 +119,9 @@ def test_row_loss_completes_the_reference_objective(dtype, feedback):
     np.testing.assert_allclose(total, expected, rtol=1e-5 if dtype == np.float32 else 1e-10)
 
 
-def test_observed_dot_is_the_score_of_each_stored_entry():
+def test_observed_dot_is_the_score_of_each_stored_entry(kernels):
     R, W, H = _problem(np.float32)
     out = np.empty(R.nnz, np.float32)
-    _nmf.observed_dot(R.indptr, R.indices, W, H, out, 2)
+    kernels.observed_dot(R.indptr, R.indices, W, H, out, 2)
     coo = R.tocoo()
     np.testing.assert_allclose(out, np.sum(W[coo.row] * H[coo.col], axis=1), rtol=1e-6)

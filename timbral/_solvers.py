@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from scipy.sparse.linalg import svds
 
-from timbral._core import _nmf
+from timbral._core import nmf as _nmf
 from timbral._threads import effective_n_threads, single_threaded_blas
 from timbral.exceptions import ConvergenceWarning, ValidationError
 
