@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,17 +22,13 @@ from timbral._threads import available_cpus, pin_blas_to_one_thread
 
 log = logging.getLogger("server")
 
-#: How much lower than the event loop the scoring threads run (nice(1) units).
-SCORING_THREAD_NICENESS = 10
 
 
 async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     """A bounded pool for scoring: the kernels release the GIL, so threads use every core."""
     threads = app[CONFIG].executor_threads or available_cpus()
     pin_blas_to_one_thread()  # parallelism comes from the pool; BLAS threads would oversubscribe
-    executor = ThreadPoolExecutor(
-        max_workers=threads, thread_name_prefix="timbral-score", initializer=_deprioritise_thread
-    )
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="timbral-score")
     app[EXECUTOR] = executor
     app[SCORING_THREADS] = threads
     app[BATCHER] = RecommendBatcher(
@@ -42,19 +36,6 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _deprioritise_thread() -> None:
-    """Run a scoring thread at a lower CPU priority than the event loop.
-
-    With every core scoring, the loop thread would otherwise queue for a core and
-    ``/ping`` and cache hits would wait behind cache misses. On Linux the nice value
-    of a thread id applies to that thread alone; elsewhere this is a no-op.
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SCORING_THREAD_NICENESS)
-    except (AttributeError, OSError):  # not Linux, or not permitted: keep the default
-        pass
 
 
 async def model_ctx(app: web.Application) -> AsyncIterator[None]:
