@@ -1150,7 +1150,10 @@ def _merge(
         out_rows = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(merged.indptr))
         return out_rows, merged.indices.astype(np.int64), merged.data, None
     key = rows * n_items + cols
-    order = np.lexsort((times, key)) if times is not None else np.argsort(key, kind="stable")
+    if keep_latest:  # by key, then time: the last of each run is the latest (else the last seen)
+        order = np.lexsort((times, key)) if times is not None else np.argsort(key, kind="stable")
+    else:  # sums and maxima do not care about order within a run: an unstable sort is enough
+        order = np.argsort(key)
     key = key[order]
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     values = values[order]
