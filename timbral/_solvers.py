@@ -445,11 +445,11 @@ def fit_nmf(
 
     if not converged:
         warnings.warn(
-            f"fit_nmf stopped at max_iter={max_iter} before the loss settled: the last "
+            f"NMF fit stopped at max_iter={max_iter} before the loss settled: the last "
             f"relative change {change:.3g} is above tol={tol:g}. Raise max_iter, or raise "
             "tol to accept a looser fit.",
             ConvergenceWarning,
-            stacklevel=2,
+            stacklevel=3,  # the caller of NMFModel.fit
         )
     return FitResult(
         user_factors=W,
