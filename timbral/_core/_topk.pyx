@@ -88,8 +88,12 @@ cdef inline void _score(
     const floating* items, const floating* query, int n_factors, int n_chunk, int n_block,
     floating* out
 ) noexcept nogil:
-    # out[q * n_chunk + c] = query[q] · items[c]: the row-major (n_chunk × f) items are a
-    # column-major f × n_chunk matrix A, so out (column-major n_chunk × n_block) = Aᵀ Q
+    # out[c * n_block + q] = query[q] · items[c]: for each item, the block's scores side
+    # by side. Row-major items (n_chunk × f) are a column-major f × n_chunk matrix Y and
+    # row-major queries a column-major f × n_block matrix Q, so out (column-major
+    # n_block × n_chunk) = Qᵀ Y. With the queries as BLAS's small "A" operand, a block
+    # of a few users scores 2-2.5x faster than with the item chunk in that role (whose
+    # repacking on every call then dominates).
     cdef int ld = n_factors if n_factors > 0 else 1
     cdef int inc = 1
     cdef floating one = 1.0
@@ -103,17 +107,18 @@ cdef inline void _score(
                   <double*> query, &inc, &zero, out, &inc)
     else:
         if floating is float:
-            sgemm(b"T", b"N", &n_chunk, &n_block, &n_factors, &one, <float*> items, &ld,
-                  <float*> query, &ld, &zero, out, &n_chunk)
+            sgemm(b"T", b"N", &n_block, &n_chunk, &n_factors, &one, <float*> query, &ld,
+                  <float*> items, &ld, &zero, out, &n_block)
         else:
-            dgemm(b"T", b"N", &n_chunk, &n_block, &n_factors, &one, <double*> items, &ld,
-                  <double*> query, &ld, &zero, out, &n_chunk)
+            dgemm(b"T", b"N", &n_block, &n_chunk, &n_factors, &one, <double*> query, &ld,
+                  <double*> items, &ld, &zero, out, &n_block)
 
 
 cdef inline void _drop_excluded(
-    floating* col, int32_t c0, int32_t c1, const int32_t* excl, Py_ssize_t n_excl
+    floating* col, Py_ssize_t stride, int32_t c0, int32_t c1, const int32_t* excl,
+    Py_ssize_t n_excl
 ) noexcept nogil:
-    # col[i - c0] = NaN for every excluded i in [c0, c1); NaN never enters a heap
+    # col[(i - c0) * stride] = NaN for every excluded i in [c0, c1); NaN never enters a heap
     cdef Py_ssize_t lo = 0, hi = n_excl, mid
     while lo < hi:  # lo = first position with excl[lo] >= c0 (excl is sorted)
         mid = (lo + hi) >> 1
@@ -122,19 +127,19 @@ cdef inline void _drop_excluded(
         else:
             hi = mid
     while lo < n_excl and excl[lo] < c1:
-        col[excl[lo] - c0] = NAN
+        col[(excl[lo] - c0) * stride] = NAN
         lo += 1
 
 
 cdef inline void _select(
-    const floating* col, int32_t c0, int32_t n_chunk, const uint8_t* mask,
+    const floating* col, Py_ssize_t stride, int32_t c0, int32_t n_chunk, const uint8_t* mask,
     floating* hs, int32_t* hi, Py_ssize_t k
 ) noexcept nogil:
-    # offer items c0 .. c0+n_chunk-1 with scores col[] to the heap (hs, hi)
+    # offer items c0 .. c0+n_chunk-1 with scores col[c * stride] to the heap (hs, hi)
     cdef floating s, thr = hs[0]
     cdef int32_t c, item
     for c in range(n_chunk):
-        s = col[c]
+        s = col[c * stride]
         if not s >= thr:  # below the worst kept, or NaN (excluded)
             continue
         item = c0 + c
@@ -219,12 +224,12 @@ def top_k(
                     c0 = <int32_t> (i0 + ci * chunk_items)  # chunk [c0, c0 + nc)
                     nc = <int32_t> min(chunk_items, i1 - c0)
                     _score(&items[c0, 0], &query[q0, 0], n_factors, nc, <int> nq, scratch)
-                    for q in range(q0, q0 + nq):
+                    for q in range(q0, q0 + nq):  # query q's scores: scratch[q - q0 :: nq]
                         off = (seg * n + q) * k
                         if indptr != NULL:
-                            _drop_excluded(scratch + (q - q0) * nc, c0, c0 + nc,
+                            _drop_excluded(scratch + (q - q0), nq, c0, c0 + nc,
                                            excl + indptr[q], indptr[q + 1] - indptr[q])
-                        _select(scratch + (q - q0) * nc, c0, nc, mask,
+                        _select(scratch + (q - q0), nq, c0, nc, mask,
                                 heap_s + off, heap_i + off, k)
                 if n_segments == 1:
                     for q in range(q0, q0 + nq):
