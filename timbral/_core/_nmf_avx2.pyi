@@ -1,0 +1,3 @@
+# The same kernels as _nmf, built for AVX2 + FMA.
+from timbral._core._nmf import observed_dot as observed_dot
+from timbral._core._nmf import solve_rows as solve_rows
