@@ -5,7 +5,9 @@ Builds (once, cached under ``--models``) two synthetic models of 100K users, one
 port for each scenario, and reports requests/s with p50/p99 latency at 8 and 64
 connections for: ``/ping``, cache-miss recommendations for random users, tier-1 hits,
 tier-2 (Redis) hits, a 1000-user batch (sequential latency), and ``/ping`` while cache-miss load
-saturates the scorer.
+saturates the scorer. The issue's references run in the same invocation (a bare aiohttp
++ uvloop ``/ping``, and an aiohttp handler scoring top-10 with NumPy), and each of our
+figures is also printed as a ratio to its reference.
 
 The models are fitted for two epochs only on random interactions: serving cost
 depends on the shapes, not on how well the factors fit. Everything is bounded in time: ``--seconds`` per wrk run.
@@ -54,6 +56,76 @@ request = function()
   return wrk.format("GET", "/api/v1/recommendations/" .. (counter %% %(users)d) .. "?k=10")
 end
 """
+
+
+# The issue's references, measured in the same run so figures can be read as ratios:
+# a bare aiohttp + uvloop /ping, and an aiohttp handler that scores top-10 with NumPy
+# (H @ w + argpartition + argsort; inline, or in a thread pool with ``executor``).
+REFERENCE_SERVER = """
+import asyncio, sys
+import numpy as np, orjson, uvloop
+from aiohttp import web
+from concurrent.futures import ThreadPoolExecutor
+from threadpoolctl import threadpool_limits
+
+threadpool_limits(1, "blas")
+port, n_items, n_users, k_factors, mode = sys.argv[1:6]
+rng = np.random.default_rng(0)
+H = rng.random((int(n_items), int(k_factors)), dtype=np.float32)
+W = rng.random((int(n_users), int(k_factors)), dtype=np.float32)
+pool = ThreadPoolExecutor(2)
+
+def top(user, k):
+    scores = H @ W[user]
+    best = np.argpartition(-scores, k)[:k]
+    best = best[np.argsort(-scores[best])]
+    return [{"item_id": int(i), "score": float(scores[i])} for i in best]
+
+async def ping(request):
+    return web.Response(text="pong")
+
+async def recommend(request):
+    user, k = int(request.match_info["user_id"]), int(request.query.get("k", 10))
+    if mode == "executor":
+        items = await asyncio.get_running_loop().run_in_executor(pool, top, user, k)
+    else:
+        items = top(user, k)
+    return web.Response(body=orjson.dumps({"user_id": user, "recommendations": items}),
+                        content_type="application/json")
+
+app = web.Application()
+app.router.add_get("/ping", ping)
+app.router.add_get("/api/v1/recommendations/{user_id}", recommend)
+web.run_app(app, host="127.0.0.1", port=int(port), access_log=None, print=None,
+            loop=uvloop.new_event_loop())
+"""
+
+
+@contextmanager
+def reference_server(n_items: int, components: int, mode: str) -> Iterator[Server]:
+    """The issue's NumPy reference handler (and bare /ping) on a free loopback port."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-c", REFERENCE_SERVER, str(port), str(n_items), str(N_USERS),
+         str(components), mode],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield _wait_until_up(process, f"http://127.0.0.1:{port}")
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _wait_until_up(process: subprocess.Popen, url: str) -> Server:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/ping", timeout=1).read()
+            return Server(url, process.pid)
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start") from None
+            time.sleep(0.1)
 
 
 def build_model(directory: Path, n_items: int, components: int) -> Path:
@@ -106,18 +178,8 @@ def serving(model_dir: Path, **env: str) -> Iterator[Server]:
         environment.pop("REDIS_URL", None)
     process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=environment,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=1).read()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the server did not start") from None
-                time.sleep(0.1)
-        yield Server(url, process.pid)
+        yield _wait_until_up(process, f"http://127.0.0.1:{port}")
     finally:
         process.terminate()
         process.wait(30)
@@ -214,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         results[f"{name} c{connections}"] = figures
         print(f"{name:<34} c={connections:<3} {figures}", flush=True)
 
+    with reference_server(10_000, args.components, "inline") as server:
+        record("reference: bare aiohttp /ping", 8, server, f"{server.url}/ping")
+        record("reference: NumPy handler, 10K", 8, server, server.url, random_users)
+    with reference_server(100_000, args.components, "executor") as server:
+        record("reference: NumPy handler, 100K", 8, server, server.url, random_users)
+
     no_cache = {"TIMBRAL_CACHE_MAX_ENTRIES": "0"}
     with serving(small, **no_cache) as server:
         for c in (8, 64):
@@ -239,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
         warm(server.url, 1000)
         for c in (8, 64):
             record("tier-2 (Redis) hits", c, server, server.url, few_users)
+    for ours, reference in (
+        ("ping c8", "reference: bare aiohttp /ping c8"),
+        ("miss 10K items (random users) c8", "reference: NumPy handler, 10K c8"),
+        ("miss 100K items (random users) c8", "reference: NumPy handler, 100K c8"),
+    ):
+        ratio = results[ours]["rps"] / results[reference]["rps"]
+        print(f"{ours:<34} {ratio:.2f}x the requests/s of {reference}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
