@@ -48,12 +48,17 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get(REQUEST_ID_HEADER)
     request_id = incoming if incoming and len(incoming) <= 128 else f"{_prefix}{next(_ids):x}"
     request[REQUEST_ID] = request_id
-    response = await handler(request)  # ``errors`` (inner) turns every failure into one
+    app = request.app
+    series = app[METRICS].requests
+    series.in_flight += 1
+    try:
+        response = await handler(request)  # ``errors`` (inner) turns every failure into one
+    finally:
+        series.in_flight -= 1
     elapsed = time.perf_counter() - start
     route = route_name(request)
     response.headers[REQUEST_ID_HEADER] = request_id
-    app = request.app
-    app[METRICS].observe_request(route, request.method, response.status, elapsed)
+    series.observe(route, request.method, response.status, elapsed)
     access_log = app[ACCESS_LOG]
     if access_log is not None:
         access_log.write({

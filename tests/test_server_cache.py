@@ -56,7 +56,7 @@ def test_keys_carry_the_model_version_and_id_type():
 
 
 def hits(app, tier: str) -> float:
-    return app[METRICS].cache_hits.labels(tier)._value.get()
+    return app[METRICS].cache_hits(tier)
 
 
 async def test_tier1_miss_then_hit(aiohttp_client, model_dir):

@@ -128,6 +128,27 @@ async def test_metrics_exports_the_agreed_names(client):
             'status="200"} 2.0') in text
     assert "timbral_active_models 1.0" in text
     assert "timbral_cache_hit_rate 0.5" in text
+    route = 'route="/api/v1/recommendations/{user_id}"'
+    assert f'timbral_request_duration_seconds_bucket{{le="+Inf",{route}}} 2.0' in text
+    assert f"timbral_request_duration_seconds_count{{{route}}} 2.0" in text
+    assert 'timbral_cache_hits_total{tier="1"} 1.0' in text
+    assert 'timbral_cache_misses_total{tier="1"} 1.0' in text
+    assert "timbral_requests_in_flight 1.0" in text  # the /metrics request itself
+
+
+def test_latency_buckets_are_cumulative_and_inclusive():
+    from server.metrics import LATENCY_BUCKETS, Metrics
+
+    metrics = Metrics()
+    for seconds in (0.0005, 0.0007, 0.003, 99.0):  # on a bound, inside, inside, past the last
+        metrics.requests.observe("/ping", "GET", 200, seconds)
+    text = metrics.exposition().decode()
+    assert 'timbral_request_duration_seconds_bucket{le="0.0005",route="/ping"} 1.0' in text
+    assert 'timbral_request_duration_seconds_bucket{le="0.001",route="/ping"} 2.0' in text
+    assert 'timbral_request_duration_seconds_bucket{le="0.005",route="/ping"} 3.0' in text
+    assert f'timbral_request_duration_seconds_bucket{{le="{LATENCY_BUCKETS[-1]}",route="/ping"}} 3.0' in text
+    assert 'timbral_request_duration_seconds_bucket{le="+Inf",route="/ping"} 4.0' in text
+    assert 'timbral_request_duration_seconds_sum{route="/ping"} 99.0042' in text
 
 
 async def test_openapi_document_matches_the_routes(client):

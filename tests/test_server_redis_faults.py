@@ -51,7 +51,7 @@ async def wait_for_health(client, status: str, within: float = 5.0) -> dict:
 
 
 def redis_hits(app) -> float:
-    return app[METRICS].cache_hits.labels("2")._value.get()
+    return app[METRICS].cache_hits("2")
 
 
 async def test_redis_killed_mid_stream_then_restarted(aiohttp_client, model_dir, redis_process):
