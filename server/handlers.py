@@ -165,9 +165,8 @@ async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Res
             recent_items=None if req.recent_items is None else [model.item_id(i) for i in req.recent_items])
     payload = {**recs.to_dict(), "model_version": model.version, "cached": False}
     body = orjson.dumps(payload, option=JSON_OPTIONS)
-    if key is not None:
-        payload["cached"] = True
-        await request.app[CACHE].set(key, orjson.dumps(payload, option=JSON_OPTIONS))
+    if key is not None:  # "cached" is the last key: the cached copy differs only there
+        await request.app[CACHE].set(key, body[: -len(b"false}")] + b"true}")
     return web.Response(body=body, content_type="application/json")
 
 
