@@ -30,6 +30,9 @@ def run(config: Config) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     log.info("starting", extra={"host": config.api_host, "port": config.api_port,
                                 "model_dir": config.model_dir, "redis": config.redis_url is not None})
+    loop = uvloop.new_event_loop()
+    # DEBUG=true: asyncio's debug mode, which logs callbacks that block the loop > 100 ms
+    loop.set_debug(config.debug)
     web.run_app(
         create_app(config),
         host=config.api_host,
@@ -37,7 +40,7 @@ def run(config: Config) -> None:
         shutdown_timeout=config.shutdown_timeout_seconds,
         access_log=None,  # the observe middleware writes one JSON line per request
         print=None,
-        loop=uvloop.new_event_loop(),
+        loop=loop,
     )
 
 

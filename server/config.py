@@ -33,7 +33,7 @@ class Config:
 
     api_host: str = "0.0.0.0"
     api_port: int = 8001
-    debug: bool = False
+    debug: bool = False  # asyncio debug mode: slow callbacks are logged
     redis_url: str | None = None
     redis_db: int = 0
     # Training defaults of `timbral train`/`quickstart` (read there); validated here too so
