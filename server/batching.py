@@ -59,6 +59,7 @@ class RecommendBatcher:
         self._observe = observe
         self._queue: list[_Pending] = []
         self._in_flight = 0
+        self._drains: set[asyncio.Task[None]] = set()
 
     async def recommend(
         self, model: LoadedModel, user_id: ExternalId, k: int, exclude_seen: bool
@@ -68,7 +69,9 @@ class RecommendBatcher:
         self._queue.append(_Pending(model, user_id, k, exclude_seen, future))
         if self._in_flight < self._max_in_flight:
             self._in_flight += 1
-            asyncio.get_running_loop().create_task(self._drain())
+            task = asyncio.get_running_loop().create_task(self._drain())
+            self._drains.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._drains.discard)
         return await future
 
     async def _drain(self) -> None:

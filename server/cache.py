@@ -147,6 +147,9 @@ class RedisCache:
         self.timeout_seconds = timeout_seconds
         self.breaker = breaker
         self._metrics = metrics
+        self._waiting: dict[str, list[asyncio.Future[bytes | None]]] = {}
+        self._fetching = False
+        self._fetcher: asyncio.Task[None] | None = None  # held: the loop keeps only weak refs
         self._client = aioredis.Redis.from_url(
             url,
             db=db,
@@ -188,7 +191,36 @@ class RedisCache:
         self._metrics.redis_breaker_open.set(self.breaker.state is BreakerState.OPEN)
 
     async def get(self, key: str) -> bytes | None:
-        return await self._call("get", lambda: self._client.get(key))
+        """The value of ``key``, or ``None`` (missing, Redis skipped or failed).
+
+        Lookups that arrive while one is in flight wait and go together in the next
+        MGET: one round trip for many concurrent requests, under the same deadline.
+        """
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append(future)
+        if not self._fetching:
+            self._fetching = True
+            self._fetcher = asyncio.get_running_loop().create_task(self._fetch_waiting())
+        return await future
+
+    async def _fetch_waiting(self) -> None:
+        """Answer every waiting lookup, one MGET per batch, until none is left."""
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, {}
+                keys = list(batch)
+                values = await self._call("get", lambda: self._client.mget(keys))
+                for key, value in zip(keys, values or [None] * len(keys)):
+                    for future in batch[key]:
+                        if not future.done():  # its request may have been cancelled
+                            future.set_result(value)
+        finally:
+            self._fetching = False
+            for futures in self._waiting.values():  # only left behind if we were cancelled
+                for future in futures:
+                    if not future.done():
+                        future.set_result(None)
+            self._waiting = {}
 
     async def set(self, key: str, value: bytes) -> None:
         await self._call("set", lambda: self._client.set(key, value, px=self.ttl_ms))

@@ -134,3 +134,27 @@ async def test_tier1_can_be_switched_off(aiohttp_client, model_dir):
     client = await aiohttp_client(create_app(config(model_dir, tier1_max_entries=0)))
     await client.get("/api/v1/recommendations/u1")
     assert not (await (await client.get("/api/v1/recommendations/u1")).json())["cached"]
+
+
+async def test_concurrent_tier2_lookups_share_round_trips(redis_url):
+    from server.cache import RedisCache
+    from server.metrics import Metrics
+
+    cache = RedisCache(redis_url, db=0, ttl_seconds=60, timeout_seconds=1.0,
+                       connect_timeout_seconds=1.0, max_connections=8,
+                       breaker=CircuitBreaker(3, 1.0), metrics=Metrics())
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        for i in range(0, 40, 2):  # every other key exists
+            await cache.set(f"coalesce:{i}", f"value {i}".encode())
+        await admin.config_resetstat()
+        keys = [f"coalesce:{i}" for i in range(40)] + ["coalesce:2", "coalesce:2"]
+        values = await asyncio.gather(*(cache.get(key) for key in keys))
+        stats = await admin.info("commandstats")
+    finally:
+        await admin.aclose()
+        await cache.close()
+    assert values[:40] == [f"value {i}".encode() if i % 2 == 0 else None for i in range(40)]
+    assert values[40:] == [b"value 2", b"value 2"]  # a key asked twice is answered twice
+    assert "cmdstat_get" not in stats
+    assert 1 <= stats["cmdstat_mget"]["calls"] < 42 / 2, stats["cmdstat_mget"]
