@@ -54,3 +54,16 @@ def test_explicit_is_refused_with_advice(client):
 def test_bad_shard_count(client):
     with pytest.raises(ValidationError, match=r"`n_shards` must be a positive integer; got 0"):
         fit_distributed(NMFModel(n_components=2), plays(), client, n_shards=0)
+
+
+def test_worker_processes_get_the_same_answer():
+    """Shards and factors cross process boundaries (pickled), as on a real cluster."""
+    matrix = plays(seed=1)
+    settings = dict(n_components=5, max_iter=4, tol=0, random_state=2, n_threads=1)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster, distributed.Client(cluster) as client:
+        sharded = fit_distributed(NMFModel(**settings), matrix, client, n_shards=4)
+    local = NMFModel(**settings).fit(matrix)
+    np.testing.assert_allclose(sharded.user_factors_, local.user_factors_, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(sharded.loss_history_, local.loss_history_, rtol=1e-4)
