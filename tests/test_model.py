@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from timbral import NMFModel, Recommender
+from timbral.nmf import FittedState
 from timbral._reference import top_k as reference_top_k
 from timbral.exceptions import ArtifactError, ConvergenceWarning, NotFittedError, ValidationError
 
@@ -259,15 +260,17 @@ def test_recommend_batch_releases_the_gil_and_is_thread_safe():
     fitted = NMFModel(n_components=32, max_iter=1, n_threads=1).fit(play_counts(n_users=2000, n_items=3000))
     model = NMFModel.from_fitted(
         fitted.get_params(),
-        user_factors=rng.random((2000, 32), dtype=np.float32),
-        item_factors=rng.random((3000, 32), dtype=np.float32),
-        user_bias=fitted.user_bias_,
-        item_bias=fitted.item_bias_,
-        global_mean=0.0,
-        regularization=fitted.regularization_,
-        n_iter=1,
-        loss_history=fitted.loss_history_,
-        user_items=fitted.user_items_,
+        FittedState(
+            user_factors=rng.random((2000, 32), dtype=np.float32),
+            item_factors=rng.random((3000, 32), dtype=np.float32),
+            user_bias=fitted.user_bias_,
+            item_bias=fitted.item_bias_,
+            global_mean=0.0,
+            regularization=fitted.regularization_,
+            n_iter=1,
+            loss_history=fitted.loss_history_,
+            user_items=fitted.user_items_,
+        ),
     )
     expected = model.recommend_batch(np.arange(2000), k=10)
     count, switches, got = _count_while(lambda: [model.recommend_batch(np.arange(2000), k=10) for _ in range(5)])

@@ -16,6 +16,7 @@ from numpy.testing import assert_array_equal
 import timbral.artifact
 import timbral.nmf.estimator
 from timbral import NMFModel, Recommender
+from timbral.nmf import FittedState
 from timbral.artifact import read_model_dir
 from timbral.data import Interactions
 from timbral.exceptions import ArtifactError
@@ -44,15 +45,17 @@ def test_issue10_2_explain_never_touches_all_item_factors():
     history = sp.csr_matrix((np.ones(6, np.float32), ([0] * 6, [3, 9, 70, 700, 7000, 70000])), shape=(2, n_items))
     model = NMFModel.from_fitted(
         NMFModel(n_components=k).get_params(),
-        user_factors=rng.random((2, k), dtype=np.float32),
-        item_factors=rng.random((n_items, k), dtype=np.float32),
-        user_bias=np.zeros(2, np.float32),
-        item_bias=np.zeros(n_items, np.float32),
-        global_mean=0.0,
-        regularization=0.5,
-        n_iter=1,
-        loss_history=[1.0],
-        user_items=history,
+        FittedState(
+            user_factors=rng.random((2, k), dtype=np.float32),
+            item_factors=rng.random((n_items, k), dtype=np.float32),
+            user_bias=np.zeros(2, np.float32),
+            item_bias=np.zeros(n_items, np.float32),
+            global_mean=0.0,
+            regularization=0.5,
+            n_iter=1,
+            loss_history=[1.0],
+            user_items=history,
+        ),
     )
     first = model.explain(0, 5)  # builds the per-model part once
     tracemalloc.start()

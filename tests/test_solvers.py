@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from scipy.optimize import nnls
 
 from timbral import _reference
-from timbral.nmf.fit import fit_nmf, fold_in, half_step, triplet
+from timbral.nmf.fit import SolveSettings, fit_nmf, fold_in, half_step, triplet
 from timbral.nmf.init import init_factors
 from timbral.nmf.objective import bm25_stats, confidence_data, weights_of
 from timbral.exceptions import ConvergenceWarning, ValidationError
@@ -158,7 +158,7 @@ def test_explicit_half_step_solves_each_row_by_nnls():
     Y = rng.random((15, 4))
     l2 = 0.3
     X = np.zeros((12, 4))
-    half_step(triplet(R, R.data), X, Y, l2 * np.eye(4), weights_of("explicit", 1.0), 0.0, 400, 2)
+    half_step(triplet(R, R.data), X, Y, l2 * np.eye(4), SolveSettings(weights_of("explicit", 1.0), 0.0, 400), 2)
     for u in range(12):
         cols = R.indices[R.indptr[u]:R.indptr[u + 1]]
         p = R.data[R.indptr[u]:R.indptr[u + 1]]
@@ -172,7 +172,7 @@ def test_explicit_half_step_solves_each_row_by_nnls():
     [("implicit", "linear"), ("implicit", "log"), ("implicit", "bm25"), ("explicit", "linear"),
      ("frobenius", "linear")],
 )
-def test_fold_in_equals_one_row_of_ahalf_step(feedback, confidence):
+def test_fold_in_equals_one_row_of_a_half_step(feedback, confidence):
     R = _counts()
     rng = np.random.default_rng(1)
     H = rng.random((R.shape[1], 4))
@@ -188,7 +188,7 @@ def test_fold_in_equals_one_row_of_ahalf_step(feedback, confidence):
         data = R.data
     X = np.zeros((R.shape[0], 4))
     gram = w.beta * H.T @ H + l2 * np.eye(4)
-    half_step(triplet(R, data), X, H, gram, w, l1, 30, 2)
+    half_step(triplet(R, data), X, H, gram, SolveSettings(w, l1, 30), 2)
     for u in (0, 7, 21):
         row = R[u]
         x = fold_in(H, row.indices, row.data, feedback=feedback, alpha=3.0, confidence=confidence,

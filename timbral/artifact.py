@@ -46,7 +46,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from timbral._version import __version__
 from timbral.exceptions import ArtifactError, ValidationError
-from timbral.nmf import NMFModel
+from timbral.nmf import FittedState, NMFModel
 
 __all__ = [
     "ARRAYS_FILE",
@@ -189,18 +189,18 @@ def model_from_artifact(
             seen.check_format(full_check=True)
         else:
             seen = training
-        model = NMFModel.from_fitted(
-            fields["params"],
-            user_factors=a["user_factors"],
-            item_factors=a["item_factors"],
-            user_bias=a["user_bias"],
-            item_bias=a["item_bias"],
-            global_mean=float(fields["global_mean"]),
-            regularization=float(fields["regularization"]),
-            n_iter=int(fields["n_iter"]),
-            loss_history=[float(x) for x in fields["loss_history"]],
-            user_items=training,
+        state = FittedState(
+            a["user_factors"],
+            a["item_factors"],
+            a["user_bias"],
+            a["item_bias"],
+            float(fields["global_mean"]),
+            float(fields["regularization"]),
+            int(fields["n_iter"]),
+            [float(x) for x in fields["loss_history"]],
+            training,
         )
+        model = NMFModel.from_fitted(fields["params"], state)
     except ArtifactError:
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as exc:  # ValidationError is a ValueError

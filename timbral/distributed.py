@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
-from numpy.typing import NDArray
 
 from timbral.exceptions import ValidationError
 from timbral.nmf import NMFModel
-from timbral.nmf.fit import Triplet, half_step
-from timbral.nmf.objective import Weights, check_feedback
+from timbral.nmf.fit import Factors, Solved, SolveSettings, Triplet, half_step
+from timbral.nmf.objective import check_feedback
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -62,8 +61,9 @@ class DaskBackend:
         self.threads_per_shard = threads_per_shard
         self._sides: tuple[list[_Shard], list[_Shard]] = ([], [])
 
-    def place(self, user_rows: Triplet, item_rows: Triplet) -> None:
+    def place(self, user_rows: Triplet, item_rows: Triplet, settings: SolveSettings) -> None:
         self._sides = (self._scatter(user_rows), self._scatter(item_rows))
+        self._settings = settings
 
     def _scatter(self, rows: Triplet) -> list[_Shard]:
         """Send ``rows`` to the workers as ≤ ``n_shards`` row blocks of about equal entries."""
@@ -75,21 +75,11 @@ class DaskBackend:
             for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist())
         ]
 
-    def solve(
-        self,
-        side: int,
-        X: NDArray[np.floating],
-        Y: NDArray[np.floating],
-        gram: NDArray[np.floating],
-        w: Weights,
-        l1: float,
-        n_sweeps: int,
-        row_loss: bool,
-    ) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.float64] | None]:
+    def solve(self, side: int, X: Factors, Y: Factors, gram: Factors, row_loss: bool) -> Solved:
         fixed = self.client.scatter(Y, broadcast=True, hash=False)
         futures = [
             self.client.submit(
-                _solve_shard, s.rows, X[s.start : s.stop], fixed, gram, w, l1, n_sweeps,
+                _solve_shard, s.rows, X[s.start : s.stop], fixed, gram, self._settings,
                 self.threads_per_shard, pure=False,
             )
             for s in self._sides[side]
@@ -142,17 +132,10 @@ def fit_distributed(
 
 
 def _solve_shard(
-    rows: Triplet,
-    X_part: NDArray[np.floating],
-    Y: NDArray[np.floating],
-    gram: NDArray[np.floating],
-    w: Weights,
-    l1: float,
-    n_sweeps: int,
-    n_threads: int,
-) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.float64]]:
+    rows: Triplet, X_part: Factors, Y: Factors, gram: Factors, settings: SolveSettings, n_threads: int
+) -> Solved:
     """Runs on a worker: the kernel's row solve for one shard, its Gram and row losses."""
     X_part = np.array(X_part, order="C")  # our own copy: inputs may be shared
     row_loss = np.empty(X_part.shape[0])
-    half_step(rows, X_part, Y, gram, w, l1, n_sweeps, n_threads, row_loss)
+    half_step(rows, X_part, Y, gram, settings, n_threads, row_loss)
     return X_part, X_part.T @ X_part, row_loss

@@ -4,7 +4,7 @@
 ``fit`` (the one fit loop and its half-step backends), ``explain`` and ``estimator``.
 """
 
-from timbral.nmf.estimator import NMFModel
+from timbral.nmf.estimator import FittedState, NMFModel
 from timbral.nmf.explain import Explanation
 
-__all__ = ["Explanation", "NMFModel"]
+__all__ = ["Explanation", "FittedState", "NMFModel"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,27 @@ PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {
     "n_threads": [Interval(numbers.Integral, 0, None)],
     "init": [Options(INIT_KINDS)],
 }
+
+
+@dataclass(frozen=True)
+class FittedState:
+    """Everything ``fit`` learns, as one value: what a saved model must hand back.
+
+    ``user_factors`` (n_users, k), ``item_factors`` (n_items, k), ``user_bias``
+    (n_users,), ``item_bias`` (n_items,), ``global_mean`` (zero unless explicit), the
+    λ used (``regularization``), ``n_iter``, ``loss_history`` and ``user_items`` (the
+    CSR matrix fitted on).
+    """
+
+    user_factors: NDArray[np.floating]
+    item_factors: NDArray[np.floating]
+    user_bias: NDArray[np.floating]
+    item_bias: NDArray[np.floating]
+    global_mean: float
+    regularization: float
+    n_iter: int
+    loss_history: list[float]
+    user_items: sp.csr_matrix
 
 
 class NMFModel:
@@ -245,34 +267,16 @@ class NMFModel:
             if progress is not None:
                 progress.close()
         self._set_fitted(
-            user_factors=result.user_factors,
-            item_factors=result.item_factors,
-            user_bias=result.user_bias,
-            item_bias=result.item_bias,
-            global_mean=result.global_mean,
-            regularization=regularization,
-            n_iter=result.n_iter,
-            loss_history=result.loss_history,
-            user_items=csr,
+            FittedState(
+                result.user_factors, result.item_factors, result.user_bias, result.item_bias,
+                result.global_mean, regularization, result.n_iter, result.loss_history, csr,
+            )
         )
         return self
 
     @classmethod
-    def from_fitted(
-        cls,
-        params: Mapping[str, Any],
-        *,
-        user_factors: NDArray[np.floating],
-        item_factors: NDArray[np.floating],
-        user_bias: NDArray[np.floating],
-        item_bias: NDArray[np.floating],
-        global_mean: float,
-        regularization: float,
-        n_iter: int,
-        loss_history: list[float],
-        user_items: sp.csr_matrix,
-    ) -> NMFModel:
-        """A fitted model from its parts (what ``timbral.artifact`` reads back).
+    def from_fitted(cls, params: Mapping[str, Any], state: FittedState) -> NMFModel:
+        """A fitted model from its parameters and state (what ``timbral.artifact`` reads back).
 
         Every part is checked against the parameters and the others: shapes agree,
         factors and biases are finite, factors are non-negative, ``global_mean`` and
@@ -290,8 +294,8 @@ class NMFModel:
             )
         model = cls(**params)
         model.check_params()
-        W, H = np.asarray(user_factors), np.asarray(item_factors)
-        b_u, b_i = np.asarray(user_bias), np.asarray(item_bias)
+        W, H = np.asarray(state.user_factors), np.asarray(state.item_factors)
+        b_u, b_i = np.asarray(state.user_bias), np.asarray(state.item_bias)
         if W.ndim != 2 or H.ndim != 2 or W.shape[1] != H.shape[1] or W.shape[1] != model.n_components:
             raise ValidationError(
                 f"factor shapes {W.shape} and {H.shape} do not match n_components={model.n_components}."
@@ -300,6 +304,7 @@ class NMFModel:
             raise ValidationError(
                 f"bias shapes {b_u.shape}, {b_i.shape} do not match {W.shape[0]} users × {H.shape[0]} items."
             )
+        user_items = state.user_items
         if not sp.issparse(user_items) or user_items.shape != (W.shape[0], H.shape[0]):
             raise ValidationError(
                 f"`user_items` must be a sparse matrix of shape {(W.shape[0], H.shape[0])} (users × items); "
@@ -317,49 +322,31 @@ class NMFModel:
                 )
         if (W.size and W.min() < 0) or (H.size and H.min() < 0):
             raise ValidationError("the factors must be non-negative; got negative entries.")
-        explicit = model.feedback == "explicit"
-        if not np.isfinite(global_mean) or (not explicit and (global_mean != 0 or np.any(b_u) or np.any(b_i))):
+        mu = state.global_mean
+        if not np.isfinite(mu) or (model.feedback != "explicit" and (mu != 0 or np.any(b_u) or np.any(b_i))):
             raise ValidationError(
-                f"global_mean={global_mean!r} and non-zero biases belong to feedback='explicit' only; "
+                f"global_mean={mu!r} and non-zero biases belong to feedback='explicit' only; "
                 f"this model has feedback={model.feedback!r}."
             )
-        if isinstance(regularization, bool) or not np.isfinite(regularization) or regularization < 0:
-            raise ValidationError(f"`regularization` must be a finite number ≥ 0; got {regularization!r}.")
+        lam = state.regularization
+        if isinstance(lam, bool) or not np.isfinite(lam) or lam < 0:
+            raise ValidationError(f"`regularization` must be a finite number ≥ 0; got {lam!r}.")
         model._set_fitted(
-            user_factors=W,
-            item_factors=H,
-            user_bias=b_u,
-            item_bias=b_i,
-            global_mean=global_mean,
-            regularization=regularization,
-            n_iter=n_iter,
-            loss_history=loss_history,
-            user_items=user_items,
+            FittedState(W, H, b_u, b_i, mu, lam, state.n_iter, state.loss_history, user_items)
         )
         return model
 
-    def _set_fitted(
-        self,
-        *,
-        user_factors: NDArray[np.floating],
-        item_factors: NDArray[np.floating],
-        user_bias: NDArray[np.floating],
-        item_bias: NDArray[np.floating],
-        global_mean: float,
-        regularization: float,
-        n_iter: int,
-        loss_history: list[float],
-        user_items: sp.csr_matrix,
-    ) -> None:
+    def _set_fitted(self, state: FittedState) -> None:
         """The one place the fitted state is assigned (and the per-model caches reset)."""
-        self.user_factors_ = user_factors
-        self.item_factors_ = item_factors
-        self.user_bias_ = np.asarray(user_bias, dtype=user_factors.dtype)
-        self.item_bias_ = np.asarray(item_bias, dtype=item_factors.dtype)
-        self.global_mean_ = float(global_mean)
-        self.regularization_ = float(regularization)
-        self.n_iter_ = int(n_iter)
-        self.loss_history_ = [float(x) for x in loss_history]
+        self.user_factors_ = state.user_factors
+        self.item_factors_ = state.item_factors
+        self.user_bias_ = np.asarray(state.user_bias, dtype=state.user_factors.dtype)
+        self.item_bias_ = np.asarray(state.item_bias, dtype=state.item_factors.dtype)
+        self.global_mean_ = float(state.global_mean)
+        self.regularization_ = float(state.regularization)
+        self.n_iter_ = int(state.n_iter)
+        self.loss_history_ = [float(x) for x in state.loss_history]
+        user_items = state.user_items
         if not user_items.has_sorted_indices:
             user_items = user_items.sorted_indices()  # top-K walks each row's seen items in order
         self.user_items_ = user_items

@@ -68,6 +68,16 @@ class Triplet:
         )
 
 
+@dataclass(frozen=True)
+class SolveSettings:
+    """What every row solve of one fit shares: the entry weights, the objective's L1
+    coefficient and the coordinate-descent sweeps per row."""
+
+    weights: Weights
+    l1: float
+    n_sweeps: int
+
+
 @dataclass
 class FitResult:
     """Factors and diagnostics of one ``fit_nmf`` run.
@@ -88,31 +98,27 @@ class FitResult:
     bm25: BM25Stats | None = None
 
 
+Factors = NDArray[np.floating]
+#: What ``HalfStepBackend.solve`` returns: the new X, XᵀX and the per-row observed loss (or None).
+Solved = tuple[Factors, Factors, NDArray[np.float64] | None]
+
+
 class HalfStepBackend(Protocol):
     """Where the row solves of a fit run.
 
-    ``place`` receives R (users × items) and Rᵀ (items × users) once per fit, in
-    kernel form; ``solve`` then updates every row of ``X`` (side 0: W against H,
-    side 1: H against W) and returns the new ``X``, ``XᵀX`` and, when ``row_loss``,
-    each row's observed loss at its new value. ``supports_biases`` says whether the
-    backend sees in-place changes of the placed data (explicit feedback needs it).
+    ``place`` receives R (users × items), Rᵀ (items × users) in kernel form and the
+    solve settings once per fit; ``solve`` then updates every row of ``X`` (side 0: W
+    against H, side 1: H against W) given the regularised Gram matrix of ``Y``, and
+    returns the new ``X``, ``XᵀX`` and, when ``row_loss``, each row's observed loss at
+    its new value. ``supports_biases`` says whether the backend sees in-place changes
+    of the placed data (explicit feedback needs it).
     """
 
     supports_biases: bool
 
-    def place(self, user_rows: Triplet, item_rows: Triplet) -> None: ...
+    def place(self, user_rows: Triplet, item_rows: Triplet, settings: SolveSettings) -> None: ...
 
-    def solve(
-        self,
-        side: int,
-        X: NDArray[np.floating],
-        Y: NDArray[np.floating],
-        gram: NDArray[np.floating],
-        w: Weights,
-        l1: float,
-        n_sweeps: int,
-        row_loss: bool,
-    ) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.float64] | None]: ...
+    def solve(self, side: int, X: Factors, Y: Factors, gram: Factors, row_loss: bool) -> Solved: ...
 
 
 class LocalBackend:
@@ -122,24 +128,14 @@ class LocalBackend:
 
     def __init__(self, n_threads: int = 0) -> None:
         self.n_threads = effective_n_threads(n_threads)
-        self._sides: tuple[Triplet, Triplet] | None = None
 
-    def place(self, user_rows: Triplet, item_rows: Triplet) -> None:
+    def place(self, user_rows: Triplet, item_rows: Triplet, settings: SolveSettings) -> None:
         self._sides = (user_rows, item_rows)
+        self._settings = settings
 
-    def solve(
-        self,
-        side: int,
-        X: NDArray[np.floating],
-        Y: NDArray[np.floating],
-        gram: NDArray[np.floating],
-        w: Weights,
-        l1: float,
-        n_sweeps: int,
-        row_loss: bool,
-    ) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.float64] | None]:
+    def solve(self, side: int, X: Factors, Y: Factors, gram: Factors, row_loss: bool) -> Solved:
         loss = np.empty(X.shape[0]) if row_loss else None
-        half_step(self._sides[side], X, Y, gram, w, l1, n_sweeps, self.n_threads, loss)
+        half_step(self._sides[side], X, Y, gram, self._settings, self.n_threads, loss)
         return X, X.T @ X, loss
 
 
@@ -163,22 +159,21 @@ def regularized_gram(FtF: NDArray[np.floating], beta: float, l2: float) -> NDArr
 
 def half_step(
     R: Triplet,
-    X: NDArray[np.floating],
-    Y: NDArray[np.floating],
-    gram: NDArray[np.floating],
-    w: Weights,
-    l1: float,
-    n_sweeps: int,
+    X: Factors,
+    Y: Factors,
+    gram: Factors,
+    settings: SolveSettings,
     n_threads: int,
     row_loss: NDArray[np.float64] | None = None,
 ) -> None:
-    """Update every row of X against fixed Y; ``l1`` is the objective's coefficient.
+    """Update every row of X against fixed Y (``gram`` = β YᵀY + l2 I).
 
     ``row_loss`` (n_rows,) receives each row's observed loss at its new value.
     """
+    w = settings.weights
     _nmf.solve_rows(
         R.indptr, R.indices, R.data, X, Y, gram, w.conf_offset, w.conf_scale, w.target_one,
-        w.beta, 0.5 * l1, n_sweeps, n_threads, row_loss,
+        w.beta, 0.5 * settings.l1, settings.n_sweeps, n_threads, row_loss,
     )
 
 
@@ -356,7 +351,7 @@ def fit_nmf(
             target = sp.csr_matrix((np.abs(data - mu), R.indices, R.indptr), R.shape)
         W, H = init_factors(target, n_components, init, rng, dtype)
         del target
-        backend.place(R, Rt)
+        backend.place(R, Rt, SolveSettings(w, l1, sweeps))
 
         HtH = H.T @ H
         history: list[float] = []
@@ -368,8 +363,8 @@ def fit_nmf(
                 item_bias[:] = _update_bias(Rt, raw_t, H, W, mu, user_bias, l2, bias_threads)
                 _residual(raw, R, mu, user_bias, item_bias)
                 _residual(raw_t, Rt, mu, item_bias, user_bias)
-            W, WtW, _ = backend.solve(0, W, H, regularized_gram(HtH, w.beta, l2), w, l1, sweeps, False)
-            H, HtH, observed = backend.solve(1, H, W, regularized_gram(WtW, w.beta, l2), w, l1, sweeps, True)
+            W, WtW, _ = backend.solve(0, W, H, regularized_gram(HtH, w.beta, l2), False)
+            H, HtH, observed = backend.solve(1, H, W, regularized_gram(WtW, w.beta, l2), True)
 
             loss = _loss(W, H, WtW, HtH, w, l2, l1, observed)
             if feedback == "explicit":
@@ -457,6 +452,6 @@ def fold_in(
     x = np.zeros((1, k), dtype)
     half_step(
         triplet(row, np.ascontiguousarray(data, dtype)), x,
-        np.ascontiguousarray(item_factors), np.ascontiguousarray(gram, dtype), w, l1, n_sweeps, 1,
+        np.ascontiguousarray(item_factors), np.ascontiguousarray(gram, dtype), SolveSettings(w, l1, n_sweeps), 1,
     )
     return x[0]
