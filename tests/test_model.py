@@ -10,9 +10,9 @@ import pytest
 import scipy.sparse as sp
 
 from timbral import NMFModel, Recommender
-from timbral.nmf import FittedState
 from timbral._reference import top_k as reference_top_k
 from timbral.exceptions import ArtifactError, ConvergenceWarning, NotFittedError, ValidationError
+from timbral.nmf import FittedState
 
 # Most fits here run a fixed number of epochs on purpose (tol=0).
 pytestmark = pytest.mark.filterwarnings("ignore::timbral.exceptions.ConvergenceWarning")

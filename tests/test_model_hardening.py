@@ -16,11 +16,11 @@ from numpy.testing import assert_array_equal
 import timbral.artifact
 import timbral.nmf.estimator
 from timbral import NMFModel, Recommender
-from timbral.nmf import FittedState
 from timbral.artifact import read_model_dir
 from timbral.data import Interactions
 from timbral.exceptions import ArtifactError
 from timbral.generate import generate_interactions
+from timbral.nmf import FittedState
 from timbral.train import train
 
 

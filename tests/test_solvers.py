@@ -10,10 +10,10 @@ import scipy.sparse as sp
 from scipy.optimize import nnls
 
 from timbral import _reference
+from timbral.exceptions import ConvergenceWarning, ValidationError
 from timbral.nmf.fit import SolveSettings, fit_nmf, fold_in, half_step, triplet
 from timbral.nmf.init import init_factors
 from timbral.nmf.objective import bm25_stats, confidence_data, weights_of
-from timbral.exceptions import ConvergenceWarning, ValidationError
 
 
 def _counts(n_users=40, n_items=30, density=0.25, seed=0, dtype=np.float64):

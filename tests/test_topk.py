@@ -12,8 +12,8 @@ from threadpoolctl import threadpool_info
 
 from timbral import _reference
 from timbral._core._topk import top_k as top_k_kernel
-from timbral.scoring import CHUNK_ITEMS, top_k
 from timbral.exceptions import ValidationError
+from timbral.scoring import CHUNK_ITEMS, top_k
 
 DTYPES = [np.float32, np.float64]
 

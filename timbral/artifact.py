@@ -18,8 +18,9 @@ model directory cannot run code. Parameters are validated again at load.
 Saving writes and fsyncs a new version directory beside the destination (under a
 unique temporary name), then renames a fresh symlink over the destination (one
 atomic flip) and fsyncs the parent; concurrent saves take turns for the flip (a
-lock on the parent directory), and the last flip wins. A reader resolves the symlink once and reads both files from that version,
-so a load racing a save sees the old model or the new one, never a mix or an error.
+lock on the parent directory), and the last flip wins. A reader resolves the
+symlink once and reads both files from that version, so a load racing a save sees
+the old model or the new one, never a mix or an error.
 The previous version is kept until the next save (a reader mid-load still finds it).
 A destination that is a plain directory (written by timbral 0.1) is moved aside once,
 on its first overwrite.

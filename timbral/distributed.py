@@ -72,7 +72,7 @@ class DaskBackend:
         bounds = np.unique(np.concatenate([[0], cuts, [rows.shape[0]]]))
         return [
             _Shard(start, stop, self.client.scatter(rows.rows(start, stop), hash=False))
-            for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist())
+            for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
         ]
 
     def solve(self, side: int, X: Factors, Y: Factors, gram: Factors, row_loss: bool) -> Solved:
