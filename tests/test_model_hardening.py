@@ -3,6 +3,8 @@ plus issue 8's seen-items and fold-in Gram fixes."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import threading
@@ -16,9 +18,10 @@ from numpy.testing import assert_array_equal
 import timbral.artifact
 import timbral.nmf.estimator
 from timbral import NMFModel, Recommender
-from timbral.artifact import read_model_dir
+from timbral._validation import check_random_state
+from timbral.artifact import _canonical, read_model_dir
 from timbral.data import Interactions
-from timbral.exceptions import ArtifactError
+from timbral.exceptions import ArtifactError, ValidationError
 from timbral.generate import generate_interactions
 from timbral.nmf import FittedState
 from timbral.train import train
@@ -260,3 +263,67 @@ def test_fold_in_reuses_the_cached_gram(fitted, monkeypatch):
     for _ in range(3):
         assert_array_equal(fresh.fold_in([1, 2, 3], [1.0, 4.0, 2.0]), first)
     assert len(calls) == 1
+
+
+# -- bad and hostile input at the entry points this layering added ----------------------
+
+
+def test_bad_seen_matrix_is_refused(fitted):
+    with pytest.raises(ValidationError, match=r"`user_items` must have shape \(50, 40\); got \(3, 40\)"):
+        fitted.recommend(0, user_items=sp.csr_matrix((3, 40)))
+    with pytest.raises(ValidationError, match=r"`user_items` must have shape \(50, 40\); got \(50, 41\)"):
+        Recommender(fitted, np.arange(50), np.arange(40), user_items=sp.csr_matrix((50, 41)))
+
+
+@pytest.mark.parametrize(
+    ("params", "change", "message"),
+    [
+        ({"bogus": 1}, {}, r"`params` has unknown parameter\(s\) \['bogus'\]"),
+        ({"n_components": 0}, {}, r"`n_components` must be an integer in \[1, inf\]; got 0"),
+        ({}, {"user_factors": np.full((50, 4), np.nan, np.float32)}, r"`user_factors` must hold finite floats"),
+        ({}, {"item_factors": -np.ones((40, 4), np.float32)}, r"factors must be non-negative"),
+        ({}, {"item_bias": np.zeros(39, np.float32)}, r"bias shapes \(50,\), \(39,\) do not match"),
+        ({}, {"user_items": np.ones((50, 40))}, r"`user_items` must be a sparse matrix of shape \(50, 40\)"),
+    ],
+)
+def test_from_fitted_refuses_parts_that_do_not_fit(fitted, params, change, message):
+    state = FittedState(
+        fitted.user_factors_, fitted.item_factors_, fitted.user_bias_, fitted.item_bias_, 0.0,
+        fitted.regularization_, fitted.n_iter_, fitted.loss_history_, fitted.user_items_,
+    )
+    with pytest.raises(ValidationError, match=message):
+        NMFModel.from_fitted(fitted.get_params() | params, dataclasses.replace(state, **change))
+
+
+def test_train_wants_an_estimator():
+    with pytest.raises(ValidationError, match=r"`model` must be an NMFModel; got dict"):
+        train("unused.csv", model={"n_components": 3})
+    with pytest.raises(ValidationError, match=r"`max_iter` must be an integer in \[1, inf\]; got 0"):
+        train("unused.csv", model=NMFModel(max_iter=0))  # checked before any I/O
+
+
+def test_random_state_becomes_a_generator_or_a_clear_error():
+    generator = np.random.default_rng(5)
+    assert check_random_state(generator) is generator
+    assert check_random_state(7).random() == np.random.default_rng(7).random()
+    for bad in (-1, 2.5, "42", True):
+        with pytest.raises(ValidationError, match=r"`random_state` must be a non-negative integer seed"):
+            check_random_state(bad)
+
+
+def test_format_1_directories_still_load(tmp_path, fitted):
+    """A directory written before seen items were stored apart: its seen items are the training matrix."""
+    path = fitted.save(tmp_path / "model")
+    artifact = read_model_dir(path)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    arrays = {name: a for name, a in artifact.arrays.items() if not name.startswith("seen_")}
+    np.savez(legacy / "arrays.npz", **arrays)
+    meta = {key: value for key, value in artifact.metadata.items() if key not in ("checksums", "nnz_seen")}
+    meta["format_version"] = 1
+    meta["checksums"] = {"arrays.npz": hashlib.sha256((legacy / "arrays.npz").read_bytes()).hexdigest(),
+                         "metadata.json": hashlib.sha256(_canonical(meta)).hexdigest()}
+    (legacy / "metadata.json").write_text(json.dumps(meta))
+    back = Recommender.load(legacy)
+    assert (back.user_items != fitted.user_items_).nnz == 0
+    assert_array_equal(back.model.recommend(3)[0], fitted.recommend(3)[0])
