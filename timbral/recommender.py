@@ -25,6 +25,7 @@ from timbral._validation import check_k
 from timbral.artifact import model_artifact, model_from_artifact, read_model_dir, write_model_dir
 from timbral.exceptions import UnknownIdError, ValidationError
 from timbral.nmf import Explanation, NMFModel
+from timbral.scoring import item_mask
 
 __all__ = ["Recommendations", "Recommender"]
 
@@ -293,13 +294,8 @@ class Recommender:
         self, k: int, exclude: NDArray[np.int64] | None, allow: NDArray[np.int64] | None
     ) -> list[tuple[ExternalId, float]]:
         order = self._popular_order
-        if exclude is not None or allow is not None:
-            banned = np.zeros(self.n_items, dtype=bool)
-            if allow is not None:
-                banned[:] = True
-                banned[allow] = False
-            if exclude is not None:
-                banned[exclude] = True
+        banned = item_mask(self.n_items, allow=allow, deny=exclude)
+        if banned is not None:
             order = order[~banned[order]]
         top = order[:k]
         return self._pairs(top, self.item_popularity[top])

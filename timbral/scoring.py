@@ -42,6 +42,24 @@ def _as_factors(name: str, array: NDArray[np.floating], dtype: np.dtype) -> NDAr
     return np.ascontiguousarray(out, dtype=dtype)
 
 
+def item_mask(
+    n_items: int, *, allow: NDArray[np.integer] | None = None, deny: NDArray[np.integer] | None = None
+) -> NDArray[np.bool_] | None:
+    """``top_k``'s ``item_mask`` (True = never recommend) from an allow list and a deny list.
+
+    Both hold item indices already checked to be in range; ``None`` for neither.
+    """
+    if allow is None and deny is None:
+        return None
+    mask = np.zeros(n_items, dtype=bool)
+    if allow is not None:
+        mask[:] = True
+        mask[allow] = False
+    if deny is not None:
+        mask[deny] = True
+    return mask
+
+
 def exclude_rows(
     matrix: sp.csr_matrix, rows: NDArray[np.integer]
 ) -> tuple[NDArray[np.int64], NDArray[np.int32]]:

@@ -44,7 +44,7 @@ from timbral.nmf.objective import (
     bm25_stats,
     weights_of,
 )
-from timbral.scoring import exclude_rows, top_k
+from timbral.scoring import exclude_rows, item_mask, top_k
 
 #: Each constructor parameter's allowed values, checked at ``fit`` and at load.
 PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {
@@ -672,13 +672,11 @@ class NMFModel:
         exclude_items: ArrayLike | None,
         items: ArrayLike | None,
     ) -> tuple[NDArray[np.int32], NDArray[np.floating]]:
-        mask = None
-        if items is not None:
-            mask = np.ones(self.n_items_, dtype=bool)
-            mask[check_indices(items, self.n_items_, name="items")] = False
-        if exclude_items is not None:
-            mask = np.zeros(self.n_items_, dtype=bool) if mask is None else mask
-            mask[check_indices(exclude_items, self.n_items_, name="exclude_items")] = True
+        mask = item_mask(
+            self.n_items_,
+            allow=None if items is None else check_indices(items, self.n_items_, name="items"),
+            deny=None if exclude_items is None else check_indices(exclude_items, self.n_items_, name="exclude_items"),
+        )
         if exclude is not None and not isinstance(exclude, tuple):
             exclude = sp.csr_matrix(exclude)
         if self.feedback == "explicit":
