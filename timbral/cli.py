@@ -115,7 +115,7 @@ def _port(text: str) -> int:
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    """The options DESIGN.md §3 calls common: model parameters and how to read the data."""
+    """The options every training command shares: model parameters and how to read the data."""
     model = parser.add_argument_group("model (unset options keep the library defaults)")
     model.add_argument("--components", type=_positive_int, metavar="K",
                        help="latent factors (default: $NMF_N_COMPONENTS, else the model's 50)")
