@@ -113,7 +113,7 @@ def test_similar_and_explain(rec, model):
 
 
 def test_unknown_ids_raise(rec):
-    with pytest.raises(UnknownIdError, match="item_id 'nope' is not known to the model"):
+    with pytest.raises(UnknownIdError, match=r"item_id 'nope' is not known \(60 item_ids\)"):
         rec.similar("nope")
     with pytest.raises(UnknownIdError, match="item_id 1 is not known"):
         rec.explain("user-3", 1)

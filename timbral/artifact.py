@@ -3,7 +3,7 @@
 Layout of a model directory::
 
     model/
-      arrays.npz       float32 factors and biases, id arrays, training CSR, popularity
+      arrays.npz       float32 factors and biases, id maps, training CSR, popularity
       metadata.json    format version, model version, parameters, data report, metrics,
                        timings, shapes and dtypes of every array, sha256 of every file
 
@@ -43,25 +43,43 @@ __all__ = [
     "write_model_dir",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: string ids as UTF-8 bytes + offsets (1 stored fixed-width "U" arrays)
 ARRAYS_FILE = "arrays.npz"
 METADATA_FILE = "metadata.json"
 
-# Every array of a model directory, its dimensions in terms of the metadata sizes,
-# and the dtype kinds allowed ("f" float, "i" signed int, "U" fixed-width unicode).
+# Every array of a model directory, its dimensions in terms of the metadata sizes
+# ("*": any length), and the dtype kinds allowed ("f" float, "i" signed int, "u"
+# unsigned int, "U" fixed-width unicode).
 _SCHEMA: dict[str, tuple[tuple[str, ...], str]] = {
     "user_factors": (("n_users", "n_components"), "f"),
     "item_factors": (("n_items", "n_components"), "f"),
     "user_bias": (("n_users",), "f"),
     "item_bias": (("n_items",), "f"),
-    "user_ids": (("n_users",), "iU"),
-    "item_ids": (("n_items",), "iU"),
     "user_items_indptr": (("n_users+1",), "i"),
     "user_items_indices": (("nnz",), "i"),
     "user_items_data": (("nnz",), "f"),
     "item_popularity": (("n_items",), "f"),
 }
 _SIZES = ("n_users", "n_items", "n_components", "nnz")
+
+# Each id map is stored one of two ways (timbral.ids.IdMap.to_arrays): int64 ids as
+# "<role>_ids", or string ids as UTF-8 "<role>_bytes" delimited by "<role>_offsets".
+# Format 1 directories hold string ids as fixed-width unicode "<role>_ids"; they still load.
+_ID_LAYOUTS: dict[str, tuple[dict[str, tuple[tuple[str, ...], str]], ...]] = {
+    role: (
+        {f"{role}_ids": ((f"n_{role}s",), "iU")},
+        {f"{role}_offsets": ((f"n_{role}s+1",), "i"), f"{role}_bytes": (("*",), "u")},
+    )
+    for role in ("user", "item")
+}
+
+
+def _layout(arrays: Mapping[str, NDArray[Any]]) -> dict[str, tuple[tuple[str, ...], str]]:
+    """The schema of these arrays: the fixed arrays plus the id layout each map uses."""
+    layout = dict(_SCHEMA)
+    for options in _ID_LAYOUTS.values():
+        layout |= next((o for o in options if set(o) & set(arrays)), options[0])
+    return layout
 
 
 class ModelArtifact:
@@ -70,11 +88,13 @@ class ModelArtifact:
     Parameters
     ----------
     arrays : mapping of str to ndarray
-        Exactly the arrays of the format (see ``_SCHEMA``): ``user_factors`` (n_users, k),
-        ``item_factors`` (n_items, k), ``user_bias`` (n_users,), ``item_bias`` (n_items,),
-        ``user_ids`` (n_users,), ``item_ids`` (n_items,), ``user_items_indptr``
-        (n_users + 1,), ``user_items_indices`` (nnz,), ``user_items_data`` (nnz,),
-        ``item_popularity`` (n_items,).
+        Exactly the arrays of the format (see ``_SCHEMA`` and ``_ID_LAYOUTS``):
+        ``user_factors`` (n_users, k), ``item_factors`` (n_items, k), ``user_bias``
+        (n_users,), ``item_bias`` (n_items,), the id maps of
+        :meth:`timbral.ids.IdMap.to_arrays` (``user_ids`` (n_users,), or
+        ``user_offsets`` (n_users + 1,) and ``user_bytes``; the same for items),
+        ``user_items_indptr`` (n_users + 1,), ``user_items_indices`` (nnz,),
+        ``user_items_data`` (nnz,), ``item_popularity`` (n_items,).
     metadata : dict
         JSON-serialisable metadata. :func:`write_model_dir` adds ``format_version``,
         the sizes, ``arrays`` (shape and dtype of each) and ``checksums``.
@@ -109,12 +129,13 @@ def _sha256_file(path: Path) -> str:
 
 
 def _expected_shape(dims: tuple[str, ...], sizes: Mapping[str, int]) -> tuple[int, ...]:
-    return tuple(sizes["n_users"] + 1 if d == "n_users+1" else sizes[d] for d in dims)
+    return tuple(sizes[d[:-2]] + 1 if d.endswith("+1") else sizes[d] for d in dims)
 
 
 def _check_names(arrays: Mapping[str, NDArray[Any]], where: str) -> None:
-    missing = sorted(set(_SCHEMA) - set(arrays))
-    extra = sorted(set(arrays) - set(_SCHEMA))
+    layout = _layout(arrays)
+    missing = sorted(set(layout) - set(arrays))
+    extra = sorted(set(arrays) - set(layout))
     if missing or extra:
         raise ArtifactError(
             f"{where}: arrays do not match the model format (missing {missing}, unexpected "
@@ -125,15 +146,15 @@ def _check_names(arrays: Mapping[str, NDArray[Any]], where: str) -> None:
 def _check_arrays(arrays: Mapping[str, NDArray[Any]], sizes: Mapping[str, int], where: str) -> None:
     """Every array present, no extras, right dtype kind and shape; else ArtifactError."""
     _check_names(arrays, where)
-    for name, (dims, kinds) in _SCHEMA.items():
+    for name, (dims, kinds) in _layout(arrays).items():
         array = arrays[name]
         if array.dtype.kind not in kinds:
             raise ArtifactError(
                 f"{where}: array {name!r} has dtype {array.dtype}, expected kind "
                 f"{' or '.join(kinds)!r} (object arrays are never allowed); "
-                "convert ids to int64 or str before saving"
+                "store id maps with IdMap.to_arrays (Recommender.save does)"
             )
-        expected = _expected_shape(dims, sizes)
+        expected = _expected_shape(dims, sizes) if dims != ("*",) else (array.size,)
         if array.shape != expected:
             raise ArtifactError(
                 f"{where}: array {name!r} has shape {array.shape}, expected {expected} "

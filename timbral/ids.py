@@ -306,7 +306,8 @@ class IdMap:
 
     def external(self, indices: Any) -> Any:
         """External id(s) of internal index or indices: a Python int/str, or a list of them."""
-        return self._ids[indices].tolist()
+        found = self._ids[indices]
+        return found.tolist() if isinstance(found, (np.ndarray, np.generic)) else found
 
     def parse(self, text: str) -> int | str | None:
         """An id received as text (URL path segment, CLI argument) in this map's kind.
