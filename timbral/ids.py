@@ -272,6 +272,10 @@ class IdMap:
         """External ids in index order: int64, or an object array of str."""
         return self._ids
 
+    def select(self, mask: NDArray[np.bool_]) -> IdMap:
+        """The map of the ids where ``mask`` is true, in their order (indices renumbered)."""
+        return IdMap(self._ids[mask], self.kind, self.name, is_sorted=self._order is None)
+
     def lookup(self, values: Iterable[Any]) -> NDArray[np.int64]:
         """Internal index of each value, ``-1`` where unknown (exact match only, see the module)."""
         if not isinstance(values, (list, tuple, np.ndarray)):
