@@ -71,18 +71,19 @@ class RawColumns:
         self.time_numeric = False
         self.n_rows = 0
 
-    def _column(self, batch: pa.RecordBatch, name: str) -> pa.Array:
+    def _column(self, batch: pa.RecordBatch, name: str, trim: bool = True) -> pa.Array:
         arr = batch.column(name)
         if pa.types.is_dictionary(arr.type):
             arr = arr.dictionary_decode()
-        if self.trim and is_text(arr.type):
+        if trim and self.trim and is_text(arr.type):
             arr = pc.utf8_trim_whitespace(arr)
         return arr
 
     def add(self, batch: pa.RecordBatch) -> None:
         """Convert one batch and append it."""
         for role in ("user", "item"):
-            chunk = _id_chunk(self._column(batch, self.columns[role]), f"{role} column {self.columns[role]!r}")
+            name = self.columns[role]
+            chunk = _id_chunk(self._column(batch, name, trim=False), f"{role} column {name!r}")  # trimmed in ids()
             if is_text(chunk.type) and len(chunk):
                 lengths = pc.binary_length(chunk)
                 longest = pc.max(lengths).as_py()
@@ -90,7 +91,7 @@ class RawColumns:
                     row = int(pc.index(lengths, longest).as_py())
                     raise DataError(
                         f"the {role} id in data row {self.n_rows + row + 1:,} is {longest:,} bytes long; "
-                        f"ids are at most {self.max_id_bytes} bytes (max_id_bytes=); fix or drop that row"
+                        f"ids are at most {self.max_id_bytes} bytes: fix or drop that row, or pass a larger max_id_bytes="
                     )
             self.id_chunks[role].append(chunk)
         if self.columns["rating"] is not None:
@@ -113,9 +114,14 @@ class RawColumns:
         """
         chunks, self.id_chunks[role] = self.id_chunks[role], []
         if all(pa.types.is_int64(c.type) for c in chunks):
-            arr = pa.chunked_array(chunks, pa.int64()).combine_chunks() if chunks else pa.array([], pa.int64())
-            return arr.fill_null(0).to_numpy(zero_copy_only=False), valid(arr)
+            return _int_numpy(pa.chunked_array(chunks, pa.int64()).combine_chunks())
+        if self.infer_ids and all(is_text(c.type) for c in chunks):
+            fast = [_all_canonical_ints(c) for c in chunks]
+            if all(f is not None for f in fast):
+                return _int_numpy(pa.chunked_array(fast, pa.int64()).combine_chunks())
         text = pa.chunked_array([c.cast(pa.large_string()) for c in chunks], pa.large_string()).combine_chunks()
+        if self.trim:
+            text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.large_string()), pc.utf8_trim_whitespace(text))
         ok = valid(text)
         if self.infer_ids:
             canonical = _canonical_ints(text)
@@ -127,6 +133,34 @@ class RawColumns:
                 values = pc.cast(pc.if_else(pa.array(canonical), text, "0"), pa.int64())
                 return values.to_numpy(zero_copy_only=False), canonical
         return text, ok
+
+
+def _int_numpy(ints: pa.Array) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """int64 values (0 where null) and the mask of present ones."""
+    filled = ints.fill_null(0) if ints.null_count else ints
+    return filled.to_numpy(zero_copy_only=False), valid(ints)
+
+
+def _all_canonical_ints(text: pa.Array) -> pa.Array | None:
+    """``text`` as int64 when every value is an int64 in canonical form, else None.
+
+    The fast path of a clean integer column: Arrow's cast refuses signs, spaces,
+    ``_``, non-ASCII digits and overflow, so only leading zeros remain to check.
+    """
+    try:
+        ints = pc.cast(text, pa.int64())
+    except pa.ArrowInvalid:
+        return None
+    _, offsets, data = text.buffers()
+    if data is None:
+        return ints
+    starts = np.frombuffer(offsets, np.int64, count=len(text) + 1)[text.offset:text.offset + len(text) + 1]
+    chars = np.frombuffer(data, np.uint8)
+    lengths = np.diff(starts)
+    first = chars[np.minimum(starts[:-1], chars.size - 1)]
+    second = chars[np.minimum(starts[:-1] + 1, chars.size - 1)]
+    padded = (lengths > 1) & ((first == ord("0")) | ((first == ord("-")) & (second == ord("0"))))
+    return None if padded.any() else ints
 
 
 def _canonical_ints(text: pa.Array) -> NDArray[np.bool_]:
@@ -146,7 +180,9 @@ def _id_chunk(arr: pa.Array, what: str) -> pa.Array:
         return pa.nulls(len(arr), pa.int64())
     if is_text(typ):
         arr = arr.cast(pa.large_string())
-        return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.large_string()), arr)
+        if len(arr) and pc.min(pc.binary_length(arr)).as_py() == 0:  # an empty id is a missing one
+            arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.large_string()), arr)
+        return arr
     if pa.types.is_unsigned_integer(typ):
         biggest = pc.max(arr).as_py()
         return arr.cast(pa.large_string() if biggest is not None and biggest > INT64_MAX else pa.int64())
