@@ -76,7 +76,14 @@ def _normalise(ids: Any, name: str) -> tuple[str, NDArray[Any]]:
     """``(kind, array)``: int64 ids, or an object array of str ids; refuses the rest."""
     if isinstance(ids, (pa.Array, pa.ChunkedArray)):
         ids = ids.to_numpy(zero_copy_only=False)
-    array = np.asarray(ids) if not isinstance(ids, np.ndarray) else ids
+    if isinstance(ids, np.ndarray):
+        array = ids
+    else:  # an object array: NumPy would turn [2**64 - 1, 1] into floats
+        values = list(ids)
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+        if any(isinstance(v, (list, tuple, np.ndarray)) for v in values):
+            array = np.asarray(values)
     if array.ndim != 1:
         raise ValidationError(f"`{name}` must be one-dimensional ids; got shape {array.shape}")
     kind = array.dtype.kind
@@ -101,7 +108,7 @@ def _normalise(ids: Any, name: str) -> tuple[str, NDArray[Any]]:
             return "str", out
         raise ValidationError(
             f"`{name}` must hold integer or string ids; position {bad} holds {_show(values[bad])} "
-            f"({type(values[bad]).__name__}); convert ids to int or str first"
+            f"({type(values[bad]).__name__}); convert ids to int or str first (never through float)"
         )
     raise ValidationError(
         f"`{name}` must hold integer or string ids; got dtype {array.dtype}. "
