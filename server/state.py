@@ -19,8 +19,9 @@ from typing import Any
 from server.errors import ApiError
 from server.metrics import Metrics
 from server.schemas import ExternalId
-from timbral.recommender import Recommender
 from timbral.exceptions import ArtifactError
+from timbral.ids import IdMap
+from timbral.recommender import Recommender
 
 log = logging.getLogger("server.model")
 
@@ -33,15 +34,14 @@ class LoadedModel:
     loaded_at: datetime
     n_users: int
     n_items: int
-    user_ids_are_ints: bool
-    item_ids_are_ints: bool
 
     def user_id(self, value: ExternalId) -> ExternalId:
-        """Coerce a client's id to the model's id type (path segments are strings)."""
-        return _coerce(value, self.user_ids_are_ints)
+        """A client's user id in the model's id kind (path segments are strings)."""
+        return _coerce(value, self.recommender.user_map)
 
     def item_id(self, value: ExternalId) -> ExternalId:
-        return _coerce(value, self.item_ids_are_ints)
+        """A client's item id in the model's id kind."""
+        return _coerce(value, self.recommender.item_map)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -53,19 +53,16 @@ class LoadedModel:
         }
 
 
-def _coerce(value: ExternalId, to_int: bool) -> ExternalId:
-    if to_int and isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return value  # not an id this model can know: it answers "unknown"
-    if not to_int and isinstance(value, int):
-        return str(value)
-    return value
+def _coerce(value: ExternalId, ids: IdMap) -> ExternalId:
+    """``value`` as the map parses it; a string that cannot be one of its ids stays as sent.
 
-
-def _integer_ids(ids: Any) -> bool:
-    return getattr(getattr(ids, "dtype", None), "kind", "O") in "iu"
+    Matching is exact (``IdMap.parse``): ``"042"``, ``" 42"``, ``"+42"`` or ``"4_2"`` are
+    not user 42, so they are answered as unknown users under the id the client sent.
+    """
+    if isinstance(value, str):
+        parsed = ids.parse(value)
+        return value if parsed is None else parsed
+    return str(value) if ids.kind == "str" else value
 
 
 def load_model(path: Path, metrics: Metrics) -> LoadedModel:
@@ -109,8 +106,6 @@ def load_model(path: Path, metrics: Metrics) -> LoadedModel:
         loaded_at=datetime.now(timezone.utc),
         n_users=int(recommender.n_users),
         n_items=int(recommender.n_items),
-        user_ids_are_ints=_integer_ids(recommender.user_ids),
-        item_ids_are_ints=_integer_ids(recommender.item_ids),
     )
 
 
