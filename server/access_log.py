@@ -32,7 +32,7 @@ class AccessLog:
     def write(self, fields: dict[str, Any]) -> None:
         entry = {
             "timestamp": datetime.now(timezone.utc),  # orjson writes RFC 3339 with "Z"
-            "level": "INFO", "service": SERVICE, "logger": "server.access", "message": "request",
+            "level": "INFO", "service": SERVICE, "logger": "timbral.server.access", "message": "request",
             **fields,
         }
         self._buffer += orjson.dumps(entry, option=orjson.OPT_UTC_Z)

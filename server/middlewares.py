@@ -12,13 +12,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from server.errors import ApiError, error_response
-from server.keys import ACCESS_LOG, METRICS, REQUEST_ID
 from timbral.exceptions import ArtifactError, UnknownIdError, ValidationError
+
+from .errors import ApiError, error_response
+from .keys import ACCESS_LOG, METRICS, REQUEST_ID
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-error_log = logging.getLogger("server.error")
+error_log = logging.getLogger("timbral.server.error")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _ids = itertools.count(1)

@@ -16,13 +16,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from server.errors import ApiError
-from server.metrics import Metrics
-from server.schemas import ExternalId
-from timbral.recommender import Recommender
 from timbral.exceptions import ArtifactError
+from timbral.recommender import Recommender
 
-log = logging.getLogger("server.model")
+from .errors import ApiError
+from .metrics import Metrics
+from .schemas import ExternalId
+
+log = logging.getLogger("timbral.server.model")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,17 @@ def load_model(path: Path, metrics: Metrics) -> LoadedModel:
         user_ids_are_ints=_integer_ids(recommender.user_ids),
         item_ids_are_ints=_integer_ids(recommender.item_ids),
     )
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Where the process is in its life: ``draining`` from SIGTERM until it exits.
+
+    While draining, readiness answers 503 so load balancers stop routing here, and
+    every other endpoint keeps answering until the listener closes.
+    """
+
+    draining: bool = False
 
 
 @dataclass(slots=True)

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 from server_support import N_USERS, config
 
-from server.app import create_app
-from server.batching import RecommendBatcher
-from server.state import load_model
-from server.metrics import Metrics
+from timbral.server.app import create_app
+from timbral.server.batching import RecommendBatcher
+from timbral.server.state import load_model
+from timbral.server.metrics import Metrics
 
 
 @pytest.fixture
