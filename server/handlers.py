@@ -286,7 +286,7 @@ async def reload_model(request: web.Request) -> web.Response:
     if not is_admin(request):
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <TIMBRAL_ADMIN_TOKEN>",
                        headers={"WWW-Authenticate": 'Bearer realm="timbral"'})
-    path = parse_reload_body(parse_json(await request.read()))
+    path = parse_reload_body(await request.read())
     if path is None:
         if config.model_dir is None:
             raise ApiError(422, "invalid_request",

@@ -187,10 +187,14 @@ def check_path_id(raw: str, field: str, max_length: int) -> str:
     return raw
 
 
-def parse_reload_body(body: Any) -> str | None:
-    """``{"path": "..."}`` or an empty body (reload the configured directory)."""
-    if body is None:
+def parse_reload_body(raw: bytes) -> str | None:
+    """``{"path": "..."}`` or an empty body (reload the configured directory).
+
+    A JSON ``null`` body is not an empty one: it is refused, as the document says.
+    """
+    if not raw.strip():
         return None
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise invalid(f'the body must be a JSON object like {{"path": "/models/v2"}}, got {_describe(body)}')
     _reject_unknown(body, {"path"})

@@ -80,7 +80,11 @@ def load_model(path: Path, metrics: Metrics) -> LoadedModel:
     ArtifactError
         The directory is missing, damaged, or its model cannot score.
     """
-    if not path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ArtifactError(f"model directory {str(path)!r} cannot be looked up: {exc.strerror}") from None
+    if not is_dir:
         raise ArtifactError(f"model directory {str(path)!r} does not exist or is not a directory")
     try:
         recommender = Recommender.load(path)

@@ -261,6 +261,20 @@ async def test_query_exclude_seen_takes_the_documented_spellings_only(client, va
     assert "exclude_seen must be true or false" in error["message"]
 
 
+async def test_reload_path_too_long_for_the_file_system_is_a_422(client):
+    headers = {"Authorization": "Bearer test-admin-token-0123456789"}
+    error = await error_of(await client.post("/api/v1/model/reload", json={"path": "0" * 300},
+                                             headers=headers), 422)
+    assert error["code"] == "invalid_model" and "File name too long" in error["message"]
+
+
+async def test_reload_body_null_is_not_an_empty_body(client):
+    headers = {"Authorization": "Bearer test-admin-token-0123456789"}
+    error = await error_of(await client.post("/api/v1/model/reload", data=b"null",
+                                             headers=headers), 422)
+    assert "the body must be a JSON object" in error["message"]
+
+
 async def test_reload_path_with_nul_is_refused(client):
     headers = {"Authorization": "Bearer test-admin-token-0123456789"}
     error = await error_of(await client.post("/api/v1/model/reload", json={"path": "/models/a\x00b"},
