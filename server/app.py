@@ -13,7 +13,7 @@ from .config import Config
 from .contexts import CLEANUP_CONTEXTS
 from .keys import ACCESS_LOG, CACHE, CONFIG, LIFECYCLE, METRICS, MODEL, OPENAPI, RELOADER
 from .metrics import Metrics
-from .middlewares import errors, observe
+from .middlewares import observe
 from .routes import ROUTES
 from .state import Lifecycle, ModelSlot, Reloader
 
@@ -27,7 +27,7 @@ def create_app(config: Config) -> web.Application:
     reloads each have a cleanup context, so they are set up in order before the first
     request and released in reverse at shutdown.
     """
-    app = web.Application(middlewares=[observe, errors], client_max_size=config.max_body_bytes)
+    app = web.Application(middlewares=[observe], client_max_size=config.max_body_bytes)
     metrics = Metrics()
     slot = ModelSlot()
     cache = TieredCache(LRUCache(config.tier1_max_bytes, config.cache_ttl_seconds), metrics)

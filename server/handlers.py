@@ -193,15 +193,20 @@ async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Res
             exclude_items=None if req.exclude_items is None else [model.item_id(i) for i in req.exclude_items],
             recent_items=None if req.recent_items is None else [model.item_id(i) for i in req.recent_items])
         return json_response({**recs.to_dict(), "model_version": model.version, "cached": False})
-    if not model.recommender.known_user(user_id):
-        return await _popular(request, model, user_id, req.k)
     cache = request.app[CACHE]
     key = cache_key(model.version, "rec", user_id, req.k, req.exclude_seen)
     cached = await cache.get(key)
     if cached is not None:
         return web.Response(body=cached, content_type="application/json")
-    # the plain question: scored together with concurrent ones
-    recs = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
+    # Only known users' answers are cached per id (checked on a miss only: hits stay cheap)
+    if not model.recommender.known_user(user_id):
+        return await _popular(request, model, user_id, req.k)
+    if model.score_work <= request.app[CONFIG].inline_scoring_max_work:
+        start = time.perf_counter()
+        recs = model.recommender.recommend(user_id, req.k, exclude_seen=req.exclude_seen)
+        request.app[METRICS].observe_batch(1, time.perf_counter() - start)
+    else:  # scored together with concurrent requests, in the pool
+        recs = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
     body = orjson.dumps({**recs.to_dict(), "model_version": model.version, "cached": False},
                         option=JSON_OPTIONS)
     # "cached" is the last key: the cached copy differs only there
