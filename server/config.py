@@ -52,9 +52,6 @@ class Config:
     max_body_bytes: int = 1 << 20
     max_id_length: int = 256
     executor_threads: int = 0  # 0 = one per available core
-    # A cache miss on a model this small (items × factors) is scored on the event loop:
-    # the kernel takes less time than a round trip through the scoring pool.
-    inline_scoring_max_work: int = 1 << 20
     tier1_max_bytes: int = 128 << 20
     redis_timeout_seconds: float = 0.05
     redis_connect_timeout_seconds: float = 0.1
@@ -177,8 +174,6 @@ def _check(config: Config) -> list[str]:
     need(config.max_body_bytes >= 1024, "max_body_bytes", "at least 1024 bytes")
     need(config.max_id_length >= 1, "max_id_length", "an integer >= 1")
     need(config.executor_threads >= 0, "executor_threads", "an integer >= 0 (0 = one per core)")
-    need(config.inline_scoring_max_work >= 0, "inline_scoring_max_work",
-         "an integer >= 0 (items × factors; 0 = always score in the pool)")
     need(config.tier1_max_bytes >= 0, "tier1_max_bytes", "a number of bytes >= 0 (0 = no tier 1)")
     need(config.redis_timeout_seconds > 0, "redis_timeout_seconds", "a number of seconds > 0")
     need(config.redis_connect_timeout_seconds > 0, "redis_connect_timeout_seconds",
@@ -208,7 +203,6 @@ ENV_NAMES: dict[str, str] = {
     "max_body_bytes": "TIMBRAL_MAX_BODY_BYTES",
     "max_id_length": "TIMBRAL_MAX_ID_LENGTH",
     "executor_threads": "TIMBRAL_EXECUTOR_THREADS",
-    "inline_scoring_max_work": "TIMBRAL_INLINE_SCORING_MAX_WORK",
     "tier1_max_bytes": "TIMBRAL_CACHE_MAX_BYTES",
     "redis_timeout_seconds": "TIMBRAL_REDIS_TIMEOUT_SECONDS",
     "redis_connect_timeout_seconds": "TIMBRAL_REDIS_CONNECT_TIMEOUT_SECONDS",
@@ -239,7 +233,6 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_body_bytes": _parse_number(int),
     "max_id_length": _parse_number(int),
     "executor_threads": _parse_number(int),
-    "inline_scoring_max_work": _parse_number(int),
     "tier1_max_bytes": _parse_number(int),
     "redis_timeout_seconds": _parse_number(float),
     "redis_connect_timeout_seconds": _parse_number(float),

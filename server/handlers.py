@@ -201,12 +201,8 @@ async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Res
     # Only known users' answers are cached per id (checked on a miss only: hits stay cheap)
     if not model.recommender.known_user(user_id):
         return await _popular(request, model, user_id, req.k)
-    if model.score_work <= request.app[CONFIG].inline_scoring_max_work:
-        start = time.perf_counter()
-        recs = model.recommender.recommend(user_id, req.k, exclude_seen=req.exclude_seen)
-        request.app[METRICS].observe_batch(1, time.perf_counter() - start)
-    else:  # scored together with concurrent requests, in the pool
-        recs = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
+    # the plain question: scored together with concurrent ones
+    recs = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
     body = orjson.dumps({**recs.to_dict(), "model_version": model.version, "cached": False},
                         option=JSON_OPTIONS)
     # "cached" is the last key: the cached copy differs only there

@@ -34,7 +34,6 @@ class LoadedModel:
     loaded_at: datetime
     n_users: int
     n_items: int
-    score_work: int  # multiply-adds to score one user against every item (items × factors)
     user_ids_are_ints: bool
     item_ids_are_ints: bool
 
@@ -115,7 +114,6 @@ def load_model(path: Path, metrics: Metrics) -> LoadedModel:
         loaded_at=datetime.now(timezone.utc),
         n_users=int(recommender.n_users),
         n_items=int(recommender.n_items),
-        score_work=int(recommender.n_items) * int(recommender.model.item_factors_.shape[1]),
         user_ids_are_ints=_integer_ids(recommender.user_ids),
         item_ids_are_ints=_integer_ids(recommender.item_ids),
     )

@@ -17,9 +17,7 @@ from timbral.server.metrics import Metrics
 
 @pytest.fixture
 async def client(aiohttp_client, model_dir):
-    # inline_scoring_max_work=0: even this small model is scored in the pool, in batches
-    return await aiohttp_client(create_app(config(model_dir, executor_threads=1,
-                                                  inline_scoring_max_work=0)))
+    return await aiohttp_client(create_app(config(model_dir, executor_threads=1)))
 
 
 async def test_concurrent_requests_share_a_batch_and_match_single_scoring(client, model_dir):
@@ -75,10 +73,3 @@ async def test_a_failing_batch_fails_its_requests_and_the_batcher_recovers(model
         again = await batcher.recommend(good, "u1", 4, True)
     assert [item for item, _ in again.items] == [item for item, _ in good.recommender.recommend("u1", 4).items]
 
-
-async def test_small_models_scored_inline_answer_as_the_pool_does(aiohttp_client, model_dir):
-    inline = await aiohttp_client(create_app(config(model_dir)))  # 60 items × 6 factors
-    pooled = await aiohttp_client(create_app(config(model_dir, inline_scoring_max_work=0)))
-    for user, k, exclude_seen in (("u1", 5, "true"), ("u7", 60, "false"), ("ghost", 3, "true")):
-        url = f"/api/v1/recommendations/{user}?k={k}&exclude_seen={exclude_seen}"
-        assert await (await inline.get(url)).json() == await (await pooled.get(url)).json()
