@@ -9,7 +9,6 @@ without OpenMP fails the build with an actionable message unless
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import textwrap

@@ -4,10 +4,11 @@ Builds (once, cached under ``--models``) two synthetic models of 100K users, one
 10K items and one over 100K items, starts ``python -m timbral.server`` on a free loopback
 port for each scenario, and reports requests/s with p50/p99 latency at 8 and 64
 connections for: ``/ping``, cache-miss recommendations for random users, tier-1 hits,
-tier-2 (Redis) hits, a 1000-user batch (sequential latency), and ``/ping`` while cache-miss load
-saturates the scorer or while the largest batches allowed (users × k = 100 000) are answered. The issue's references run in the same invocation (a bare aiohttp
-+ uvloop ``/ping``, and an aiohttp handler scoring top-10 with NumPy), and each of our
-figures is also printed as a ratio to its reference.
+tier-2 (Redis) hits, a 1000-user batch (sequential latency), and ``/ping`` while cache-miss
+load saturates the scorer or while the largest batches allowed (users × k = 100 000) are
+answered. The issue's references run in the same invocation (a bare aiohttp + uvloop
+``/ping``, and an aiohttp handler scoring top-10 with NumPy), and each of our figures is
+also printed as a ratio to its reference.
 
 The models are fitted for two epochs only on random interactions: serving cost
 depends on the shapes, not on how well the factors fit. Everything is bounded in time: ``--seconds`` per wrk run.
@@ -29,9 +30,10 @@ import tempfile
 import time
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import psutil

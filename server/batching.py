@@ -86,7 +86,7 @@ class RecommendBatcher:
             asks[0].exclude_seen)
         if self._observe is not None:
             self._observe(len(asks), time.perf_counter() - start)
-        for waiting, result in zip(batch, results):
+        for waiting, result in zip(batch, results, strict=True):
             if not waiting.future.done():
                 ask = waiting.payload
                 waiting.future.set_result(result if ask.k == k else Recommendations(

@@ -216,7 +216,7 @@ class RedisCache:
     async def _mget(self, batch: Batch[str, bytes | None]) -> None:
         keys = list({waiting.payload: None for waiting in batch})  # a key asked twice is sent once
         values = await self._call("get", lambda: self._client.mget(keys))
-        found = dict(zip(keys, values or [None] * len(keys)))
+        found = dict(zip(keys, values or [None] * len(keys), strict=True))
         for waiting in batch:
             if not waiting.future.done():  # its request may have been cancelled
                 waiting.future.set_result(found[waiting.payload])

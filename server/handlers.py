@@ -237,7 +237,7 @@ async def _recommend_batch(request: web.Request, req: BatchRequest) -> web.Respo
     parts = await asyncio.gather(*(
         score(request, "recommend_batch", _recommend_encoded, model.recommender,
               user_ids[start:stop], req.k)
-        for start, stop in zip(bounds[:-1], bounds[1:])))
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True)))
     return json_response({"model_version": model.version, "k": req.k,
                           "results": orjson.Fragment(b"[" + b",".join(parts) + b"]")})
 

@@ -59,7 +59,7 @@ class _RequestSeries(Collector):
             labels=("route",))
         for route, series in sorted(self.latency.items()):
             cumulative, buckets = 0.0, []
-            for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), series[:-1]):
+            for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), series[:-1], strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
             latency.add_metric((route,), buckets, series[-1])

@@ -11,8 +11,8 @@ from server_support import N_USERS, config
 
 from timbral.server.app import create_app
 from timbral.server.batching import RecommendBatcher
-from timbral.server.state import load_model
 from timbral.server.metrics import Metrics
+from timbral.server.state import load_model
 
 
 @pytest.fixture
@@ -25,9 +25,9 @@ async def test_concurrent_requests_share_a_batch_and_match_single_scoring(client
     users = [f"u{i}" for i in range(0, N_USERS, 3)]
     ks = [1 + (i % 7) for i in range(len(users))]
     responses = await asyncio.gather(
-        *(client.get(f"/api/v1/recommendations/{u}", params={"k": k}) for u, k in zip(users, ks))
+        *(client.get(f"/api/v1/recommendations/{u}", params={"k": k}) for u, k in zip(users, ks, strict=True))
     )
-    for user, k, response in zip(users, ks, responses):
+    for user, k, response in zip(users, ks, responses, strict=True):
         assert response.status == 200
         body = await response.json()
         expected = recommender.recommend(user, k)

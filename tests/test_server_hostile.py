@@ -66,7 +66,7 @@ async def test_a_cache_flood_stays_within_the_configured_bytes(wide_model_dir, t
         unknown = [f"{server.url}/api/v1/recommendations/nobody-{i}?k=1000" for i in range(700)]
         known = [f"{server.url}/api/v1/recommendations/u{i % 300}?k={1000 - i // 300}"
                  for i in range(700)]
-        statuses = await fetch_all([url for pair in zip(unknown, known) for url in pair])
+        statuses = await fetch_all([url for pair in zip(unknown, known, strict=True) for url in pair])
         after = server.rss_bytes()
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{server.url}/metrics") as response:
