@@ -34,6 +34,7 @@ def schemathesis_command() -> list[str]:
     return [executable]
 
 
+@pytest.mark.slow  # ~40 s on a loaded 2-core machine: hundreds of generated requests
 def test_schemathesis_finds_no_mismatch_between_the_document_and_the_service(model_dir, tmp_path):
     # The document bounds user_ids by 1000 and k by 1000 separately; users × k is capped by
     # TIMBRAL_MAX_BATCH_ITEMS, which a schema cannot express, so here it admits the product.

@@ -57,6 +57,7 @@ async def fetch_all(urls: list[str], concurrency: int = 16) -> list[int]:
     return statuses
 
 
+@pytest.mark.slow  # 10-20 s on a loaded 2-core machine: a flood needs volume
 async def test_a_cache_flood_stays_within_the_configured_bytes(wide_model_dir, tmp_path):
     """Made-up ids share one popularity entry; distinct real questions stay within the budget."""
     env = {"TIMBRAL_MODEL_DIR": str(wide_model_dir), "TIMBRAL_CACHE_MAX_BYTES": str(CACHE_BUDGET)}
@@ -80,6 +81,7 @@ async def test_a_cache_flood_stays_within_the_configured_bytes(wide_model_dir, t
     assert after - before <= CACHE_BUDGET + RSS_MARGIN, (before, after)
 
 
+@pytest.mark.slow  # 10-20 s on a loaded 2-core machine: a flood needs volume
 async def test_a_batch_cannot_ask_for_more_than_the_item_cap(wide_model_dir, tmp_path):
     """The 4 KB request for a 50 MB answer is refused; the largest allowed one is answered
     in full while /ping keeps answering."""
