@@ -42,7 +42,7 @@ def create_app(config: Config) -> web.Application:
     app[CACHE] = cache
     app[RELOADER] = reloader
     app[OPENAPI] = OPENAPI_PATH.read_bytes()
-    access_log = AccessLog() if config.log_level in ("DEBUG", "INFO") else None
+    access_log = AccessLog(log_format=config.log_format) if config.log_level in ("DEBUG", "INFO") else None
     app[ACCESS_LOG] = access_log
     app.router.add_routes(ROUTES)
     app.cleanup_ctx.extend(CLEANUP_CONTEXTS)

@@ -4,7 +4,7 @@ Tier 1 is a bounded in-process LRU with a TTL. Tier 2 is Redis through
 ``redis.asyncio`` with a connection pool and short timeouts. Redis is an
 optimisation, never a dependency: every Redis call is bounded by a deadline, errors
 become cache misses, and a circuit breaker stops calling Redis after repeated
-failures, then lets one probe through after a cool-down (DESIGN.md §4).
+failures, then lets one probe through after a cool-down (docs/architecture.md, "Caching and degradation").
 """
 
 from __future__ import annotations

@@ -199,6 +199,14 @@ async def test_access_log_is_one_json_line_per_request(aiohttp_client, model_dir
     assert entry["duration_ms"] > 0 and entry["timestamp"].endswith("Z")
 
 
+async def test_access_log_in_text_format_is_one_short_line_per_request(aiohttp_client, model_dir, capfd):
+    client = await aiohttp_client(create_app(config(model_dir, log_level="INFO", log_format="text")))
+    await client.get("/api/v1/recommendations/u4", headers={"X-Request-ID": "abc-124"})
+    await asyncio.sleep(0.4)  # lines are written in batches
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if "request_id=abc-124" in line]
+    assert " INFO  GET /api/v1/recommendations/u4 200 " in line and not line.startswith("{")
+
+
 async def test_public_health_says_why_in_general_terms_only(aiohttp_client, model_dir, tmp_path):
     """Issue 10.5: the model's path, Redis's address and its error text need the admin token."""
     from redis_server import free_port
