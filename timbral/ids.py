@@ -246,7 +246,9 @@ class IdMap:
             if f"{prefix}_ids" in arrays:
                 ids = np.asarray(arrays[f"{prefix}_ids"])
                 if ids.dtype.kind not in "iU" or ids.ndim != 1:
-                    raise ValidationError(f"{prefix}_ids has dtype {ids.dtype} and shape {ids.shape}; expected 1-d int64")
+                    raise ValidationError(
+                        f"{prefix}_ids has dtype {ids.dtype} and shape {ids.shape}; expected 1-d int64"
+                    )
                 return cls.from_ids(ids, name=name, max_bytes=None)
             offsets = np.asarray(arrays[f"{prefix}_offsets"])
             data = np.asarray(arrays[f"{prefix}_bytes"])

@@ -91,7 +91,8 @@ class RawColumns:
                     row = int(pc.index(lengths, longest).as_py())
                     raise DataError(
                         f"the {role} id in data row {self.n_rows + row + 1:,} is {longest:,} bytes long; "
-                        f"ids are at most {self.max_id_bytes} bytes: fix or drop that row, or pass a larger max_id_bytes="
+                        f"ids are at most {self.max_id_bytes} bytes: fix or drop that row, "
+                        "or pass a larger max_id_bytes="
                     )
             self.id_chunks[role].append(chunk)
         if self.columns["rating"] is not None:
