@@ -231,7 +231,7 @@ def train(
     }
     # All interactions count as seen, also when the model saw only the training part.
     recommender = Recommender(
-        fitted, interactions.user_ids, interactions.item_ids, interactions.user_items, metadata
+        fitted, interactions.users, interactions.items, interactions.user_items, metadata
     )
     path = None
     if output is not None:
