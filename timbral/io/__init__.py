@@ -84,4 +84,5 @@ def read_columns(
             f"cannot read {path!r} as {fmt}{f' ({compression})' if compression else ''}: {exc}; "
             "the file may be truncated or damaged"
         ) from None
+    pa.default_memory_pool().release_unused()  # the parsers' buffers: give them back before cleaning
     return ReadResult(raw, columns, fmt, malformed)
