@@ -16,14 +16,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from server.errors import ApiError
-from server.metrics import Metrics
-from server.schemas import ExternalId
 from timbral.exceptions import ArtifactError
 from timbral.ids import IdMap
 from timbral.recommender import Recommender
 
-log = logging.getLogger("server.model")
+from .errors import ApiError
+from .metrics import Metrics
+from .schemas import ExternalId
+
+log = logging.getLogger("timbral.server.model")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,11 @@ def load_model(path: Path, metrics: Metrics) -> LoadedModel:
     ArtifactError
         The directory is missing, damaged, or its model cannot score.
     """
-    if not path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ArtifactError(f"model directory {str(path)!r} cannot be looked up: {exc.strerror}") from None
+    if not is_dir:
         raise ArtifactError(f"model directory {str(path)!r} does not exist or is not a directory")
     try:
         recommender = Recommender.load(path)
@@ -107,6 +112,17 @@ def load_model(path: Path, metrics: Metrics) -> LoadedModel:
         n_users=int(recommender.n_users),
         n_items=int(recommender.n_items),
     )
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Where the process is in its life: ``draining`` from SIGTERM until it exits.
+
+    While draining, readiness answers 503 so load balancers stop routing here, and
+    every other endpoint keeps answering until the listener closes.
+    """
+
+    draining: bool = False
 
 
 @dataclass(slots=True)

@@ -212,7 +212,7 @@ def test_int_user_ids_match_only_canonical_text(model):
     assert rec.user_map.parse("501") == 501 and rec.user_map.parse("+501") is None
 
 
-def test_directories_with_fixed_width_ids_still_load(tmp_path, rec):
+def test_format_1_directories_with_fixed_width_ids_still_load(tmp_path, rec):
     import hashlib
 
     from timbral.artifact import _canonical
@@ -221,11 +221,12 @@ def test_directories_with_fixed_width_ids_still_load(tmp_path, rec):
     with np.load(directory / "arrays.npz", allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in npz.files}
     assert "user_offsets" in arrays and "user_ids" not in arrays
-    arrays["user_ids"] = np.array(USERS)  # what formats 1 and 2 wrote: fixed-width <U8
+    arrays["user_ids"] = np.array(USERS)  # what format 1 wrote: fixed-width <U8
     del arrays["user_offsets"], arrays["user_bytes"]
+    del arrays["seen_indptr"], arrays["seen_indices"], arrays["seen_data"]  # format 1 had none
     np.savez(directory / "arrays.npz", **arrays)
     meta = json.loads((directory / "metadata.json").read_text())
-    meta["format_version"] = 2
+    meta["format_version"] = 1
     meta["checksums"]["arrays.npz"] = hashlib.sha256((directory / "arrays.npz").read_bytes()).hexdigest()
     meta["checksums"]["metadata.json"] = hashlib.sha256(_canonical(meta)).hexdigest()
     (directory / "metadata.json").write_text(json.dumps(meta))

@@ -7,9 +7,9 @@ import pytest
 import scipy.sparse as sp
 from server_support import config
 
-from server.app import create_app
 from timbral import NMFModel
 from timbral.recommender import Recommender
+from timbral.server.app import create_app
 
 # int() accepts every one of these as 42 (or 1000); none is the canonical form of an id.
 NOT_42 = ["+42", "%2042", "42%20", "4_2", "042", "%D9%A4%D9%A2", "42.0", "-0", "0x2a"]

@@ -63,16 +63,16 @@ __all__ = [
     "write_model_dir",
 ]
 
-#: 2: seen items stored apart from the training matrix, symlinked version directories.
-#: 3: string ids as UTF-8 bytes + offsets (1 and 2 stored fixed-width "U" arrays).
-FORMAT_VERSION = 3
+#: 2: seen items stored apart from the training matrix, symlinked version directories,
+#: string ids as UTF-8 bytes + offsets (1 stored fixed-width "U" arrays; it still loads).
+FORMAT_VERSION = 2
 ARRAYS_FILE = "arrays.npz"
 METADATA_FILE = "metadata.json"
 _VERSION_MARK = ".version-"
 
-# Every array of a model directory (but the id maps), its dimensions in terms of the
-# metadata sizes ("*": any length), and the dtype kinds allowed ("f" float, "i" signed
-# int, "u" unsigned int, "U" fixed-width unicode).
+# Every array of a model directory, its dimensions in terms of the metadata sizes
+# ("*": any length), and the dtype kinds allowed ("f" float, "i" signed int, "u"
+# unsigned int, "U" fixed-width unicode).
 _SCHEMA: dict[str, tuple[tuple[str, ...], str]] = {
     "user_factors": (("n_users", "n_components"), "f"),
     "item_factors": (("n_items", "n_components"), "f"),
@@ -92,7 +92,7 @@ _SIZES = ("n_users", "n_items", "n_components", "nnz", "nnz_seen")
 
 # Each id map is stored one of two ways (timbral.ids.IdMap.to_arrays): int64 ids as
 # "<role>_ids", or string ids as UTF-8 "<role>_bytes" delimited by "<role>_offsets".
-# Formats 1 and 2 hold string ids as fixed-width unicode "<role>_ids"; they still load.
+# Format 1 directories hold string ids as fixed-width unicode "<role>_ids"; they still load.
 _ID_LAYOUTS: dict[str, tuple[dict[str, tuple[tuple[str, ...], str]], ...]] = {
     role: (
         {f"{role}_ids": ((f"n_{role}s",), "iU")},
@@ -102,12 +102,11 @@ _ID_LAYOUTS: dict[str, tuple[dict[str, tuple[tuple[str, ...], str]], ...]] = {
 }
 
 
-def _layout(arrays: Mapping[str, NDArray[Any]], version: int) -> dict[str, tuple[tuple[str, ...], str]]:
+def _layout(arrays: Mapping[str, NDArray[Any]]) -> dict[str, tuple[tuple[str, ...], str]]:
     """The schema of these arrays: the fixed arrays plus the id layout each map uses."""
-    layout = {k: v for k, v in _SCHEMA.items() if version >= 2 or k not in _SINCE_2}
+    layout = dict(_SCHEMA)
     for options in _ID_LAYOUTS.values():
-        usable = options if version >= 3 else options[:1]
-        layout |= next((o for o in usable if set(o) & set(arrays)), usable[0])
+        layout |= next((o for o in options if set(o) & set(arrays)), options[0])
     return layout
 
 
@@ -120,11 +119,12 @@ class ModelArtifact:
         Exactly the arrays of the format (see ``_SCHEMA`` and ``_ID_LAYOUTS``):
         ``user_factors`` (n_users, k), ``item_factors`` (n_items, k), ``user_bias``
         (n_users,), ``item_bias`` (n_items,), the id maps of
-        :meth:`timbral.ids.IdMap.to_arrays` (``user_ids`` (n_users,), or ``user_offsets``
-        (n_users + 1,) and ``user_bytes``; the same for items), ``user_items_indptr``
-        (n_users + 1,), ``user_items_indices`` (nnz,), ``user_items_data`` (nnz,),
-        ``item_popularity`` (n_items,), and the interactions that count as seen:
-        ``seen_indptr`` (n_users + 1,), ``seen_indices`` (nnz_seen,), ``seen_data`` (nnz_seen,).
+        :meth:`timbral.ids.IdMap.to_arrays` (``user_ids`` (n_users,), or
+        ``user_offsets`` (n_users + 1,) and ``user_bytes``; the same for items),
+        ``user_items_indptr`` (n_users + 1,), ``user_items_indices`` (nnz,),
+        ``user_items_data`` (nnz,), ``item_popularity`` (n_items,), and the interactions
+        that count as seen: ``seen_indptr`` (n_users + 1,), ``seen_indices`` (nnz_seen,),
+        ``seen_data`` (nnz_seen,).
     metadata : dict
         JSON-serialisable metadata. :func:`write_model_dir` adds ``format_version``,
         the sizes, ``arrays`` (shape and dtype of each) and ``checksums``.
@@ -153,16 +153,13 @@ class ModelArtifact:
 def model_artifact(
     model: NMFModel,
     *,
-    user_ids: IdMap | ArrayLike,
-    item_ids: IdMap | ArrayLike,
+    users: IdMap,
+    items: IdMap,
     seen: sp.csr_matrix,
     item_popularity: ArrayLike,
     metadata: Mapping[str, Any],
 ) -> ModelArtifact:
-    """The artifact of a fitted model with its id maps (stored by :meth:`IdMap.to_arrays`),
-    seen items and popularity."""
-    users = user_ids if isinstance(user_ids, IdMap) else IdMap.from_ids(user_ids, name="user_id")
-    items = item_ids if isinstance(item_ids, IdMap) else IdMap.from_ids(item_ids, name="item_id")
+    """The artifact of a fitted model with its id maps, seen items and popularity."""
     params = model.get_params()
     if not isinstance(params["random_state"], (int, type(None))):
         params["random_state"] = None  # a Generator cannot be written down
@@ -244,8 +241,8 @@ def save_model(model: NMFModel, path: str | os.PathLike[str]) -> Path:
     popularity = np.bincount(model.user_items_.indices, minlength=n_items)
     artifact = model_artifact(
         model,
-        user_ids=np.arange(n_users, dtype=np.int64),
-        item_ids=np.arange(n_items, dtype=np.int64),
+        users=IdMap.from_ids(np.arange(n_users, dtype=np.int64), name="user_id"),
+        items=IdMap.from_ids(np.arange(n_items, dtype=np.int64), name="item_id"),
         seen=model.user_items_,
         item_popularity=popularity,
         metadata={},
@@ -312,7 +309,8 @@ def _expected_shape(dims: tuple[str, ...], sizes: Mapping[str, int]) -> tuple[in
 
 
 def _check_names(arrays: Mapping[str, NDArray[Any]], where: str, version: int = FORMAT_VERSION) -> None:
-    expected = set(_layout(arrays, version))
+    layout = _layout(arrays)
+    expected = set(layout) - (set(_SINCE_2) if version < 2 else set())
     missing = sorted(expected - set(arrays))
     extra = sorted(set(arrays) - expected)
     if missing or extra:
@@ -327,7 +325,7 @@ def _check_arrays(
 ) -> None:
     """Every array present, no extras, right dtype kind and shape; else ArtifactError."""
     _check_names(arrays, where, version)
-    layout = _layout(arrays, version)
+    layout = _layout(arrays)
     for name, array in arrays.items():
         dims, kinds = layout[name]
         if array.dtype.kind not in kinds:

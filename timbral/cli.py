@@ -352,10 +352,10 @@ def _cmd_generate(args: argparse.Namespace, progress: bool) -> int:
 
 
 def _server() -> tuple[Any, Any]:
-    """``server.config.Config`` and ``server.__main__.run``, imported on first use."""
+    """``timbral.server.config.Config`` and ``timbral.server.__main__.run``, imported on first use."""
     try:
-        from server.__main__ import run
-        from server.config import Config
+        from timbral.server.__main__ import run
+        from timbral.server.config import Config
     except ImportError as exc:
         raise _UsageError(
             f"the HTTP server is not available ({exc}); install timbral with its service "
@@ -380,7 +380,7 @@ def _server_config(overrides: dict[str, Any], *, no_redis: bool = False) -> Any:
     try:
         config = config_type.from_env(env)
         return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:  # server.config.ConfigError
+    except ValueError as exc:  # timbral.server.config.ConfigError
         raise _UsageError(" ".join(str(exc).split())) from None
 
 
