@@ -29,8 +29,8 @@ from typing import Any
 
 from timbral._validation import DEFAULT_SEED, check_k
 from timbral.cleaning import ValidationReport
-from timbral.interactions import Interactions, load_interactions
 from timbral.exceptions import ValidationError
+from timbral.interactions import Interactions, load_interactions
 from timbral.nmf import NMFModel
 from timbral.recommender import Recommender
 
