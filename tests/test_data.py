@@ -117,7 +117,7 @@ def test_aliases_and_sniffed_separator(tmp_path, header, expected):
     path = tmp_path / "d.txt"
     path.write_text(header + "\n" + "\n".join(sep.join(map(str, r)) for r in [(1, 2, 3), (1, 3, 4), (2, 2, 1)]) + "\n")
     data = load_interactions(path, **LOOSE)
-    assert data.report.columns == dict(zip(("user", "item", "rating", "timestamp"), expected + (None,)))
+    assert data.report.columns == dict(zip(("user", "item", "rating", "timestamp"), expected + (None,), strict=True))
     assert data.nnz == 3 and data.user_items.sum() == 8
 
 
@@ -207,7 +207,8 @@ def test_binary_file(tmp_path):
 def test_missing_column_lists_columns_and_option(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("person,artist,plays\n1,2,3\n")
-    with pytest.raises(DataError, match=r"no user column .*columns found: 'person', 'artist', 'plays'.*user_col= \(CLI: --user-col\)"):
+    expected = r"no user column .*columns found: 'person', 'artist', 'plays'.*user_col= \(CLI: --user-col\)"
+    with pytest.raises(DataError, match=expected):
         load_interactions(path)
     with pytest.raises(DataError, match=r"item_col='song' is not a column"):
         load_interactions(path, user_col="person", item_col="song")
@@ -379,13 +380,15 @@ def test_min_counts_once_and_to_fixed_point():
     assert single.n_users == 3 and np.diff(single.user_items.indptr).min() == 1
     fixed = Interactions.from_frame(chain, min_user_interactions=2, min_item_interactions=2,
                                     max_user_interactions=None, iterate_min_counts=True)
-    assert (fixed.report.min_count_passes, fixed.report.sparse_users_removed, fixed.report.sparse_items_removed) == (3, 2, 2)
+    r = fixed.report
+    assert (r.min_count_passes, r.sparse_users_removed, r.sparse_items_removed) == (3, 2, 2)
     np.testing.assert_array_equal(fixed.user_ids, [1, 2])
     assert np.diff(fixed.user_items.indptr).min() >= 2 and np.diff(fixed.user_items.tocsc().indptr).min() >= 2
 
 
 def test_everything_removed_names_the_rule():
-    with pytest.raises(DataError, match=r"min_user_interactions=5 .*most active remaining user had 2 items.*lower min_user_interactions"):
+    expected = r"min_user_interactions=5 .*most active remaining user had 2 items.*lower min_user_interactions"
+    with pytest.raises(DataError, match=expected):
         Interactions.from_frame(frame())
     bad = pd.DataFrame({"user": [1, 2], "item": [1, 2], "rating": [-1.0, float("inf")]})
     with pytest.raises(DataError, match=r"every one of the 2 rows .*nonfinite_rating: 1, negative_rating: 1"):
@@ -457,7 +460,8 @@ def test_uint64_parquet_ids(tmp_path):
                       "item": pa.array([1, 2, 3], pa.uint64())})
     pq.write_table(table, tmp_path / "d.parquet")
     data = load_interactions(tmp_path / "d.parquet", **LOOSE)
-    assert data.users.kind == "str" and sorted(data.user_ids.tolist()) == ["18446744073709551615", "3", "9223372036854775808"]
+    assert data.users.kind == "str"
+    assert sorted(data.user_ids.tolist()) == ["18446744073709551615", "3", "9223372036854775808"]
     assert data.items.kind == "int" and data.item_ids.tolist() == [1, 2, 3]
 
 
@@ -535,6 +539,14 @@ def test_json_array_is_parsed_not_split(tmp_path, monkeypatch):
     data = load_interactions(path, **LOOSE)
     assert data.item_ids.tolist() == sorted(["a},{\"b", "x\n}, {y", "é"])
     assert (data.nnz, data.report.rows_malformed, data.user_items.sum()) == (4, 1, 10.5)
+
+
+@pytest.mark.parametrize("ext", ["json", "jsonl"])
+def test_json_ids_that_are_not_unicode_are_missing(tmp_path, ext):
+    rows = ['{"user": "\\ud800x", "item": 1}', '{"user": "b", "item": 1}', '{"user": "c", "item": "\\udfff"}']
+    body = "[" + ",".join(rows) + "]" if ext == "json" else "\n".join(rows)
+    data = load_interactions(write_text(tmp_path / f"d.{ext}", body), **LOOSE)
+    assert data.user_ids.tolist() == ["b"] and data.report.dropped_missing_id == 2
 
 
 @pytest.mark.parametrize("body, match", [

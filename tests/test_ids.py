@@ -64,6 +64,7 @@ def test_uint64_beyond_int64_becomes_exact_strings():
         ([1, 2, 1], r"`user_ids` must be unique; 1 appear"),
         (["a", "b", "a"], r"`user_ids` must be unique; 'a' appear"),
         (["a", ""], r"empty id at position 1"),
+        (["a", "\ud800x"], r"position 1 .* is not valid Unicode text \(a lone surrogate\)"),
         ([1, None], r"position 1 holds None"),
         ([[1, 2]], r"one-dimensional"),
         ([True, False], r"position 0 holds True \(bool\)"),

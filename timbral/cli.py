@@ -417,7 +417,7 @@ def _cmd_quickstart(args: argparse.Namespace, progress: bool) -> int:
     result = _train(args, data, model_dir, test_fraction=0.2, k=10, refit=True, progress=progress)
     print("2. " + _describe_training(result).replace("\n", "\n   "))
     rec = result.recommender
-    user, item = rec.user_ids[0].item(), rec.item_ids[int(rec.item_popularity.argmax())].item()
+    user, item = rec.user_map.external(0), rec.item_map.external(int(rec.item_popularity.argmax()))
     port = args.port or _free_port(args.host)
     base = f"http://{'localhost' if args.host in ('0.0.0.0', '127.0.0.1') else args.host}:{port}"
     print(

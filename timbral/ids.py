@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from timbral.exceptions import ArtifactError, UnknownIdError, ValidationError
 
-__all__ = ["INT64_MAX", "INT64_MIN", "MAX_ID_BYTES", "IdMap", "canonical_int"]
+__all__ = ["INT64_MAX", "INT64_MIN", "MAX_ID_BYTES", "IdMap", "canonical_int", "encodes_utf8"]
 
 MAX_ID_BYTES = 256
 """Longest id accepted by default, in bytes of UTF-8 (the server's ``TIMBRAL_MAX_ID_LENGTH``)."""
@@ -117,21 +117,35 @@ def _normalise(ids: Any, name: str) -> tuple[str, NDArray[Any]]:
 
 
 def _check_strings(ids: NDArray[Any], name: str, max_bytes: int | None) -> None:
-    """Refuse empty ids and ids longer than ``max_bytes`` bytes of UTF-8, naming the position."""
+    """Refuse ids that are empty, not valid Unicode (lone surrogates) or longer than
+    ``max_bytes`` bytes of UTF-8, naming the first one's position."""
     if not ids.size:
         return
-    lengths = np.fromiter((len(v) for v in ids), dtype=np.int64, count=ids.size)
+    try:
+        lengths = pc.binary_length(pa.array(ids, type=pa.large_string())).to_numpy(zero_copy_only=False)
+    except UnicodeEncodeError:
+        position = next(j for j, v in enumerate(ids) if not encodes_utf8(v))
+        raise ValidationError(
+            f"`{name}` id at position {position} ({_show(ids[position])}) is not valid Unicode text "
+            "(a lone surrogate); ids must encode as UTF-8"
+        ) from None
     if lengths.min() == 0:
         raise ValidationError(f"`{name}` holds an empty id at position {int(lengths.argmin())}; ids must not be empty")
-    if max_bytes is None or lengths.max() * 4 <= max_bytes:  # at most 4 UTF-8 bytes per character
-        return
-    for position in np.flatnonzero(lengths > max_bytes // 4).tolist():
-        size = len(ids[position].encode("utf-8", "surrogatepass"))
-        if size > max_bytes:
-            raise ValidationError(
-                f"`{name}` id at position {position} is {size} bytes long ({_show(ids[position])}); "
-                f"ids are at most {max_bytes} bytes"
-            )
+    if max_bytes is not None and lengths.max() > max_bytes:
+        position = int(np.argmax(lengths > max_bytes))
+        raise ValidationError(
+            f"`{name}` id at position {position} is {int(lengths[position])} bytes long ({_show(ids[position])}); "
+            f"ids are at most {max_bytes} bytes"
+        )
+
+
+def encodes_utf8(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (no lone surrogates, as ``"\\ud800"`` in JSON gives)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class IdMap:
@@ -246,7 +260,9 @@ class IdMap:
             if f"{prefix}_ids" in arrays:
                 ids = np.asarray(arrays[f"{prefix}_ids"])
                 if ids.dtype.kind not in "iU" or ids.ndim != 1:
-                    raise ValidationError(f"{prefix}_ids has dtype {ids.dtype} and shape {ids.shape}; expected 1-d int64")
+                    raise ValidationError(
+                        f"{prefix}_ids has dtype {ids.dtype} and shape {ids.shape}; expected 1-d int64"
+                    )
                 return cls.from_ids(ids, name=name, max_bytes=None)
             offsets = np.asarray(arrays[f"{prefix}_offsets"])
             data = np.asarray(arrays[f"{prefix}_bytes"])

@@ -23,7 +23,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from timbral._validation import check_k
 from timbral.artifact import model_artifact, model_from_artifact, read_model_dir, write_model_dir
-from timbral.exceptions import UnknownIdError, ValidationError
+from timbral.exceptions import ValidationError
 from timbral.ids import IdMap
 from timbral.nmf import Explanation, NMFModel
 from timbral.scoring import item_mask

@@ -18,8 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from timbral.interactions import Interactions
 from timbral.exceptions import ValidationError
+from timbral.interactions import Interactions
 
 __all__ = ["leave_k_out", "per_user_temporal_split", "random_split", "temporal_split"]
 

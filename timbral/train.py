@@ -29,8 +29,8 @@ from typing import Any
 
 from timbral._validation import DEFAULT_SEED, check_k
 from timbral.cleaning import ValidationReport
-from timbral.interactions import Interactions, load_interactions
 from timbral.exceptions import ValidationError
+from timbral.interactions import Interactions, load_interactions
 from timbral.nmf import NMFModel
 from timbral.recommender import Recommender
 
@@ -232,7 +232,7 @@ def train(
     }
     # All interactions count as seen, also when the model saw only the training part.
     recommender = Recommender(
-        fitted, interactions.user_ids, interactions.item_ids, interactions.user_items, metadata
+        fitted, interactions.users, interactions.items, interactions.user_items, metadata
     )
     path = None
     if output is not None:

@@ -17,16 +17,13 @@ import pyarrow as pa
 from timbral.exceptions import DataError
 from timbral.ids import MAX_ID_BYTES
 from timbral.io.coerce import RawColumns
-from timbral.io.columns import ITEM_ALIASES, RATING_ALIASES, TIMESTAMP_ALIASES, USER_ALIASES, resolve_columns
+from timbral.io.columns import resolve_columns
 from timbral.io.csv import read_csv
 from timbral.io.files import FORMATS, Progress, check_file, detect_format
 from timbral.io.json import read_json
 from timbral.io.parquet import read_parquet
 
-__all__ = [
-    "FORMATS", "ITEM_ALIASES", "RATING_ALIASES", "TIMESTAMP_ALIASES", "USER_ALIASES",
-    "RawColumns", "ReadResult", "read_columns", "resolve_columns",
-]
+__all__ = ["FORMATS", "RawColumns", "ReadResult", "read_columns", "resolve_columns"]
 
 
 @dataclass
@@ -87,4 +84,5 @@ def read_columns(
             f"cannot read {path!r} as {fmt}{f' ({compression})' if compression else ''}: {exc}; "
             "the file may be truncated or damaged"
         ) from None
+    pa.default_memory_pool().release_unused()  # the parsers' buffers: give them back before cleaning
     return ReadResult(raw, columns, fmt, malformed)

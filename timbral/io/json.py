@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.json as pjson
 
 from timbral.exceptions import DataError
-from timbral.ids import INT64_MAX, INT64_MIN
+from timbral.ids import INT64_MAX, INT64_MIN, encodes_utf8
 from timbral.io.coerce import RawColumns, is_text
 from timbral.io.columns import resolve_columns
 
@@ -185,7 +185,8 @@ def _read_objects(
 
 def _to_arrow(values: list[Any]) -> pa.Array:
     """A column of parsed JSON values: int64 when every value is an int64, float64 for
-    numbers, else text (integers as their exact decimal form; other types as missing)."""
+    numbers, else text (integers as their exact decimal form; other types and strings
+    that are not valid Unicode as missing)."""
     present = [v for v in values if v is not None]
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in present)
     if ints and all(INT64_MIN <= v <= INT64_MAX for v in present):
@@ -193,8 +194,9 @@ def _to_arrow(values: list[Any]) -> pa.Array:
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
     if numbers and not ints and all(isinstance(v, float) or abs(v) <= 2**53 for v in present):
         return pa.array(values, pa.float64())
-    return pa.array(
-        [v if isinstance(v, str) else str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-         for v in values],
-        pa.large_string(),
-    )
+    text = [v if isinstance(v, str) else str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+            for v in values]
+    try:
+        return pa.array(text, pa.large_string())
+    except UnicodeEncodeError:  # "\ud800" escapes decode to lone surrogates: not text, so missing
+        return pa.array([v if v is None or encodes_utf8(v) else None for v in text], pa.large_string())
