@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+CERT_REQS = ("required", "optional", "none")  # REDIS_SSL_CERT_REQS, as redis-py spells them
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -34,8 +35,14 @@ class Config:
     api_host: str = "0.0.0.0"
     api_port: int = 8001
     debug: bool = False  # asyncio debug mode: slow callbacks are logged
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may carry a password
     redis_db: int = 0
+    # TLS for a rediss:// REDIS_URL (managed Redis): the server certificate is verified
+    # against the system trust store or REDIS_SSL_CA_CERTS, and its host name is checked.
+    redis_ssl_ca_certs: Path | None = None
+    redis_ssl_certfile: Path | None = None  # client certificate, for servers that ask for one
+    redis_ssl_keyfile: Path | None = None
+    redis_ssl_cert_reqs: str = "required"
     # Training defaults of `timbral train`/`quickstart` (read there); validated here too so
     # a deployment with a bad value fails at start, with the rest of its configuration.
     nmf_n_components: int = 50
@@ -117,11 +124,10 @@ def _check(config: Config) -> list[str]:
 
     need(0 <= config.api_port <= 65535, "api_port", "a port number in 0..65535")
     need(config.redis_db >= 0, "redis_db", "a database index >= 0")
-    need(
-        config.redis_url is None or config.redis_url.startswith(("redis://", "rediss://", "unix://")),
-        "redis_url",
-        "a URL starting with redis://, rediss:// or unix:// (or unset for the in-process cache only)",
-    )
+    if config.redis_url is not None and not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        problems.append(f"REDIS_URL={redacted_url(config.redis_url)!r}: expected a URL starting with "
+                        "redis://, rediss:// or unix:// (or unset for the in-process cache only)")
+    problems.extend(_check_redis_tls(config))
     need(config.nmf_n_components >= 1, "nmf_n_components", "an integer >= 1")
     need(config.cache_ttl_seconds > 0, "cache_ttl_seconds", "a number of seconds > 0")
     need(config.log_level in LOG_LEVELS, "log_level", f"one of {', '.join(LOG_LEVELS)}")
@@ -142,12 +148,48 @@ def _check(config: Config) -> list[str]:
     return problems
 
 
+def _check_redis_tls(config: Config) -> list[str]:
+    """REDIS_SSL_* need a rediss:// URL, readable files and a known verification mode."""
+    problems = []
+    files = {name: getattr(config, name) for name in
+             ("redis_ssl_ca_certs", "redis_ssl_certfile", "redis_ssl_keyfile")}
+    given = [ENV_NAMES[name] for name, path in files.items() if path is not None]
+    if config.redis_ssl_cert_reqs != "required":
+        given.append(ENV_NAMES["redis_ssl_cert_reqs"])
+    if given and not (config.redis_url or "").startswith("rediss://"):
+        problems.append(f"{', '.join(given)} set, but REDIS_URL is not a rediss:// URL: "
+                        "use rediss:// (TLS) or unset the REDIS_SSL_* variables")
+    for name, path in files.items():
+        if path is not None and not path.is_file():
+            problems.append(f"{ENV_NAMES[name]}={str(path)!r}: no such file; expected a PEM file")
+    if (config.redis_ssl_certfile is None) != (config.redis_ssl_keyfile is None):
+        problems.append("REDIS_SSL_CERTFILE and REDIS_SSL_KEYFILE go together (a client "
+                        "certificate and its key): set both or neither")
+    if config.redis_ssl_cert_reqs not in CERT_REQS:
+        problems.append(f"REDIS_SSL_CERT_REQS={config.redis_ssl_cert_reqs!r}: expected one of "
+                        f"{', '.join(CERT_REQS)} (required verifies the server's certificate)")
+    return problems
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its user-info (user name and password) hidden, for messages and logs."""
+    head, at, location = url.rpartition("@")
+    if not at:
+        return url
+    scheme, sep, _ = head.partition("://")
+    return f"{scheme}{sep}***@{location}"
+
+
 ENV_NAMES: dict[str, str] = {
     "api_host": "API_HOST",
     "api_port": "API_PORT",
     "debug": "DEBUG",
     "redis_url": "REDIS_URL",
     "redis_db": "REDIS_DB",
+    "redis_ssl_ca_certs": "REDIS_SSL_CA_CERTS",
+    "redis_ssl_certfile": "REDIS_SSL_CERTFILE",
+    "redis_ssl_keyfile": "REDIS_SSL_KEYFILE",
+    "redis_ssl_cert_reqs": "REDIS_SSL_CERT_REQS",
     "nmf_n_components": "NMF_N_COMPONENTS",
     "nmf_random_state": "NMF_RANDOM_STATE",
     "model_dir": "TIMBRAL_MODEL_DIR",
@@ -168,7 +210,8 @@ ENV_NAMES: dict[str, str] = {
 }
 
 # Unset-able variables for which an empty value means "not set" (common in compose files).
-_EMPTY_IS_UNSET = {"redis_url", "model_dir", "admin_token"}
+_EMPTY_IS_UNSET = {"redis_url", "model_dir", "admin_token", "redis_ssl_ca_certs",
+                   "redis_ssl_certfile", "redis_ssl_keyfile"}
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_host": str.strip,
@@ -176,6 +219,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "debug": _parse_bool,
     "redis_url": str.strip,
     "redis_db": _parse_number(int),
+    "redis_ssl_ca_certs": Path,
+    "redis_ssl_certfile": Path,
+    "redis_ssl_keyfile": Path,
+    "redis_ssl_cert_reqs": lambda raw: raw.strip().lower(),
     "nmf_n_components": _parse_number(int),
     "nmf_random_state": _parse_number(int),
     "model_dir": Path,
