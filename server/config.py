@@ -177,7 +177,7 @@ def redacted_url(url: str) -> str:
     if not at:
         return url
     scheme, sep, _ = head.partition("://")
-    return f"{scheme}{sep}***@{location}"
+    return f"{scheme}{sep}***@{location}" if sep else f"***@{location}"
 
 
 ENV_NAMES: dict[str, str] = {
