@@ -5,6 +5,7 @@ bodies (those behaviours do not belong in the product)."""
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+import trustme
 from aiohttp import web
 from numpy.testing import assert_allclose
 
@@ -201,7 +203,7 @@ RECOMMENDATIONS = (200, {}, orjson.dumps({"user_id": "u1", "strategy": "nmf", "m
 def scripted(aiohttp_server):
     """``start(script)`` serves ``script`` for every path and method; returns the base URL."""
 
-    async def start(script: Script) -> str:
+    async def start(script: Script, ssl: ssl_module.SSLContext | None = None) -> str:
         async def answer(request: web.Request) -> web.Response:
             script.arrivals.append(time.monotonic())
             script.request_ids.append(request.headers.get("X-Request-ID", ""))
@@ -216,7 +218,7 @@ def scripted(aiohttp_server):
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", answer)
-        server = await aiohttp_server(app)
+        server = await aiohttp_server(app, ssl=ssl)
         return str(server.make_url("")).rstrip("/")
 
     return start
@@ -299,6 +301,21 @@ async def test_something_else_answering_is_reported(scripted):
             await client.similar(7)
 
 
+async def test_a_certificate_that_does_not_verify_is_not_retried(scripted):
+    """HTTPS to a service whose certificate this machine does not trust: one attempt, a clear error."""
+    context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
+    script = Script([SIMILAR])
+    url = await scripted(script, ssl=context)
+    assert url.startswith("https://")
+    async with TimbralClient(url, retries=5) as client:
+        with pytest.raises(ServiceUnreachableError, match=r"GET /api/v1/similar/7: .*certificate verify failed") \
+                as caught:
+            await client.similar(7)
+    assert "attempts" not in str(caught.value)  # given up at once, not after 6 handshakes
+    assert script.arrivals == []  # the handshake failed: no request was ever made
+
+
 async def test_health_reports_unavailable_without_retrying(scripted):
     body = orjson.dumps({"status": "unavailable", "components": {"model": {"status": "unavailable"}}})
     script = Script([(503, {}, body)])
@@ -321,6 +338,8 @@ async def test_a_path_prefix_in_base_url_is_kept(scripted):
     ({"base_url": "localhost:8001"}, r"`base_url` must be an http:// or https:// URL with a host"),
     ({"base_url": "ftp://example.com"}, r"`base_url` must be .* got 'ftp://example.com'"),
     ({"base_url": None}, r"`base_url` must be .* got None"),
+    ({"base_url": "https://admin:hunter2@gw.example.com:8443"},
+     r"`base_url` must not carry a user name or password .*; got 'https://\*\*\*@gw.example.com:8443'"),
     ({"timeout": 0}, r"`timeout` must be a number of seconds > 0; got 0"),
     ({"timeout": float("nan")}, r"`timeout` must be a number of seconds > 0; got nan"),
     ({"timeout": "5"}, r"`timeout` must be a number of seconds > 0; got '5'"),
@@ -331,8 +350,9 @@ async def test_a_path_prefix_in_base_url_is_kept(scripted):
 ])
 def test_bad_client_arguments_are_refused(kwargs, message):
     kwargs = {"base_url": "http://127.0.0.1:8001", **kwargs}
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ValidationError, match=message) as caught:
         TimbralClient(**kwargs)
+    assert "hunter2" not in str(caught.value)
     with pytest.raises(ValidationError, match=message):
         SyncTimbralClient(**kwargs)
 

@@ -237,6 +237,9 @@ class TimbralClient:
         if url is None or url.scheme not in ("http", "https") or not url.host:
             raise ValidationError(f"`base_url` must be an http:// or https:// URL with a host, "
                                   f"like 'http://localhost:8001'; got {base_url!r}")
+        if url.user is not None or url.password is not None:  # it would be echoed in messages
+            raise ValidationError(f"`base_url` must not carry a user name or password (the service "
+                                  f"has no login); got '{url.scheme}://***@{url.host_port_subcomponent}'")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValidationError(f"`retries` must be an integer >= 0 (0 = no retries); got {retries!r}")
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
@@ -366,6 +369,8 @@ class TimbralClient:
                     f"{method} {path}: no answer within the {seconds:g} s deadline ({attempt} "
                     f"attempt{'s' if attempt > 1 else ''}); raise `timeout` or check the service "
                     f"at {self.base_url} (request {request_id})") from None
+            except aiohttp.ClientSSLError as exc:  # a retry cannot fix a certificate
+                raise ServiceUnreachableError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
             except aiohttp.ClientConnectionError as exc:
                 failure: ClientError = ServiceUnreachableError(
                     f"{method} {path}: {type(exc).__name__}: {exc} ({attempt} attempt"
