@@ -324,6 +324,14 @@ async def test_health_reports_unavailable_without_retrying(scripted):
     assert (health.status, health.ok, len(script.arrivals)) == ("unavailable", False, 1)
 
 
+async def test_health_behind_a_gateway_error_is_retried(scripted):
+    script = Script([error(503, "upstream_down", "no healthy upstream"), error(503, "upstream_down", "still"),
+                     (200, {}, orjson.dumps({"status": "ok", "components": {}}))])
+    async with TimbralClient(await scripted(script), retries=5, backoff=0.01) as client:
+        health = await client.health()
+    assert (health.status, len(script.arrivals)) == ("ok", 3)
+
+
 async def test_a_path_prefix_in_base_url_is_kept(scripted):
     script = Script([SIMILAR])
     async with TimbralClient(await scripted(script) + "/timbral/") as client:

@@ -352,7 +352,7 @@ class TimbralClient:
                 data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
             except orjson.JSONEncodeError as exc:
                 raise ValidationError(f"ids must be strings or integers; {method} {path} could "
-                                      f"not send {body!r}: {exc}") from None
+                                      f"not encode its body: {exc}") from None
             headers["Content-Type"] = "application/json"
         url = URL(self.base_url + path, encoded=True).with_query(params)
         attempt = 0
@@ -377,7 +377,7 @@ class TimbralClient:
                     f"{'s' if attempt > 1 else ''}); is the service running at {self.base_url}?")
             else:
                 payload = _decode(raw)
-                if status in answers and isinstance(payload, dict):
+                if status in answers and isinstance(payload, dict) and "error" not in payload:
                     return payload
                 failure = _service_error(status, payload, raw, request_id, self.base_url)
                 if status not in RETRY_STATUSES:
