@@ -24,7 +24,7 @@ GIL_SWITCH_INTERVAL_SECONDS = 0.001
 
 def run(config: Config) -> None:
     """Serve ``config`` until SIGTERM/SIGINT (blocking). ``timbral serve`` calls this."""
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, log_format=config.log_format)
     # A scoring thread running Python between kernel calls holds the GIL for at most
     # this long before the event loop gets it back (the default is 5 ms).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)

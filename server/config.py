@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "text")
 CERT_REQS = ("required", "optional", "none")  # REDIS_SSL_CERT_REQS, as redis-py spells them
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -51,6 +52,7 @@ class Config:
     cache_ttl_seconds: float = 300.0
     admin_token: str | None = None
     log_level: str = "INFO"
+    log_format: str = "json"  # under an orchestrator; `timbral serve` on a terminal picks text
     # Limits and tuning (TIMBRAL_* names).
     max_batch_users: int = 1000
     max_body_bytes: int = 1 << 20
@@ -131,6 +133,7 @@ def _check(config: Config) -> list[str]:
     need(config.nmf_n_components >= 1, "nmf_n_components", "an integer >= 1")
     need(config.cache_ttl_seconds > 0, "cache_ttl_seconds", "a number of seconds > 0")
     need(config.log_level in LOG_LEVELS, "log_level", f"one of {', '.join(LOG_LEVELS)}")
+    need(config.log_format in LOG_FORMATS, "log_format", f"one of {', '.join(LOG_FORMATS)}")
     need(config.admin_token is None or len(config.admin_token) >= 16, "admin_token",
          "at least 16 characters (or unset to disable model reload)")
     need(config.max_batch_users >= 1, "max_batch_users", "an integer >= 1")
@@ -196,6 +199,7 @@ ENV_NAMES: dict[str, str] = {
     "cache_ttl_seconds": "CACHE_TTL_SECONDS",
     "admin_token": "TIMBRAL_ADMIN_TOKEN",
     "log_level": "LOG_LEVEL",
+    "log_format": "LOG_FORMAT",
     "max_batch_users": "TIMBRAL_MAX_BATCH_USERS",
     "max_body_bytes": "TIMBRAL_MAX_BODY_BYTES",
     "max_id_length": "TIMBRAL_MAX_ID_LENGTH",
@@ -229,6 +233,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "cache_ttl_seconds": _parse_number(float),
     "admin_token": str,
     "log_level": lambda raw: raw.strip().upper(),
+    "log_format": lambda raw: raw.strip().lower(),
     "max_batch_users": _parse_number(int),
     "max_body_bytes": _parse_number(int),
     "max_id_length": _parse_number(int),

@@ -2,8 +2,9 @@
 
 Exit status: 0 on success, 2 for bad usage or bad input (one line on stderr,
 ``timbral: error: ...``, saying what to do; never a traceback), 130 on Ctrl-C.
-Progress bars appear only when stderr is a terminal; JSON-lines logs go to stderr
-(level INFO when stderr is not a terminal, else WARNING; ``--log-level`` overrides).
+Progress bars appear only when stderr is a terminal. Logs go to stderr: short text
+lines on a terminal, JSON lines otherwise (``--log-format`` or ``LOG_FORMAT``
+overrides); level INFO when stderr is not a terminal, else WARNING (``--log-level``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import socket
 import sys
 import tempfile
 import warnings
@@ -23,7 +25,7 @@ import orjson
 
 from timbral._version import __version__
 from timbral.exceptions import ConvergenceWarning, TimbralError
-from timbral.logs import configure_logging
+from timbral.logs import LOG_FORMATS, configure_logging
 
 __all__ = ["main"]
 
@@ -149,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="timbral", description="Music recommendations from non-negative matrix factorization.")
     parser.add_argument("--version", action="version", version=f"timbral {__version__}")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
-                        help="JSON log level on stderr (INFO when not a terminal, else WARNING)")
+                        help="log level on stderr (INFO when not a terminal, else WARNING)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, type=str.lower,
+                        help="log lines on stderr: text or json (default: $LOG_FORMAT, else text "
+                             "on a terminal and json otherwise)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
@@ -195,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--items", type=_positive_int, default=QUICKSTART_SIZE["items"])
     quick.add_argument("--interactions", type=_positive_int, default=QUICKSTART_SIZE["interactions"])
     quick.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1)")
-    quick.add_argument("--port", type=_port, default=8001)
+    quick.add_argument("--port", type=_port, default=8001, help="port (8001; 0 picks a free one)")
     quick.add_argument("--no-serve", action="store_true", help="stop after training")
     _model_options(quick)
     return parser
@@ -350,6 +355,13 @@ def _server() -> tuple[Any, Any]:
     return Config, run
 
 
+def _free_port(host: str) -> int:
+    """A port the OS reports free on ``host`` now (for ``--port 0``)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 def _server_config(overrides: dict[str, Any], *, no_redis: bool = False) -> Any:
     """Config from the environment, then the command line's overrides."""
     config_type, _ = _server()
@@ -369,7 +381,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model = Path(args.model)
         if not model.is_dir():
             raise _UsageError(f"--model {args.model!r} is not a directory; pass the --output of `timbral train`")
-    config = _server_config({"model_dir": model, "api_host": args.host, "api_port": args.port})
+    config = _server_config({"model_dir": model, "api_host": args.host, "api_port": args.port,
+                             "log_format": args.log_format})
     _, run = _server()
     run(config)
     return 0
@@ -396,7 +409,8 @@ def _cmd_quickstart(args: argparse.Namespace, progress: bool) -> int:
     print("2. " + _describe_training(result).replace("\n", "\n   "))
     rec = result.recommender
     user, item = rec.user_ids[0].item(), rec.item_ids[int(rec.item_popularity.argmax())].item()
-    base = f"http://{'localhost' if args.host in ('0.0.0.0', '127.0.0.1') else args.host}:{args.port}"
+    port = args.port or _free_port(args.host)
+    base = f"http://{'localhost' if args.host in ('0.0.0.0', '127.0.0.1') else args.host}:{port}"
     print(
         "3. Try it (in another terminal) once the server below is up:\n"
         f"   curl '{base}/api/v1/recommendations/{user}?k=5'\n"
@@ -410,8 +424,8 @@ def _cmd_quickstart(args: argparse.Namespace, progress: bool) -> int:
     if args.no_serve:
         print(f"   Serve it later with: timbral serve --model {model_dir}")
         return 0
-    config = _server_config({"model_dir": model_dir, "api_host": args.host, "api_port": args.port},
-                            no_redis=True)
+    config = _server_config({"model_dir": model_dir, "api_host": args.host, "api_port": port,
+                             "log_format": args.log_format}, no_redis=True)
     print(f"4. Serving on {base} with the in-process cache (no Redis); Ctrl-C stops.", flush=True)
     _, run = _server()
     run(config)
@@ -437,7 +451,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return int(exc.code or 0)
     interactive = sys.stderr.isatty()
-    handler = configure_logging(args.log_level or ("WARNING" if interactive else "INFO"))
+    args.log_format = args.log_format or os.environ.get("LOG_FORMAT", "").strip().lower() or (
+        "text" if interactive else "json")
+    try:
+        handler = configure_logging(args.log_level or ("WARNING" if interactive else "INFO"),
+                                    log_format=args.log_format)
+    except TimbralError as exc:  # LOG_FORMAT names no format
+        print(f"timbral: error: environment variable LOG_FORMAT: {exc}; fix or unset it", file=sys.stderr)
+        return 2
     try:
         with warnings.catch_warnings():
             # A model that hit max_iter is still a model: report it, don't fail the command.
