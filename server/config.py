@@ -83,13 +83,13 @@ class Config:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         problems: list[str] = []
-        for field in fields(cls):
-            name = ENV_NAMES[field.name]
+        for spec in fields(cls):
+            name = ENV_NAMES[spec.name]
             raw = env.get(name)
-            if raw is None or (raw == "" and field.name in _EMPTY_IS_UNSET):
+            if raw is None or (raw == "" and spec.name in _EMPTY_IS_UNSET):
                 continue
             try:
-                values[field.name] = _PARSERS[field.name](raw)
+                values[spec.name] = _PARSERS[spec.name](raw)
             except ValueError as exc:
                 problems.append(f"{name}={raw!r}: {exc}")
         if problems:

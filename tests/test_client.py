@@ -18,9 +18,9 @@ import pytest
 import trustme
 from aiohttp import web
 from numpy.testing import assert_allclose
-
 from redis_server import free_port
 from service_process import ServiceProcess
+
 from timbral.client import (
     ClientError,
     ServiceError,
@@ -85,7 +85,7 @@ async def test_recommend_batch_keeps_the_order_and_matches_single_calls(service,
         batch = await client.recommend_batch(users, k=4)
     assert [r.user_id for r in batch] == ["u5", "nobody", "u0", "u7"]
     assert [r.strategy for r in batch] == ["nmf", "popularity", "nmf", "nmf"]
-    for result, user in zip(batch, users):
+    for result, user in zip(batch, users, strict=True):
         assert_same_items(result.items, reference.recommend(str(user), k=4).items)
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 import trustme
-
 from redis_server import TLSRedisProcess, redis_executable
+from server_support import config
+from service_process import ServiceProcess
+
 from server.app import create_app
 from server.cache import redis_tls_options
 from server.config import Config, ConfigError
-from server_support import config
-from service_process import ServiceProcess
 from timbral.client import TimbralClient
 
 PASSWORD = "s3cret-Default-pw-7f1c"
