@@ -19,7 +19,7 @@ import trustme
 from aiohttp import web
 from numpy.testing import assert_allclose
 from redis_server import free_port
-from service_process import ServiceProcess
+from server_support import ServerProcess
 
 from timbral.client import (
     ClientError,
@@ -36,15 +36,9 @@ from timbral.recommender import Recommender
 
 
 @pytest.fixture(scope="module")
-def service(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    process = ServiceProcess({"TIMBRAL_MODEL_DIR": str(model_dir), "LOG_LEVEL": "WARNING"},
-                             tmp_path_factory.mktemp("service") / "service.log")
-    process.start()
-    try:
-        process.wait_until_up()
+def service(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with ServerProcess(tmp_path_factory.mktemp("service"), {"TIMBRAL_MODEL_DIR": str(model_dir)}) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -148,20 +142,18 @@ async def test_sync_client_works_in_scripts_and_inside_a_running_loop(service, r
 
 
 async def test_retries_carry_a_call_across_a_service_restart(model_dir, tmp_path):
-    """Stop the service, start it again: a call made while it is down waits it out."""
-    service = ServiceProcess({"TIMBRAL_MODEL_DIR": str(model_dir), "LOG_LEVEL": "WARNING"},
-                             tmp_path / "service.log")
-    service.start()
+    """Kill the service, start it again: a call made while it is down waits it out."""
+    service = ServerProcess(tmp_path, {"TIMBRAL_MODEL_DIR": str(model_dir)})
+    await asyncio.to_thread(service.start)
     try:
-        await asyncio.to_thread(service.wait_until_up)
         async with TimbralClient(service.url, timeout=120, retries=1000, max_backoff=0.5) as client:
             before = await client.recommend("u3", k=5)  # leaves a pooled keep-alive connection
             await asyncio.to_thread(service.stop)
             async with TimbralClient(service.url, retries=0) as impatient:
                 with pytest.raises(ServiceUnreachableError, match=r"is the service running at http"):
                     await impatient.recommend("u3", k=5)
-            service.start()
-            after = await client.recommend("u3", k=5)
+            # The call starts while nothing listens; the service comes back meanwhile.
+            _, after = await asyncio.gather(asyncio.to_thread(service.start), client.recommend("u3", k=5))
     finally:
         service.stop()
     assert after.items == before.items

@@ -17,12 +17,11 @@ import pytest
 import redis.asyncio as aioredis
 import trustme
 from redis_server import TLSRedisProcess, redis_executable
-from server_support import config
-from service_process import ServiceProcess
+from server_support import ServerProcess, config
 
-from server.app import create_app
-from server.cache import redis_tls_options
-from server.config import Config, ConfigError
+from timbral.server.app import create_app
+from timbral.server.cache import redis_tls_options
+from timbral.server.config import Config, ConfigError
 from timbral.client import TimbralClient
 
 PASSWORD = "s3cret-Default-pw-7f1c"
@@ -167,26 +166,22 @@ async def test_client_certificate_when_the_server_demands_one(aiohttp_client, mo
 
 def test_service_process_with_a_wrong_password_logs_no_secret(model_dir, tls_redis, tmp_path):
     """The real process, logging at DEBUG: degraded health, and the password in no log line."""
-    service = ServiceProcess({
+    service = ServerProcess(tmp_path, {
         "TIMBRAL_MODEL_DIR": str(model_dir), "LOG_LEVEL": "DEBUG",
         "REDIS_URL": tls_redis.url_for("default", WRONG),
         "REDIS_SSL_CA_CERTS": str(tls_redis.ca_file),
         "TIMBRAL_REDIS_TIMEOUT_SECONDS": "2", "TIMBRAL_REDIS_CONNECT_TIMEOUT_SECONDS": "2",
-    }, tmp_path / "service.log")
-    service.start()
-    try:
-        service.wait_until_up()
+    })
 
-        async def ask() -> tuple[str, str]:
-            async with TimbralClient(service.url, timeout=20) as client:
-                health = await client.health()
-                top = await client.recommend("u3", k=3)
-            return health.status, top.strategy
+    async def ask() -> tuple[str, str]:
+        async with TimbralClient(service.url, timeout=20) as client:
+            health = await client.health()
+            top = await client.recommend("u3", k=3)
+        return health.status, top.strategy
 
+    with service:
         assert asyncio.run(ask()) == ("degraded", "nmf")
-    finally:
-        service.stop()
-    log = service.log()
+    log = service.output()
     assert "Redis unavailable at start" in log
     assert WRONG not in log and PASSWORD not in log
 
@@ -225,17 +220,6 @@ def test_bad_tls_settings_fail_at_start(tmp_path, env, message):
     env = {name: value.format(ca=ca_file) for name, value in env.items()}
     with pytest.raises(ConfigError, match=message):
         Config.from_env(env)
-
-
-@pytest.mark.parametrize("url", [
-    f"https://default:{WRONG}@cache.example.com:6379",
-    f"{WRONG}@cache.example.com:6379",
-    f"redis//user:{WRONG}@a@b:1",
-])
-def test_a_rejected_redis_url_is_echoed_without_its_password(url):
-    with pytest.raises(ConfigError, match=r"REDIS_URL='.*\*\*\*@.*': expected a URL") as caught:
-        Config.from_env({"REDIS_URL": url})
-    assert WRONG not in str(caught.value)
 
 
 def test_config_repr_hides_the_redis_url():
