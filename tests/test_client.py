@@ -19,7 +19,7 @@ import trustme
 from aiohttp import web
 from numpy.testing import assert_allclose
 from redis_server import free_port
-from server_support import ServerProcess
+from server_support import ADMIN_TOKEN, ServerProcess
 
 from timbral.client import (
     ClientError,
@@ -37,7 +37,8 @@ from timbral.recommender import Recommender
 
 @pytest.fixture(scope="module")
 def service(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with ServerProcess(tmp_path_factory.mktemp("service"), {"TIMBRAL_MODEL_DIR": str(model_dir)}) as process:
+    env = {"TIMBRAL_MODEL_DIR": str(model_dir), "TIMBRAL_ADMIN_TOKEN": ADMIN_TOKEN}
+    with ServerProcess(tmp_path_factory.mktemp("service"), env) as process:
         yield process
 
 
@@ -90,9 +91,9 @@ async def test_explain_and_similar_match_the_model(service, reference):
         close = await client.similar(item, k=6)
     expected = reference.explain("u3", item)
     assert (why.user_id, why.item_id) == ("u3", item)
-    assert why.score == pytest.approx(expected["score"], rel=1e-5)
-    assert [f for f, _ in why.factors] == [f["factor"] for f in expected["factors"]]
-    assert [i for i, _ in why.items] == [i["item_id"] for i in expected["items"]]
+    assert why.score == pytest.approx(expected.score, rel=1e-5)
+    assert [f for f, _ in why.factors] == [f for f, _ in expected.factors]
+    assert_same_items(why.items, expected.items)
     assert close.item_id == item
     assert_same_items(close.items, reference.similar(item, k=6))
 
@@ -100,9 +101,11 @@ async def test_explain_and_similar_match_the_model(service, reference):
 async def test_health_of_a_serving_model(service, reference):
     async with TimbralClient(service.url) as client:
         health = await client.health()
-    assert health.ok
-    assert health.components["model"]["version"] == reference.model_version
-    assert health.components["redis"]["status"] == "disabled"
+        detailed = await client.health(admin_token=ADMIN_TOKEN)
+    assert health.ok and health.reason is None
+    assert "version" not in health.components["model"]  # details only for operators
+    assert detailed.components["model"]["version"] == reference.model_version
+    assert detailed.components["redis"]["status"] == "disabled"
 
 
 async def test_service_errors_carry_code_and_message(service):
@@ -123,7 +126,7 @@ async def test_ids_with_url_syntax_stay_one_path_segment(service, hostile):
     async with TimbralClient(service.url) as client:
         with pytest.raises(ServiceError, match=r"404 unknown_id: ") as caught:
             await client.explain(hostile, 1001)
-    assert caught.value.message.endswith(f"{hostile!r} is not known to the model")
+    assert caught.value.message.startswith(f"user_id {hostile!r} is not known")
 
 
 async def test_sync_client_works_in_scripts_and_inside_a_running_loop(service, reference):
@@ -309,11 +312,13 @@ async def test_a_certificate_that_does_not_verify_is_not_retried(scripted):
 
 
 async def test_health_reports_unavailable_without_retrying(scripted):
-    body = orjson.dumps({"status": "unavailable", "components": {"model": {"status": "unavailable"}}})
+    body = orjson.dumps({"status": "unavailable", "reason": "no model is loaded",
+                         "components": {"model": {"status": "unavailable"}}})
     script = Script([(503, {}, body)])
     async with TimbralClient(await scripted(script), retries=5) as client:
         health = await client.health()
-    assert (health.status, health.ok, len(script.arrivals)) == ("unavailable", False, 1)
+    assert (health.status, health.reason, health.ok) == ("unavailable", "no model is loaded", False)
+    assert len(script.arrivals) == 1
 
 
 async def test_health_behind_a_gateway_error_is_retried(scripted):

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 import trustme
 from redis_server import TLSRedisProcess, redis_executable
-from server_support import ServerProcess, config
+from server_support import ADMIN, ADMIN_TOKEN, ServerProcess, config
 
 from timbral.server.app import create_app
 from timbral.server.cache import redis_tls_options
@@ -62,14 +62,14 @@ def tls_redis(ca: trustme.CA) -> Iterator[TLSRedisProcess]:
 def tls_config(model_dir: Path, url: str, **overrides: object) -> Config:
     """Generous Redis deadlines: a TLS handshake on a busy test machine is slow."""
     values: dict[str, object] = {"redis_timeout_seconds": 2.0, "redis_connect_timeout_seconds": 2.0,
-                                 "tier1_max_entries": 0, "log_level": "DEBUG"}
+                                 "tier1_max_bytes": 0, "log_level": "DEBUG"}
     values.update(overrides)
     return config(model_dir, redis_url=url, **values)
 
 
 async def redis_health(aiohttp_client, cfg: Config) -> tuple[dict, str]:
     client = await aiohttp_client(create_app(cfg))
-    response = await client.get("/api/v1/health")
+    response = await client.get("/api/v1/health", headers=ADMIN)  # an operator sees the reasons
     assert response.status == 200
     text = await response.text()
     return (await response.json())["components"]["redis"], text
@@ -78,7 +78,7 @@ async def redis_health(aiohttp_client, cfg: Config) -> tuple[dict, str]:
 async def test_rediss_url_with_password_and_ca_caches_in_redis(aiohttp_client, model_dir, tls_redis):
     cfg = tls_config(model_dir, tls_redis.url, redis_ssl_ca_certs=tls_redis.ca_file)
     client = await aiohttp_client(create_app(cfg))
-    health = await (await client.get("/api/v1/health")).json()
+    health = await (await client.get("/api/v1/health", headers=ADMIN)).json()
     assert health["status"] == "ok" and health["components"]["redis"]["status"] == "ok"
     first = await (await client.get("/api/v1/recommendations/u3?k=4")).json()
     second = await (await client.get("/api/v1/recommendations/u3?k=4")).json()
@@ -103,7 +103,7 @@ async def test_wrong_password_is_degraded_and_never_echoed(aiohttp_client, model
     caplog.set_level(logging.DEBUG)
     cfg = tls_config(model_dir, tls_redis.url_for(user, WRONG), redis_ssl_ca_certs=tls_redis.ca_file)
     client = await aiohttp_client(create_app(cfg))
-    response = await client.get("/api/v1/health")
+    response = await client.get("/api/v1/health", headers=ADMIN)
     body = await response.text()
     redis = (await response.json())["components"]["redis"]
     assert (await response.json())["status"] == "degraded"
@@ -167,7 +167,7 @@ async def test_client_certificate_when_the_server_demands_one(aiohttp_client, mo
 def test_service_process_with_a_wrong_password_logs_no_secret(model_dir, tls_redis, tmp_path):
     """The real process, logging at DEBUG: degraded health, and the password in no log line."""
     service = ServerProcess(tmp_path, {
-        "TIMBRAL_MODEL_DIR": str(model_dir), "LOG_LEVEL": "DEBUG",
+        "TIMBRAL_MODEL_DIR": str(model_dir), "LOG_LEVEL": "DEBUG", "TIMBRAL_ADMIN_TOKEN": ADMIN_TOKEN,
         "REDIS_URL": tls_redis.url_for("default", WRONG),
         "REDIS_SSL_CA_CERTS": str(tls_redis.ca_file),
         "TIMBRAL_REDIS_TIMEOUT_SECONDS": "2", "TIMBRAL_REDIS_CONNECT_TIMEOUT_SECONDS": "2",
@@ -175,8 +175,9 @@ def test_service_process_with_a_wrong_password_logs_no_secret(model_dir, tls_red
 
     async def ask() -> tuple[str, str]:
         async with TimbralClient(service.url, timeout=20) as client:
-            health = await client.health()
+            health = await client.health(admin_token=ADMIN_TOKEN)
             top = await client.recommend("u3", k=3)
+        assert "invalid username-password pair" in health.components["redis"]["reason"]
         return health.status, top.strategy
 
     with service:

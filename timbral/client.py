@@ -147,11 +147,14 @@ class SimilarResult:
 class HealthResult:
     """The service's readiness: ``status`` is ``ok``, ``degraded`` or ``unavailable``.
 
-    ``components`` holds the ``model``, ``redis`` and ``system`` reports as sent.
+    ``reason`` says why it is not ``ok``. ``components`` holds the ``model``, ``redis``
+    and ``system`` reports as sent: their details (model version, Redis error text, host
+    figures) only when asked with the admin token.
     """
 
     status: str
     components: dict[str, Any]
+    reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -322,10 +325,16 @@ class TimbralClient:
         return SimilarResult(item_id=payload["item_id"], items=_scored(payload["similar"]),
                              model_version=payload["model_version"])
 
-    async def health(self, *, timeout: float | None = None) -> HealthResult:
-        """The service's readiness. ``unavailable`` (HTTP 503, no model) is an answer, not retried."""
-        payload = await self._request("GET", "/api/v1/health", timeout=timeout, answers=(200, 503))
-        return HealthResult(status=payload["status"], components=payload["components"])
+    async def health(self, *, admin_token: str | None = None, timeout: float | None = None) -> HealthResult:
+        """The service's readiness; with ``admin_token`` (``TIMBRAL_ADMIN_TOKEN``), its details too.
+
+        ``unavailable`` (HTTP 503: no model, or shutting down) is an answer, not retried.
+        """
+        headers = None if admin_token is None else {"Authorization": f"Bearer {admin_token}"}
+        payload = await self._request("GET", "/api/v1/health", timeout=timeout, answers=(200, 503),
+                                      headers=headers)
+        return HealthResult(status=payload["status"], components=payload["components"],
+                            reason=payload.get("reason"))
 
     # -- transport -----------------------------------------------------------------------
 
@@ -339,13 +348,13 @@ class TimbralClient:
 
     async def _request(self, method: str, path: str, *, body: Any = None,
                        params: Mapping[str, str] | None = None, timeout: float | None,
-                       answers: tuple[int, ...] = (200,)) -> Any:
+                       answers: tuple[int, ...] = (200,), headers: Mapping[str, str] | None = None) -> Any:
         """Send one call, retrying what can be retried until its deadline; the decoded JSON answer."""
         seconds = self.timeout if timeout is None else _positive(timeout, "timeout")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         request_id = f"client-{uuid.uuid4().hex}"  # one id for every attempt: the service logs it
-        headers = {REQUEST_ID_HEADER: request_id}
+        headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
         data = None
         if body is not None:
             try:
@@ -473,6 +482,6 @@ class SyncTimbralClient:
         """See :meth:`TimbralClient.similar`."""
         return self._run(self._client.similar(item_id, k, timeout=timeout))
 
-    def health(self, *, timeout: float | None = None) -> HealthResult:
+    def health(self, *, admin_token: str | None = None, timeout: float | None = None) -> HealthResult:
         """See :meth:`TimbralClient.health`."""
-        return self._run(self._client.health(timeout=timeout))
+        return self._run(self._client.health(admin_token=admin_token, timeout=timeout))
