@@ -19,10 +19,10 @@ import trustme
 from redis_server import TLSRedisProcess, redis_executable
 from server_support import ADMIN, ADMIN_TOKEN, ServerProcess, config
 
+from timbral.client import TimbralClient
 from timbral.server.app import create_app
 from timbral.server.cache import redis_tls_options
 from timbral.server.config import Config, ConfigError
-from timbral.client import TimbralClient
 
 PASSWORD = "s3cret-Default-pw-7f1c"
 ACL_USER = ("timbral", "s3cret-Acl-pw-90ab")
