@@ -13,7 +13,7 @@ import asyncio
 import enum
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from .config import Config
 from .drain import Batch, Drain
 from .metrics import Metrics
 
@@ -35,6 +36,26 @@ def cache_key(model_version: str, kind: str, *parts: object) -> str:
     ``repr`` keeps the integer user ``1`` and the string user ``"1"`` apart.
     """
     return f"timbral:{model_version}:{kind}:" + ":".join(repr(part) for part in parts)
+
+
+def redis_tls_options(config: Config) -> dict[str, Any]:
+    """redis-py's ``ssl_*`` arguments for a ``rediss://`` ``REDIS_URL`` (none otherwise).
+
+    The server's certificate is verified, and its host name checked, unless
+    ``REDIS_SSL_CERT_REQS=none``: redis-py before 6.0 does not check host names by itself.
+    """
+    if not (config.redis_url or "").startswith("rediss://"):
+        return {}
+    options: dict[str, Any] = {
+        "ssl_cert_reqs": config.redis_ssl_cert_reqs,
+        "ssl_check_hostname": config.redis_ssl_cert_reqs != "none",
+    }
+    for option, path in (("ssl_ca_certs", config.redis_ssl_ca_certs),
+                         ("ssl_certfile", config.redis_ssl_certfile),
+                         ("ssl_keyfile", config.redis_ssl_keyfile)):
+        if path is not None:
+            options[option] = str(path)
+    return options
 
 
 # What one entry costs beyond its key's and value's bytes: the str and bytes headers,
@@ -159,6 +180,7 @@ class RedisCache:
         max_connections: int,
         breaker: CircuitBreaker,
         metrics: Metrics,
+        tls: Mapping[str, Any] | None = None,
     ) -> None:
         self.ttl_ms = max(1, round(ttl_seconds * 1000))
         self.timeout_seconds = timeout_seconds
@@ -173,6 +195,7 @@ class RedisCache:
             max_connections=max_connections,
             retry=Retry(NoBackoff(), 0),  # our deadline and breaker decide, not redis-py
             health_check_interval=0,
+            **(tls or {}),  # redis_tls_options(config) for a rediss:// URL
         )
 
     async def close(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
+CERT_REQS = ("required", "optional", "none")  # REDIS_SSL_CERT_REQS, as redis-py spells them
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -39,6 +40,12 @@ class Config:
     debug: bool = False  # asyncio debug mode: slow callbacks are logged
     redis_url: str | None = None
     redis_db: int = 0
+    # TLS for a rediss:// REDIS_URL (managed Redis): the server certificate is verified
+    # against the system trust store or REDIS_SSL_CA_CERTS, and its host name is checked.
+    redis_ssl_ca_certs: Path | None = None
+    redis_ssl_certfile: Path | None = None  # client certificate, for servers that ask for one
+    redis_ssl_keyfile: Path | None = None
+    redis_ssl_cert_reqs: str = "required"
     # Training defaults of `timbral train`/`quickstart` (read there); validated here too so
     # a deployment with a bad value fails at start, with the rest of its configuration.
     nmf_n_components: int = 50
@@ -166,6 +173,7 @@ def _check(config: Config) -> list[str]:
         "redis_url",
         "a URL starting with redis://, rediss:// or unix:// (or unset for the in-process cache only)",
     )
+    problems.extend(_check_redis_tls(config))
     need(config.nmf_n_components >= 1, "nmf_n_components", "an integer >= 1")
     need(config.cache_ttl_seconds > 0, "cache_ttl_seconds", "a number of seconds > 0")
     need(config.log_level in LOG_LEVELS, "log_level", f"one of {', '.join(LOG_LEVELS)}")
@@ -189,12 +197,39 @@ def _check(config: Config) -> list[str]:
     return problems
 
 
+def _check_redis_tls(config: Config) -> list[str]:
+    """REDIS_SSL_* need a rediss:// URL, readable files and a known verification mode."""
+    problems = []
+    files = {name: getattr(config, name) for name in
+             ("redis_ssl_ca_certs", "redis_ssl_certfile", "redis_ssl_keyfile")}
+    given = [ENV_NAMES[name] for name, path in files.items() if path is not None]
+    if config.redis_ssl_cert_reqs != "required":
+        given.append(ENV_NAMES["redis_ssl_cert_reqs"])
+    if given and not (config.redis_url or "").startswith("rediss://"):
+        problems.append(f"{', '.join(given)} set, but REDIS_URL is not a rediss:// URL: "
+                        "use rediss:// (TLS) or unset the REDIS_SSL_* variables")
+    for name, path in files.items():
+        if path is not None and not path.is_file():
+            problems.append(f"{ENV_NAMES[name]}={str(path)!r}: no such file; expected a PEM file")
+    if (config.redis_ssl_certfile is None) != (config.redis_ssl_keyfile is None):
+        problems.append("REDIS_SSL_CERTFILE and REDIS_SSL_KEYFILE go together (a client "
+                        "certificate and its key): set both or neither")
+    if config.redis_ssl_cert_reqs not in CERT_REQS:
+        problems.append(f"REDIS_SSL_CERT_REQS={config.redis_ssl_cert_reqs!r}: expected one of "
+                        f"{', '.join(CERT_REQS)} (required verifies the server's certificate)")
+    return problems
+
+
 ENV_NAMES: dict[str, str] = {
     "api_host": "API_HOST",
     "api_port": "API_PORT",
     "debug": "DEBUG",
     "redis_url": "REDIS_URL",
     "redis_db": "REDIS_DB",
+    "redis_ssl_ca_certs": "REDIS_SSL_CA_CERTS",
+    "redis_ssl_certfile": "REDIS_SSL_CERTFILE",
+    "redis_ssl_keyfile": "REDIS_SSL_KEYFILE",
+    "redis_ssl_cert_reqs": "REDIS_SSL_CERT_REQS",
     "nmf_n_components": "NMF_N_COMPONENTS",
     "nmf_random_state": "NMF_RANDOM_STATE",
     "model_dir": "TIMBRAL_MODEL_DIR",
@@ -218,7 +253,8 @@ ENV_NAMES: dict[str, str] = {
 }
 
 # Unset-able variables for which an empty value means "not set" (common in compose files).
-_EMPTY_IS_UNSET = {"redis_url", "model_dir", "admin_token"}
+_EMPTY_IS_UNSET = {"redis_url", "model_dir", "admin_token", "redis_ssl_ca_certs",
+                   "redis_ssl_certfile", "redis_ssl_keyfile"}
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_host": str.strip,
@@ -226,6 +262,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "debug": _parse_bool,
     "redis_url": str.strip,
     "redis_db": _parse_number(int),
+    "redis_ssl_ca_certs": Path,
+    "redis_ssl_certfile": Path,
+    "redis_ssl_keyfile": Path,
+    "redis_ssl_cert_reqs": lambda raw: raw.strip().lower(),
     "nmf_n_components": _parse_number(int),
     "nmf_random_state": _parse_number(int),
     "model_dir": Path,

@@ -17,7 +17,7 @@ from aiohttp import web
 from timbral._threads import available_cpus, pin_blas_to_one_thread
 
 from .batching import RecommendBatcher
-from .cache import CircuitBreaker, RedisCache
+from .cache import CircuitBreaker, RedisCache, redis_tls_options
 from .keys import BATCHER, CACHE, CONFIG, EXECUTOR, METRICS, MODEL, RELOADER, SCORING_THREADS
 from .state import load_model
 
@@ -69,6 +69,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         max_connections=config.redis_max_connections,
         breaker=CircuitBreaker(config.breaker_failures, config.breaker_cooldown_seconds),
         metrics=metrics,
+        tls=redis_tls_options(config),
     )
     health = await redis.health()
     if health.status != "ok":
