@@ -183,11 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="write synthetic music-like interactions",
                                    description="Heavy-tailed popularity and activity, taste clusters, play counts.")
-    generate.add_argument("output", metavar="OUT", help="file to write: .parquet, .csv or .tsv")
+    generate.add_argument("output", metavar="OUT", help="file to write: .parquet, .csv or .tsv "
+                          "(with --partitions: a directory to create)")
     generate.add_argument("--users", type=_positive_int, default=10_000)
     generate.add_argument("--items", type=_positive_int, default=5_000)
     generate.add_argument("--interactions", type=_positive_int, default=500_000)
     generate.add_argument("--seed", type=_non_negative_int, default=0)
+    generate.add_argument("--partitions", type=_positive_int, metavar="N",
+                          help="write a directory of N Parquet files (any size, in bounded memory)")
 
     serve = commands.add_parser("serve", help="serve a model over HTTP")
     serve.add_argument("--model", metavar="DIR", help="model directory (default: $TIMBRAL_MODEL_DIR)")
@@ -333,10 +336,14 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace, progress: bool) -> int:
-    from timbral.generate import write_interactions
+    from timbral.generate import write_interactions, write_partitioned
 
-    summary = write_interactions(args.output, args.users, args.items, args.interactions, args.seed,
-                                 progress=progress)
+    if args.partitions is not None:
+        summary = write_partitioned(args.output, args.users, args.items, args.interactions, args.seed,
+                                    n_partitions=args.partitions, progress=progress)
+    else:
+        summary = write_interactions(args.output, args.users, args.items, args.interactions, args.seed,
+                                     progress=progress)
     print(f"Wrote {summary.n_rows:,} interactions ({summary.n_users:,} users × {summary.n_items:,} items, "
           f"seed {args.seed}) to {summary.path} ({summary.format}) in {summary.seconds:.1f} s.")
     return 0
