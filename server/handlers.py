@@ -197,7 +197,7 @@ async def explain(request: web.Request) -> web.Response:
                                           config.max_id_length))
     explanation = await score(request, "explain", model.recommender.explain, user_id, item_id)
     return json_response({"user_id": user_id, "item_id": item_id,
-                          "model_version": model.version, **explanation})
+                          "model_version": model.version, **explanation.to_dict()})
 
 
 async def similar(request: web.Request) -> web.Response:

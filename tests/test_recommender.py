@@ -11,7 +11,7 @@ from numpy.testing import assert_array_equal
 
 from timbral.exceptions import ArtifactError, UnknownIdError, ValidationError
 from timbral.generate import generate_interactions
-from timbral.model import NMFModel
+from timbral.model import Explanation, NMFModel
 from timbral.recommender import Recommendations, Recommender
 
 USERS = [f"user-{j}" for j in range(120)]
@@ -103,7 +103,13 @@ def test_similar_and_explain(rec, model):
     ids, scores = model.similar_items(4, 5)
     assert similar == [(ITEMS[j], pytest.approx(float(s))) for j, s in zip(ids, scores, strict=True)]
     assert ITEMS[4] not in [i for i, _ in similar]
-    why = rec.explain("user-3", str(ITEMS[2]))
+    explanation = rec.explain("user-3", str(ITEMS[2]))
+    assert isinstance(explanation, Explanation)  # the one result type, as NMFModel.explain
+    assert (explanation.user, explanation.item) == ("user-3", ITEMS[2])
+    internal = model.explain(3, 2)
+    assert [c for _, c in explanation.items] == [c for _, c in internal.items]
+    assert [i for i, _ in explanation.items] == [ITEMS[j] for j, _ in internal.items]
+    why = explanation.to_dict()
     assert why["user_id"] == "user-3" and why["item_id"] == ITEMS[2]
     assert why["score"] == pytest.approx(float(model.predict([3], [2])[0]), rel=1e-5)
     history = {ITEMS[j] for j in model.user_items_[3].indices}

@@ -23,9 +23,11 @@ from typing import Any, NoReturn
 
 import orjson
 
+from timbral._validation import DEFAULT_SEED
 from timbral._version import __version__
 from timbral.exceptions import ConvergenceWarning, TimbralError
 from timbral.logs import LOG_FORMATS, configure_logging
+from timbral.nmf.objective import CONFIDENCE_SCALINGS, DEFAULT_CONFIDENCE, DEFAULT_FEEDBACK, FEEDBACK_KINDS
 
 __all__ = ["main"]
 
@@ -73,7 +75,8 @@ def _training_defaults_from_env(args: argparse.Namespace) -> None:
     if getattr(args, "components", 0) is None:
         args.components = _env_int("NMF_N_COMPONENTS", _positive_int)
     if getattr(args, "seed", 0) is None:
-        args.seed = _env_int("NMF_RANDOM_STATE", _non_negative_int) or 0
+        seed = _env_int("NMF_RANDOM_STATE", _non_negative_int)
+        args.seed = DEFAULT_SEED if seed is None else seed
 
 
 def _non_negative_int(text: str) -> int:
@@ -114,20 +117,20 @@ def _port(text: str) -> int:
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    """The options DESIGN.md §3 calls common: model parameters and how to read the data."""
+    """The options every training command shares: model parameters and how to read the data."""
     model = parser.add_argument_group("model (unset options keep the library defaults)")
     model.add_argument("--components", type=_positive_int, metavar="K",
                        help="latent factors (default: $NMF_N_COMPONENTS, else the model's 50)")
-    model.add_argument("--feedback", choices=["implicit", "explicit", "frobenius"], default="implicit",
+    model.add_argument("--feedback", choices=FEEDBACK_KINDS, default=DEFAULT_FEEDBACK,
                        help="implicit (play counts, default), explicit (ratings) or frobenius")
     model.add_argument("--alpha", type=_non_negative_float, help="confidence slope of implicit feedback")
-    model.add_argument("--confidence", choices=["linear", "log", "bm25"],
-                       help="scaling of play counts before the confidence (default: log)")
+    model.add_argument("--confidence", choices=CONFIDENCE_SCALINGS,
+                       help=f"scaling of play counts before the confidence (default: {DEFAULT_CONFIDENCE})")
     model.add_argument("--regularization", type=_regularization, metavar="LAMBDA",
                        help="penalty weight, or 'auto' to follow the data (default: auto)")
     model.add_argument("--iterations", type=_positive_int, metavar="N", help="maximum epochs")
     model.add_argument("--seed", type=_non_negative_int,
-                       help="seed of the split and the model (default: $NMF_RANDOM_STATE, else 0)")
+                       help=f"seed of the split and the model (default: $NMF_RANDOM_STATE, else {DEFAULT_SEED})")
     model.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
                        help="kernel threads, 0 = all available cores (default)")
     data = parser.add_argument_group("data (columns are matched by common names unless given)")
@@ -231,19 +234,25 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace, data: str | Path, output: str | Path | None, *,
            test_fraction: float | None, k: int, refit: bool, progress: bool) -> Any:
+    from timbral.nmf import NMFModel
     from timbral.train import train
 
+    given = {
+        "n_components": args.components,
+        "alpha": args.alpha,
+        "confidence": args.confidence,
+        "regularization": args.regularization,
+        "max_iter": args.iterations,
+        "random_state": args.seed,
+    }
+    model = NMFModel(  # unset options keep the model's defaults
+        feedback=args.feedback, n_threads=args.threads, **{k: v for k, v in given.items() if v is not None}
+    )
     return train(
         data,
         output,
-        n_components=args.components,
-        feedback=args.feedback,
-        alpha=args.alpha,
-        confidence=args.confidence,
-        regularization=args.regularization,
-        max_iter=args.iterations,
+        model=model,
         seed=args.seed,
-        n_threads=args.threads,
         test_fraction=test_fraction,
         k=k,
         refit=refit,

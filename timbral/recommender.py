@@ -21,10 +21,11 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
-from timbral._version import __version__
-from timbral.artifact import ModelArtifact, read_model_dir, write_model_dir
-from timbral.exceptions import ArtifactError, UnknownIdError, ValidationError
-from timbral.model import NMFModel
+from timbral._validation import check_k
+from timbral.artifact import model_artifact, model_from_artifact, read_model_dir, write_model_dir
+from timbral.exceptions import UnknownIdError, ValidationError
+from timbral.nmf import Explanation, NMFModel
+from timbral.scoring import item_mask
 
 __all__ = ["Recommendations", "Recommender"]
 
@@ -161,7 +162,10 @@ class Recommender:
     item_ids : array-like of shape (n_items,)
         External id of each model column, unique.
     user_items : scipy.sparse.csr_matrix of shape (n_users, n_items), optional
-        Interactions whose items count as seen (default: ``model.user_items_``).
+        Interactions whose items count as seen (default: ``model.user_items_``):
+        ``exclude_seen`` leaves these out, and they are saved with the model. Pass
+        all of a user's interactions when the model was fitted on only part of them
+        (``train(refit=False)``), so held-out items are never recommended.
     metadata : dict, optional
         JSON-serialisable facts about the model (data report, metrics, timings...),
         saved with it. ``model_version`` and ``created_at`` are set when missing.
@@ -183,8 +187,10 @@ class Recommender:
         metadata: Mapping[str, Any] | None = None,
         item_popularity: ArrayLike | None = None,
     ) -> None:
-        if not hasattr(model, "user_factors_"):
-            raise ValidationError("`model` must be a fitted NMFModel; call model.fit(user_items) first")
+        if not isinstance(model, NMFModel) or not hasattr(model, "user_factors_"):
+            raise ValidationError(
+                f"`model` must be a fitted NMFModel; got {type(model).__name__}. Call model.fit(user_items) first"
+            )
         self.model = model
         self._users = _IdIndex(_as_id_array(user_ids, "user_ids"), "user_id")
         self._items = _IdIndex(_as_id_array(item_ids, "item_ids"), "item_id")
@@ -281,20 +287,15 @@ class Recommender:
         ``exclude_items`` (deny list) and ``items`` (allow list) take external ids;
         unknown ids in them are ignored.
         """
-        k = _check_k(k)
+        k = check_k(k, limit=self.n_items)
         return self._popular(k, self._known_items(exclude_items), self._known_items(items))
 
     def _popular(
         self, k: int, exclude: NDArray[np.int64] | None, allow: NDArray[np.int64] | None
     ) -> list[tuple[ExternalId, float]]:
         order = self._popular_order
-        if exclude is not None or allow is not None:
-            banned = np.zeros(self.n_items, dtype=bool)
-            if allow is not None:
-                banned[:] = True
-                banned[allow] = False
-            if exclude is not None:
-                banned[exclude] = True
+        banned = item_mask(self.n_items, allow=allow, deny=exclude)
+        if banned is not None:
             order = order[~banned[order]]
         top = order[:k]
         return self._pairs(top, self.item_popularity[top])
@@ -333,7 +334,7 @@ class Recommender:
             Strategy ``nmf`` for a known user, ``fold_in`` for an unseen user with
             at least one known recent item, else ``popularity``.
         """
-        k = _check_k(k)
+        k = check_k(k, limit=self.n_items)
         if not isinstance(exclude_seen, (bool, np.bool_)):
             raise ValidationError(f"`exclude_seen` must be true or false; got {exclude_seen!r}")
         deny = self._known_items(exclude_items)
@@ -344,7 +345,8 @@ class Recommender:
         user = int(self._users.lookup([user_id])[0])
         if user >= 0:
             ids, scores = self.model.recommend(
-                user, k, exclude_seen=exclude_seen, exclude_items=deny, items=allow
+                user, k, exclude_seen=exclude_seen, exclude_items=deny, items=allow,
+                user_items=self.user_items,
             )
             return Recommendations(self._users.external(user), "nmf", self._pairs(ids, scores))
         if recent.size:
@@ -392,7 +394,7 @@ class Recommender:
         items: Iterable[Any] | None = None,
     ) -> list[Recommendations]:
         """:meth:`recommend` for many users at once; known users are scored in one batch."""
-        k = _check_k(k)
+        k = check_k(k, limit=self.n_items)
         if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, Iterable):
             raise ValidationError(f"`user_ids` must be a list of user ids; got {user_ids!r}")
         user_ids = list(user_ids)
@@ -403,7 +405,8 @@ class Recommender:
         out: list[Recommendations | None] = [None] * len(user_ids)
         if known.size:
             ids, scores = self.model.recommend_batch(
-                rows[known], k, exclude_seen=exclude_seen, exclude_items=deny, items=allow
+                rows[known], k, exclude_seen=exclude_seen, exclude_items=deny, items=allow,
+                user_items=self.user_items,
             )
             for j, position in enumerate(known.tolist()):
                 out[position] = Recommendations(
@@ -423,21 +426,19 @@ class Recommender:
         UnknownIdError
             If the model does not know ``item_id``.
         """
-        ids, scores = self.model.similar_items(self._items.index(item_id), _check_k(k))
+        ids, scores = self.model.similar_items(self._items.index(item_id), k)
         return self._pairs(ids, scores)
 
-    def explain(
-        self, user_id: Any, item_id: Any, *, n_factors: int = 5, n_items: int = 5
-    ) -> dict[str, Any]:
+    def explain(self, user_id: Any, item_id: Any, *, n_factors: int = 5, n_items: int = 5) -> Explanation:
         """Why the model scores ``item_id`` for ``user_id`` as it does.
 
         Returns
         -------
-        dict
-            ``user_id``, ``item_id``, ``score``, ``bias`` (explicit feedback), ``factors``
-            (``[{"factor", "contribution"}]``, largest first) and ``items``
-            (``[{"item_id", "contribution"}]``: the user's history items that push
-            the score up most).
+        Explanation
+            The model's explanation (``NMFModel.explain``) in external ids: ``user``,
+            ``item``, ``score``, ``bias`` (explicit feedback), ``factors`` (largest
+            first) and ``items`` (the user's history items that push the score up
+            most, as ``(item_id, contribution)``); ``to_dict()`` gives the HTTP shape.
 
         Raises
         ------
@@ -449,17 +450,7 @@ class Recommender:
         item = self._items.index(item_id)
         why = self.model.explain(user, item, n_factors=n_factors, n_items=n_items)
         history = np.asarray([j for j, _ in why.items], dtype=np.int64)
-        return {
-            "user_id": self._users.external(user),
-            "item_id": self._items.external(item),
-            "score": why.score,
-            "bias": why.bias,
-            "factors": [{"factor": f, "contribution": c} for f, c in why.factors],
-            "items": [
-                {"item_id": external, "contribution": c}
-                for external, (_, c) in zip(self._items.external(history), why.items, strict=True)
-            ],
-        }
+        return why.with_ids(self._users.external(user), self._items.external(item), self._items.external(history))
 
     # -- persistence -------------------------------------------------------------------
 
@@ -470,17 +461,15 @@ class Recommender:
         -------
         pathlib.Path
         """
-        state, fields = self.model._state()
-        arrays = state | {
-            "user_ids": self._users.ids,
-            "item_ids": self._items.ids,
-            "item_popularity": self.item_popularity,
-        }
-        metadata = dict(self.metadata)
-        metadata["timbral_version"] = __version__
-        metadata["params"] = fields["params"]
-        metadata["fit"] = fields
-        return write_model_dir(directory, ModelArtifact(arrays, metadata), overwrite=overwrite)
+        artifact = model_artifact(
+            self.model,
+            user_ids=self._users.ids,
+            item_ids=self._items.ids,
+            seen=self.user_items,
+            item_popularity=self.item_popularity,
+            metadata=self.metadata,
+        )
+        return write_model_dir(directory, artifact, overwrite=overwrite)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Recommender:
@@ -489,29 +478,10 @@ class Recommender:
         Raises
         ------
         ArtifactError
-            If a file is missing, damaged or edited, shapes disagree, or the format
-            is newer than this library.
+            If a file is missing, damaged or edited, shapes or parameters are invalid,
+            or the format is newer than this library.
         """
         artifact = read_model_dir(directory)
-        a, meta = artifact.arrays, artifact.metadata
-        where = f"model directory {str(directory)!r}"
-        try:
-            fields = meta["fit"]
-            if (fields.get("shape") or [None, None]) != [meta["n_users"], meta["n_items"]]:
-                raise ArtifactError(
-                    f"{where}: metadata.json records {meta['n_users']} users × {meta['n_items']} items "
-                    f"but the model was fitted on shape {fields.get('shape')}; retrain the model"
-                )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ArtifactError(
-                f"{where}: metadata.json does not describe a valid model ({type(exc).__name__}: {exc}); "
-                "retrain the model"
-            ) from None
-        model = NMFModel._from_state(a, fields, source=where)
-        return cls(model, a["user_ids"], a["item_ids"], model.user_items_, meta, a["item_popularity"])
-
-
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValidationError(f"`k` must be a positive integer; got {k!r}")
-    return int(k)
+        model, seen = model_from_artifact(artifact, source=f"model directory {str(directory)!r}")
+        a = artifact.arrays
+        return cls(model, a["user_ids"], a["item_ids"], seen, artifact.metadata, a["item_popularity"])

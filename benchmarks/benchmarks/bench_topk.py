@@ -15,7 +15,7 @@ class TopK:
 
     def setup(self, n_users: int, n_items: int, exclude_seen: bool) -> None:
         try:
-            from timbral._scoring import top_k
+            from timbral.scoring import top_k
         except ImportError as exc:  # a commit before the top-K kernel existed
             raise NotImplementedError(str(exc)) from exc
         self.top_k = top_k
@@ -38,7 +38,7 @@ class TopKMatchesNumPy:
 
     def setup(self, n_items: int) -> None:
         try:
-            from timbral._scoring import top_k
+            from timbral.scoring import top_k
         except ImportError as exc:
             raise NotImplementedError(str(exc)) from exc
         self.top_k = top_k
