@@ -35,11 +35,12 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from timbral.dask import _adapter
+from timbral.dask import _solve
 from timbral.dask.blocks import Blocks, CleaningRules, read_blocks
 from timbral.data import ValidationReport
+from timbral._validation import check_random_state
 from timbral.exceptions import ConvergenceWarning, ValidationError
-from timbral.model import NMFModel
+from timbral.nmf import FittedState, NMFModel
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -60,7 +61,8 @@ class DaskFit:
     Attributes
     ----------
     model : NMFModel
-        The fitted model (factors gathered to the client).
+        A new fitted model with the parameters of the one passed (factors gathered
+        to the client at the end).
     user_ids, item_ids : ndarray
         External ids of the model's rows and columns (sorted).
     report : ValidationReport
@@ -104,10 +106,11 @@ class _Side:
 
 def _plan(block: sp.csr_matrix, other_bounds: NDArray[np.int64], feedback: str, confidence: str,
           dtype: np.dtype) -> tuple[sp.csr_matrix, list[NDArray[np.int64]]]:
-    """Columns renumbered over the rows actually needed, and those rows per block of the other side."""
+    """Kernel values with columns renumbered over the rows actually needed, and those rows per
+    block of the other side."""
     needed = np.unique(block.indices)
     local = np.searchsorted(needed, block.indices).astype(block.indices.dtype)
-    data = _adapter.solver_data(block, feedback, confidence, dtype)
+    data = _solve.kernel_data(block, feedback, confidence, dtype, None)
     compact = sp.csr_matrix((data, local, block.indptr), shape=(block.shape[0], needed.size))
     cuts = np.searchsorted(needed, other_bounds)
     return compact, [needed[a:b] - lo for a, b, lo in zip(cuts[:-1], cuts[1:], other_bounds[:-1])]
@@ -126,16 +129,16 @@ def _take(Y: NDArray[np.floating], rows: NDArray[np.int64]) -> NDArray[np.floati
     return np.take(Y, rows, axis=0)
 
 
-def _solve(plan: tuple[sp.csr_matrix, list[NDArray[np.int64]]], X: NDArray[np.floating],
-           gram: NDArray[np.floating], w: _adapter.Weights, l1: float, sweeps: int, n_threads: int,
-           whole: list[int], *pieces: NDArray[np.floating]) -> tuple[Any, ...]:
+def _solve_block(plan: tuple[sp.csr_matrix, list[NDArray[np.int64]]], X: NDArray[np.floating],
+                 gram: NDArray[np.floating], solve: _solve.SolveSettings, n_threads: int,
+                 whole: list[int], *pieces: NDArray[np.floating]) -> tuple[Any, ...]:
     """One block's row solves against the gathered rows; returns (X, XᵀX, Σ observed loss, ΣX)."""
     compact, rows = plan
     Y = np.concatenate([piece[rows[j]] if j in whole else piece for j, piece in zip(_owners(rows), pieces)])
     Y = np.ascontiguousarray(Y, dtype=X.dtype)
     X = np.array(X, order="C")  # our own copy: the input block may be shared
     row_loss = np.empty(X.shape[0])
-    _adapter.solve_rows(compact, compact.data, X, Y, gram, w, l1, sweeps, n_threads, row_loss)
+    _solve.solve_rows(compact, X, Y, gram, solve, n_threads, row_loss)
     return X, X.T @ X, float(row_loss.sum()), float(X.sum(dtype=np.float64))
 
 
@@ -152,10 +155,9 @@ def _gram_sum(X: NDArray[np.floating]) -> tuple[NDArray[np.floating], float]:
     return X.T @ X, float(X.sum(dtype=np.float64))
 
 
-def _block_sums(block: sp.csr_matrix, feedback: str, confidence: str, dtype: np.dtype) -> tuple[float, float]:
-    """(Σ|r|, Σ r') of a block: the start's scale and the "auto" λ need them."""
-    data = _adapter.solver_data(block, feedback, confidence, dtype)
-    return float(np.abs(block.data).sum(dtype=np.float64)), float(data.sum(dtype=np.float64))
+def _block_sums(block: sp.csr_matrix, feedback: str, alpha: float, confidence: str) -> tuple[float, float]:
+    """(Σ|r|, confidence mass) of a block: the start's scale and the "auto" λ add them up."""
+    return float(np.abs(block.data).sum(dtype=np.float64)), _solve.block_mass(block, feedback, alpha, confidence)
 
 
 def _save(X: NDArray[np.floating], url: str) -> str:
@@ -207,13 +209,13 @@ def _side(client: Client, blocks: list[Future], bounds: NDArray[np.int64], other
 
 
 def _half_step(client: Client, side: _Side, X: list[Future], Y: list[Future], gram: NDArray[np.floating],
-               w: _adapter.Weights, l1: float, sweeps: int, n_threads: int) -> tuple[list[Future], list[Any]]:
+               solve: _solve.SolveSettings, n_threads: int) -> tuple[list[Future], list[Any]]:
     """New blocks of X and their (XᵀX, Σ observed loss, ΣX), in block order."""
     new, stats = [], []
     for plan, x, mine in zip(side.plans, X, side.sources):
         pieces = [Y[j] if rows is None else client.submit(_take, Y[j], rows) for j, rows in mine]
         whole = [j for j, rows in mine if rows is None]
-        result = client.submit(_solve, plan, x, gram, w, l1, sweeps, n_threads, whole, *pieces, pure=False)
+        result = client.submit(_solve_block, plan, x, gram, solve, n_threads, whole, *pieces, pure=False)
         new.append(client.submit(operator.getitem, result, 0))
         stats.append(client.submit(_stats, result))
     return new, client.gather(stats)
@@ -271,8 +273,7 @@ def fit(
         raise ValidationError(f"n_blocks must be a positive integer, got {n_blocks!r}")
     if not 0.0 <= broadcast_fraction <= 1.0:
         raise ValidationError(f"broadcast_fraction must be between 0 and 1, got {broadcast_fraction!r}")
-    rng = model.random_state if isinstance(model.random_state, np.random.Generator) else np.random.default_rng(model.random_state)
-    state = rng.bit_generator.state
+    state = check_random_state(model.random_state).bit_generator.state
     rules = rules if rules is not None else CleaningRules(feedback=model.feedback)
     if rules.feedback != model.feedback:
         raise ValidationError(
@@ -285,9 +286,7 @@ def fit(
 
 
 def _check_model(model: NMFModel) -> None:
-    from timbral._validation import check_params
-
-    check_params(model.get_params(), model._parameter_constraints)
+    model.check_params()
     if model.feedback not in SUPPORTED_FEEDBACK:
         raise ValidationError(
             f"distributed fits support feedback {SUPPORTED_FEEDBACK}; got {model.feedback!r}. "
@@ -313,38 +312,43 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
                 callback: Callable[[int, float], None] | None) -> DaskFit:
     dtype = np.dtype(np.float32)
     n_users, n_items = data.shape
-    k = model.n_components
+    k, alpha = model.n_components, float(model.alpha)
     sums = client.gather([
-        client.submit(_block_sums, b, model.feedback, model.confidence, dtype) for b in data.user_blocks
+        client.submit(_block_sums, b, model.feedback, alpha, model.confidence) for b in data.user_blocks
     ])
     nnz = data.report.nnz
-    lam = _adapter.regularization(model, nnz, sum(s[1] for s in sums), n_users, n_items)
+    if model.regularization != "auto":
+        lam = float(model.regularization)
+    elif model.feedback == "frobenius":  # a constant, whatever the data
+        lam = sums[0][1] / (int(data.user_bounds[1]) + n_items)
+    else:
+        lam = sum(s[1] for s in sums) / (n_users + n_items)
     l1, l2 = lam * float(model.l1_ratio), lam * (1.0 - float(model.l1_ratio))
-    w = _adapter.weights(model.feedback, float(model.alpha))
-    sweeps = _adapter.FIT_SWEEPS[model.feedback]
+    solve = _solve.settings(model.feedback, alpha, l1)
     target_sum = float(nnz) if model.feedback == "implicit" else sum(s[0] for s in sums)
-    scale = _adapter.start_scale(target_sum, n_users, n_items, k)
+    scale = _solve.start_scale(target_sum, n_users, n_items, k)
 
     users = _side(client, data.user_blocks, data.user_bounds, data.item_bounds, model, dtype, broadcast_fraction)
     items = _side(client, data.item_blocks, data.item_bounds, data.user_bounds, model, dtype, broadcast_fraction)
-    W = [client.submit(_adapter.block_start, state, int(lo), int(hi - lo), k, scale, dtype)
+    W = [client.submit(_solve.block_start, state, int(lo), int(hi - lo), k, scale, dtype)
          for lo, hi in zip(data.user_bounds[:-1], data.user_bounds[1:])]
-    H = [client.submit(_adapter.block_start, state, n_users + int(lo), int(hi - lo), k, scale, dtype)
+    H = [client.submit(_solve.block_start, state, n_users + int(lo), int(hi - lo), k, scale, dtype)
          for lo, hi in zip(data.item_bounds[:-1], data.item_bounds[1:])]
     HtH = sum(g for g, _ in client.gather([client.submit(_gram_sum, h) for h in H]))
+    beta = solve.weights.beta
 
     history: list[float] = []
     seconds: list[float] = []
     change, converged = np.inf, False
     for iteration in range(1, model.max_iter + 1):
         started = time.perf_counter()
-        W, w_stats = _half_step(client, users, W, H, _adapter.gram(HtH, w, l2), w, l1, sweeps, n_threads)
+        W, w_stats = _half_step(client, users, W, H, _solve.regularized_gram(HtH, beta, l2), solve, n_threads)
         WtW = sum(s[0] for s in w_stats)
-        H, h_stats = _half_step(client, items, H, W, _adapter.gram(WtW, w, l2), w, l1, sweeps, n_threads)
+        H, h_stats = _half_step(client, items, H, W, _solve.regularized_gram(WtW, beta, l2), solve, n_threads)
         HtH = sum(s[0] for s in h_stats)
-        loss = _adapter.loss(WtW, HtH, w, l2, l1, sum(s[1] for s in h_stats),
-                             sum(s[2] for s in w_stats), sum(s[2] for s in h_stats))
-        _adapter.check_finite(loss, iteration, model.feedback, float(model.alpha), l2)
+        loss = _solve.objective(WtW, HtH, solve, l2, sum(s[1] for s in h_stats),
+                                sum(s[2] for s in w_stats), sum(s[2] for s in h_stats))
+        _solve.check_finite(loss, iteration, alpha, l2)
         if checkpoint is not None:
             W, H = _checkpoint(client, checkpoint, iteration, W, H)
         seconds.append(time.perf_counter() - started)
@@ -364,12 +368,14 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
             ConvergenceWarning,
             stacklevel=3,
         )
-    user_items = sp.vstack(client.gather(data.user_blocks), format="csr")
-    _adapter.set_fitted(model, np.concatenate(client.gather(W)), np.concatenate(client.gather(H)),
-                        user_items, lam, history)
+    W_all, H_all = np.concatenate(client.gather(W)), np.concatenate(client.gather(H))
+    fitted = NMFModel.from_fitted(model.get_params(), FittedState(
+        W_all, H_all, np.zeros(n_users, dtype), np.zeros(n_items, dtype), 0.0, lam, len(history), history,
+        sp.vstack(client.gather(data.user_blocks), format="csr"),
+    ))
     row_bytes = k * dtype.itemsize
     return DaskFit(
-        model, client.gather(data.user_ids), client.gather(data.item_ids), data.report, seconds,
+        fitted, client.gather(data.user_ids), client.gather(data.item_ids), data.report, seconds,
         (users.bytes_per_step + items.bytes_per_step) * row_bytes, users.broadcasts + items.broadcasts,
     )
 
