@@ -35,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from timbral.dask import _solve
+from timbral.dask import solve as rowsolve
 from timbral.dask.blocks import Blocks, CleaningRules, read_blocks
 from timbral.data import ValidationReport
 from timbral._validation import check_random_state
@@ -110,7 +110,7 @@ def _plan(block: sp.csr_matrix, other_bounds: NDArray[np.int64], feedback: str, 
     block of the other side."""
     needed = np.unique(block.indices)
     local = np.searchsorted(needed, block.indices).astype(block.indices.dtype)
-    data = _solve.kernel_data(block, feedback, confidence, dtype, None)
+    data = rowsolve.kernel_data(block, feedback, confidence, dtype, None)
     compact = sp.csr_matrix((data, local, block.indptr), shape=(block.shape[0], needed.size))
     cuts = np.searchsorted(needed, other_bounds)
     return compact, [needed[a:b] - lo for a, b, lo in zip(cuts[:-1], cuts[1:], other_bounds[:-1])]
@@ -130,7 +130,7 @@ def _take(Y: NDArray[np.floating], rows: NDArray[np.int64]) -> NDArray[np.floati
 
 
 def _solve_block(plan: tuple[sp.csr_matrix, list[NDArray[np.int64]]], X: NDArray[np.floating],
-                 gram: NDArray[np.floating], solve: _solve.SolveSettings, n_threads: int,
+                 gram: NDArray[np.floating], solve: rowsolve.SolveSettings, n_threads: int,
                  whole: list[int], *pieces: NDArray[np.floating]) -> tuple[Any, ...]:
     """One block's row solves against the gathered rows; returns (X, XᵀX, Σ observed loss, ΣX)."""
     compact, rows = plan
@@ -138,7 +138,7 @@ def _solve_block(plan: tuple[sp.csr_matrix, list[NDArray[np.int64]]], X: NDArray
     Y = np.ascontiguousarray(Y, dtype=X.dtype)
     X = np.array(X, order="C")  # our own copy: the input block may be shared
     row_loss = np.empty(X.shape[0])
-    _solve.solve_rows(compact, X, Y, gram, solve, n_threads, row_loss)
+    rowsolve.solve_rows(compact, X, Y, gram, solve, n_threads, row_loss)
     return X, X.T @ X, float(row_loss.sum()), float(X.sum(dtype=np.float64))
 
 
@@ -157,7 +157,7 @@ def _gram_sum(X: NDArray[np.floating]) -> tuple[NDArray[np.floating], float]:
 
 def _block_sums(block: sp.csr_matrix, feedback: str, alpha: float, confidence: str) -> tuple[float, float]:
     """(Σ|r|, confidence mass) of a block: the start's scale and the "auto" λ add them up."""
-    return float(np.abs(block.data).sum(dtype=np.float64)), _solve.block_mass(block, feedback, alpha, confidence)
+    return float(np.abs(block.data).sum(dtype=np.float64)), rowsolve.block_mass(block, feedback, alpha, confidence)
 
 
 def _save(X: NDArray[np.floating], url: str) -> str:
@@ -209,7 +209,7 @@ def _side(client: Client, blocks: list[Future], bounds: NDArray[np.int64], other
 
 
 def _half_step(client: Client, side: _Side, X: list[Future], Y: list[Future], gram: NDArray[np.floating],
-               solve: _solve.SolveSettings, n_threads: int) -> tuple[list[Future], list[Any]]:
+               solve: rowsolve.SolveSettings, n_threads: int) -> tuple[list[Future], list[Any]]:
     """New blocks of X and their (XᵀX, Σ observed loss, ΣX), in block order."""
     new, stats = [], []
     for plan, x, mine in zip(side.plans, X, side.sources):
@@ -324,15 +324,15 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
     else:
         lam = sum(s[1] for s in sums) / (n_users + n_items)
     l1, l2 = lam * float(model.l1_ratio), lam * (1.0 - float(model.l1_ratio))
-    solve = _solve.settings(model.feedback, alpha, l1)
+    solve = rowsolve.settings(model.feedback, alpha, l1)
     target_sum = float(nnz) if model.feedback == "implicit" else sum(s[0] for s in sums)
-    scale = _solve.start_scale(target_sum, n_users, n_items, k)
+    scale = rowsolve.start_scale(target_sum, n_users, n_items, k)
 
     users = _side(client, data.user_blocks, data.user_bounds, data.item_bounds, model, dtype, broadcast_fraction)
     items = _side(client, data.item_blocks, data.item_bounds, data.user_bounds, model, dtype, broadcast_fraction)
-    W = [client.submit(_solve.block_start, state, int(lo), int(hi - lo), k, scale, dtype)
+    W = [client.submit(rowsolve.block_start, state, int(lo), int(hi - lo), k, scale, dtype)
          for lo, hi in zip(data.user_bounds[:-1], data.user_bounds[1:])]
-    H = [client.submit(_solve.block_start, state, n_users + int(lo), int(hi - lo), k, scale, dtype)
+    H = [client.submit(rowsolve.block_start, state, n_users + int(lo), int(hi - lo), k, scale, dtype)
          for lo, hi in zip(data.item_bounds[:-1], data.item_bounds[1:])]
     HtH = sum(g for g, _ in client.gather([client.submit(_gram_sum, h) for h in H]))
     beta = solve.weights.beta
@@ -342,13 +342,13 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
     change, converged = np.inf, False
     for iteration in range(1, model.max_iter + 1):
         started = time.perf_counter()
-        W, w_stats = _half_step(client, users, W, H, _solve.regularized_gram(HtH, beta, l2), solve, n_threads)
+        W, w_stats = _half_step(client, users, W, H, rowsolve.regularized_gram(HtH, beta, l2), solve, n_threads)
         WtW = sum(s[0] for s in w_stats)
-        H, h_stats = _half_step(client, items, H, W, _solve.regularized_gram(WtW, beta, l2), solve, n_threads)
+        H, h_stats = _half_step(client, items, H, W, rowsolve.regularized_gram(WtW, beta, l2), solve, n_threads)
         HtH = sum(s[0] for s in h_stats)
-        loss = _solve.objective(WtW, HtH, solve, l2, sum(s[1] for s in h_stats),
+        loss = rowsolve.objective(WtW, HtH, solve, l2, sum(s[1] for s in h_stats),
                                 sum(s[2] for s in w_stats), sum(s[2] for s in h_stats))
-        _solve.check_finite(loss, iteration, alpha, l2)
+        rowsolve.check_finite(loss, iteration, alpha, l2)
         if checkpoint is not None:
             W, H = _checkpoint(client, checkpoint, iteration, W, H)
         seconds.append(time.perf_counter() - started)
