@@ -8,5 +8,6 @@ Parquet. Needs the ``distributed`` extra (``pip install timbral[distributed]``).
 
 from timbral.dask.blocks import Blocks, CleaningRules, read_blocks
 from timbral.dask.fit import DaskFit, fit
+from timbral.dask.scoring import RecommendAllSummary, recommend_all
 
-__all__ = ["Blocks", "CleaningRules", "DaskFit", "fit", "read_blocks"]
+__all__ = ["Blocks", "CleaningRules", "DaskFit", "RecommendAllSummary", "fit", "read_blocks", "recommend_all"]

@@ -156,8 +156,7 @@ def _ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[NDArray[Any], N
     if pa.types.is_integer(column.type):
         return column.fill_null(0).to_numpy().astype(np.int64, copy=False), valid
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        values = column.fill_null("").to_numpy(zero_copy_only=False).astype(str)
-        return values, valid & (values != "")
+        return column.fill_null("").to_numpy(zero_copy_only=False).astype(str), valid
     raise DataError(
         f"column {name!r} has type {column.type}; ids must be integers or strings (cast the column)"
     )
@@ -201,11 +200,18 @@ def _validate(table: pa.Table, columns: tuple[str, str, str | None], rules: Clea
 
 def _read_parquet(fs: Any, path: str, columns: tuple[str, str, str | None], rules: CleaningRules) -> tuple[Any, dict[str, int]]:
     wanted = [c for c in columns if c is not None]
-    try:
-        table = pq.read_table(path, columns=wanted, filesystem=fs)
-    except (pa.ArrowInvalid, KeyError) as exc:
-        raise DataError(f"cannot read {path!r} as Parquet with columns {wanted}: {exc}") from None
-    return _validate(table, columns, rules)
+    with fs.open(path, "rb") as f:
+        try:
+            parquet = pq.ParquetFile(f)
+        except pa.ArrowInvalid as exc:
+            raise DataError(f"cannot read {path!r} as Parquet ({exc}); pass only Parquet files") from None
+        names = parquet.schema_arrow.names
+        missing = [c for c in wanted if c not in names]
+        if missing:
+            raise DataError(
+                f"column(s) {missing} not found among {names} in {path!r}; pass user_col=, item_col=, rating_col="
+            )
+        return _validate(parquet.read(columns=wanted), columns, rules)
 
 
 def _read_frame(frame: Any, columns: tuple[str, str, str | None], rules: CleaningRules) -> tuple[Any, dict[str, int]]:
