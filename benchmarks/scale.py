@@ -40,7 +40,8 @@ from timbral import NMFModel
 from timbral.data import load_interactions
 path = {path!r}
 whole = {whole!r}
-pq.write_table(pa.concat_tables([pq.read_table(f) for f in sorted(__import__("glob").glob(path + "/*.parquet"))]), whole)
+parts = sorted(__import__("glob").glob(path + "/*.parquet"))
+pq.write_table(pa.concat_tables([pq.read_table(f) for f in parts]), whole)
 data = load_interactions(whole, rating_col="plays", max_value=None, max_user_interactions=None)
 ticks = [time.perf_counter()]
 NMFModel(n_components={k}, max_iter={epochs}, tol=0, random_state=0, n_threads={threads}).fit(

@@ -162,7 +162,12 @@ def _ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[NDArray[Any], N
     )
 
 
-def _validate(table: pa.Table, columns: tuple[str, str, str | None], rules: CleaningRules) -> tuple[Any, dict[str, int]]:
+Columns = tuple[str, str, str | None]
+#: A partition after validation: (users, items, values) arrays and the per-rule counts.
+Part = tuple[tuple[NDArray[Any], NDArray[Any], NDArray[np.float64]], dict[str, int]]
+
+
+def _validate(table: pa.Table, columns: Columns, rules: CleaningRules) -> Part:
     """Rows that pass the per-row rules as (users, items, values), and the count dropped by each rule."""
     user_col, item_col, rating_col = columns
     missing = [c for c in columns if c is not None and c not in table.column_names]
@@ -198,7 +203,7 @@ def _validate(table: pa.Table, columns: tuple[str, str, str | None], rules: Clea
     return (users[keep], items[keep], values[keep]), counts
 
 
-def _read_parquet(fs: Any, path: str, columns: tuple[str, str, str | None], rules: CleaningRules) -> tuple[Any, dict[str, int]]:
+def _read_parquet(fs: Any, path: str, columns: Columns, rules: CleaningRules) -> Part:
     wanted = [c for c in columns if c is not None]
     with fs.open(path, "rb") as f:
         try:
@@ -214,14 +219,14 @@ def _read_parquet(fs: Any, path: str, columns: tuple[str, str, str | None], rule
         return _validate(parquet.read(columns=wanted), columns, rules)
 
 
-def _read_frame(frame: Any, columns: tuple[str, str, str | None], rules: CleaningRules) -> tuple[Any, dict[str, int]]:
+def _read_frame(frame: Any, columns: Columns, rules: CleaningRules) -> Part:
     return _validate(pa.Table.from_pandas(frame, preserve_index=False), columns, rules)
 
 
 # -- step 2: distinct ids ------------------------------------------------------------------
 
 
-def _distinct(part: tuple[Any, dict[str, int]], which: int) -> NDArray[Any]:
+def _distinct(part: Part, which: int) -> NDArray[Any]:
     return np.unique(part[0][which])
 
 
@@ -248,7 +253,7 @@ def tree_reduce(client: Client, futures: list[Future], combine: Callable[[Any, A
 
 
 def _encode_split(
-    part: tuple[Any, dict[str, int]], user_map: NDArray[Any], item_map: NDArray[Any], bounds: NDArray[np.int64]
+    part: Part, user_map: NDArray[Any], item_map: NDArray[Any], bounds: NDArray[np.int64]
 ) -> list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]]:
     """The partition's rows as codes, cut by user block."""
     users, items, values = part[0]
@@ -257,13 +262,15 @@ def _encode_split(
     order = np.argsort(u, kind="stable")
     u, i, values = u[order], i[order], values[order]
     cuts = np.searchsorted(u, bounds)
-    return [(u[a:b], i[a:b], values[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [(u[a:b], i[a:b], values[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 # -- step 4: per user block ----------------------------------------------------------------
 
 
-def _user_block(lo: int, hi: int, n_items: int, rules: CleaningRules, *pieces: Any) -> tuple[sp.csr_matrix, dict[str, int]]:
+def _user_block(
+    lo: int, hi: int, n_items: int, rules: CleaningRules, *pieces: Any
+) -> tuple[sp.csr_matrix, dict[str, int]]:
     """Merge duplicates and apply the per-user rules; rows are users ``lo:hi`` (pre-filter codes)."""
     u = np.concatenate([p[0] for p in pieces]) - lo
     i = np.concatenate([p[1] for p in pieces])
@@ -327,7 +334,9 @@ def _n_rows(block: tuple[sp.csr_matrix, Any]) -> int:
     return int(block[0].shape[0])
 
 
-def _block_user_ids(user_map: NDArray[Any], lo: int, hi: int, block: tuple[sp.csr_matrix, NDArray[np.bool_]]) -> NDArray[Any]:
+def _block_user_ids(
+    user_map: NDArray[Any], lo: int, hi: int, block: tuple[sp.csr_matrix, NDArray[np.bool_]]
+) -> NDArray[Any]:
     return user_map[lo:hi][block[1]]
 
 
@@ -343,7 +352,7 @@ def _split_items(
     order = np.argsort(csr.indices, kind="stable")  # stable: users stay ascending within an item
     items, users, values = csr.indices[order], users[order], csr.data[order]
     cuts = np.searchsorted(items, bounds)
-    return [(items[a:b], users[a:b], values[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [(items[a:b], users[a:b], values[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 def _item_block(lo: int, hi: int, n_users: int, *pieces: Any) -> sp.csr_matrix:
@@ -361,7 +370,7 @@ def _first(pair: tuple[Any, Any]) -> Any:
     return pair[0]
 
 
-def _counts(part: tuple[Any, dict[str, int]]) -> dict[str, int]:
+def _counts(part: Part) -> dict[str, int]:
     return part[1]
 
 
@@ -423,7 +432,7 @@ def read_blocks(
     raw_blocks = [
         client.submit(_user_block, int(lo), int(hi), n_items0, rules,
                       *[client.submit(operator.getitem, s, b) for s in splits])
-        for b, (lo, hi) in enumerate(zip(bounds0[:-1], bounds0[1:]))
+        for b, (lo, hi) in enumerate(zip(bounds0[:-1], bounds0[1:], strict=True))
     ]
     del parts, splits  # the blocks keep what they need; lineage stays with the scheduler
     _add(report, client.gather([client.submit(_counts, b) for b in raw_blocks]))
@@ -444,17 +453,20 @@ def read_blocks(
     user_ids = tree_reduce(
         client,
         [client.submit(_block_user_ids, user_map, int(lo), int(hi), f)
-         for f, lo, hi in zip(finals, bounds0[:-1], bounds0[1:])],
+         for f, lo, hi in zip(finals, bounds0[:-1], bounds0[1:], strict=True)],
         _concat,
     )
     item_ids = client.submit(operator.itemgetter(1), codes)
 
     item_bounds = even_bounds(n_items, n_blocks)
-    item_splits = [client.submit(_split_items, f, int(off), item_bounds) for f, off in zip(finals, user_bounds[:-1])]
+    item_splits = [
+        client.submit(_split_items, f, int(off), item_bounds)
+        for f, off in zip(finals, user_bounds[:-1], strict=True)
+    ]
     item_blocks = [
         client.submit(_item_block, int(lo), int(hi), int(user_bounds[-1]),
                       *[client.submit(operator.getitem, s, j) for s in item_splits])
-        for j, (lo, hi) in enumerate(zip(item_bounds[:-1], item_bounds[1:]))
+        for j, (lo, hi) in enumerate(zip(item_bounds[:-1], item_bounds[1:], strict=True))
     ]
     user_blocks = [client.submit(_first, f) for f in finals]
     report.n_users, report.n_items = int(user_bounds[-1]), int(n_items)

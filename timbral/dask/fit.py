@@ -35,10 +35,10 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from timbral._validation import check_random_state
 from timbral.dask import solve as rowsolve
 from timbral.dask.blocks import Blocks, CleaningRules, read_blocks
 from timbral.data import ValidationReport
-from timbral._validation import check_random_state
 from timbral.exceptions import ConvergenceWarning, ValidationError
 from timbral.nmf import FittedState, NMFModel
 
@@ -113,7 +113,7 @@ def _plan(block: sp.csr_matrix, other_bounds: NDArray[np.int64], feedback: str, 
     data = rowsolve.kernel_data(block, feedback, confidence, dtype, None)
     compact = sp.csr_matrix((data, local, block.indptr), shape=(block.shape[0], needed.size))
     cuts = np.searchsorted(needed, other_bounds)
-    return compact, [needed[a:b] - lo for a, b, lo in zip(cuts[:-1], cuts[1:], other_bounds[:-1])]
+    return compact, [needed[a:b] - lo for a, b, lo in zip(cuts[:-1], cuts[1:], other_bounds[:-1], strict=True)]
 
 
 def _need_counts(plan: tuple[sp.csr_matrix, list[NDArray[np.int64]]]) -> list[int]:
@@ -134,7 +134,9 @@ def _solve_block(plan: tuple[sp.csr_matrix, list[NDArray[np.int64]]], X: NDArray
                  whole: list[int], *pieces: NDArray[np.floating]) -> tuple[Any, ...]:
     """One block's row solves against the gathered rows; returns (X, XᵀX, Σ observed loss, ΣX)."""
     compact, rows = plan
-    Y = np.concatenate([piece[rows[j]] if j in whole else piece for j, piece in zip(_owners(rows), pieces)])
+    Y = np.concatenate(
+        [piece[rows[j]] if j in whole else piece for j, piece in zip(_owners(rows), pieces, strict=True)]
+    )
     Y = np.ascontiguousarray(Y, dtype=X.dtype)
     X = np.array(X, order="C")  # our own copy: the input block may be shared
     row_loss = np.empty(X.shape[0])
@@ -192,7 +194,7 @@ def _side(client: Client, blocks: list[Future], bounds: NDArray[np.int64], other
     counts = client.gather([client.submit(_need_counts, p) for p in plans])
     sizes = np.diff(other_bounds)
     sources, shipped, broadcasts = [], 0, 0
-    for plan, row in zip(plans, counts):
+    for plan, row in zip(plans, counts, strict=True):
         mine: list[tuple[int, Future | None]] = []
         for j, count in enumerate(row):
             if count == 0:
@@ -212,7 +214,7 @@ def _half_step(client: Client, side: _Side, X: list[Future], Y: list[Future], gr
                solve: rowsolve.SolveSettings, n_threads: int) -> tuple[list[Future], list[Any]]:
     """New blocks of X and their (XᵀX, Σ observed loss, ΣX), in block order."""
     new, stats = [], []
-    for plan, x, mine in zip(side.plans, X, side.sources):
+    for plan, x, mine in zip(side.plans, X, side.sources, strict=True):
         pieces = [Y[j] if rows is None else client.submit(_take, Y[j], rows) for j, rows in mine]
         whole = [j for j, rows in mine if rows is None]
         result = client.submit(_solve_block, plan, x, gram, solve, n_threads, whole, *pieces, pure=False)
@@ -331,9 +333,9 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
     users = _side(client, data.user_blocks, data.user_bounds, data.item_bounds, model, dtype, broadcast_fraction)
     items = _side(client, data.item_blocks, data.item_bounds, data.user_bounds, model, dtype, broadcast_fraction)
     W = [client.submit(rowsolve.block_start, state, int(lo), int(hi - lo), k, scale, dtype)
-         for lo, hi in zip(data.user_bounds[:-1], data.user_bounds[1:])]
+         for lo, hi in zip(data.user_bounds[:-1], data.user_bounds[1:], strict=True)]
     H = [client.submit(rowsolve.block_start, state, n_users + int(lo), int(hi - lo), k, scale, dtype)
-         for lo, hi in zip(data.item_bounds[:-1], data.item_bounds[1:])]
+         for lo, hi in zip(data.item_bounds[:-1], data.item_bounds[1:], strict=True)]
     HtH = sum(g for g, _ in client.gather([client.submit(_gram_sum, h) for h in H]))
     beta = solve.weights.beta
 
@@ -380,7 +382,9 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
     )
 
 
-def _checkpoint(client: Client, root: str, iteration: int, W: list[Future], H: list[Future]) -> tuple[list[Future], list[Future]]:
+def _checkpoint(
+    client: Client, root: str, iteration: int, W: list[Future], H: list[Future]
+) -> tuple[list[Future], list[Future]]:
     """Write this epoch's blocks, then continue from the files (the lineage stops here)."""
     base = f"{root.rstrip('/')}/epoch-{iteration:06d}"
     saved = client.gather(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -123,6 +123,6 @@ def recommend_all(
     urls = [fs.unstrip_protocol(f"{root}/part-{p:05d}.parquet") for p in range(len(bounds) - 1)]
     counts = client.gather([
         client.submit(_score_range, model_dir, int(lo), int(hi), k, url, pure=False)
-        for lo, hi, url in zip(bounds[:-1], bounds[1:], urls)
+        for lo, hi, url in zip(bounds[:-1], bounds[1:], urls, strict=True)
     ])
     return RecommendAllSummary(os.fspath(output), urls, n_users, int(sum(counts)), k, version)
