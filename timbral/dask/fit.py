@@ -95,9 +95,8 @@ class _Side:
     """One side's interaction blocks and how each gets the other side's factor rows."""
 
     plans: list[Future]  # per block: (local CSR over the needed rows, index of those rows per other block)
-    bounds: NDArray[np.int64]
     sources: list[list[tuple[int, Future | None]]]  # per block: (other block, its row index or None = whole)
-    bytes_per_step: int  # factor bytes shipped per half-step, in units of one row (× k × itemsize later)
+    rows_per_step: int  # factor rows shipped to this side's blocks per half-step
     broadcasts: int
 
 
@@ -188,8 +187,9 @@ def _remove(url: str) -> None:
 # -- the loop ----------------------------------------------------------------------------------
 
 
-def _side(client: Client, blocks: list[Future], bounds: NDArray[np.int64], other_bounds: NDArray[np.int64],
-          model: NMFModel, dtype: np.dtype, broadcast_fraction: float) -> _Side:
+def _side(client: Client, blocks: list[Future], other_bounds: NDArray[np.int64], model: NMFModel,
+          dtype: np.dtype, broadcast_fraction: float) -> _Side:
+    """Plan one side's blocks and decide, per pair of blocks, selected rows or the whole block."""
     plans = [client.submit(_plan, b, other_bounds, model.feedback, model.confidence, dtype) for b in blocks]
     counts = client.gather([client.submit(_need_counts, p) for p in plans])
     sizes = np.diff(other_bounds)
@@ -207,7 +207,7 @@ def _side(client: Client, blocks: list[Future], bounds: NDArray[np.int64], other
                 mine.append((j, client.submit(_route, plan, j)))
                 shipped += count
         sources.append(mine)
-    return _Side(plans, bounds, sources, shipped, broadcasts)
+    return _Side(plans, sources, shipped, broadcasts)
 
 
 def _half_step(client: Client, side: _Side, X: list[Future], Y: list[Future], gram: NDArray[np.floating],
@@ -330,8 +330,8 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
     target_sum = float(nnz) if model.feedback == "implicit" else sum(s[0] for s in sums)
     scale = rowsolve.start_scale(target_sum, n_users, n_items, k)
 
-    users = _side(client, data.user_blocks, data.user_bounds, data.item_bounds, model, dtype, broadcast_fraction)
-    items = _side(client, data.item_blocks, data.item_bounds, data.user_bounds, model, dtype, broadcast_fraction)
+    users = _side(client, data.user_blocks, data.item_bounds, model, dtype, broadcast_fraction)
+    items = _side(client, data.item_blocks, data.user_bounds, model, dtype, broadcast_fraction)
     W = [client.submit(rowsolve.block_start, state, int(lo), int(hi - lo), k, scale, dtype)
          for lo, hi in zip(data.user_bounds[:-1], data.user_bounds[1:], strict=True)]
     H = [client.submit(rowsolve.block_start, state, n_users + int(lo), int(hi - lo), k, scale, dtype)
@@ -378,7 +378,7 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
     row_bytes = k * dtype.itemsize
     return DaskFit(
         fitted, client.gather(data.user_ids), client.gather(data.item_ids), data.report, seconds,
-        (users.bytes_per_step + items.bytes_per_step) * row_bytes, users.broadcasts + items.broadcasts,
+        (users.rows_per_step + items.rows_per_step) * row_bytes, users.broadcasts + items.broadcasts,
     )
 
 
