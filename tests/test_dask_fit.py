@@ -19,7 +19,7 @@ dd = pytest.importorskip("dask.dataframe")
 
 from timbral import NMFModel, load_interactions  # noqa: E402
 from timbral.dask import CleaningRules, fit, read_blocks, recommend_all  # noqa: E402
-from timbral.exceptions import DataError, ValidationError  # noqa: E402
+from timbral.exceptions import ArtifactError, DataError, ValidationError  # noqa: E402
 from timbral.generate import write_partitioned  # noqa: E402
 
 SETTINGS = dict(n_components=6, max_iter=4, tol=0, random_state=5, n_threads=1)
@@ -224,6 +224,11 @@ def test_recommend_all_matches_recommend(client, plays, tmp_path):
         recommend_all(tmp_path / "model", client, k=7, output=tmp_path / "top")
     with pytest.raises(ValidationError, match=r"`k` must be a positive integer; got 0"):
         recommend_all(tmp_path / "model", client, k=0, output=tmp_path / "x")
+    with pytest.raises(ValidationError, match=r"n_partitions must be a positive integer, got -2"):
+        recommend_all(tmp_path / "model", client, k=3, output=tmp_path / "x", n_partitions=-2)
+    with pytest.raises(ArtifactError, match=r"model directory '.*nowhere'"):
+        recommend_all(tmp_path / "nowhere", client, k=3, output=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 # -- faults ---------------------------------------------------------------------------------
