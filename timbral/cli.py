@@ -10,6 +10,7 @@ overrides); level INFO when stderr is not a terminal, else WARNING (``--log-leve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -17,7 +18,7 @@ import socket
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -143,6 +144,41 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                       help="drop users with fewer interactions (default 5)")
 
 
+def _dask_options(parser: argparse.ArgumentParser, what: str, *, required: bool = False) -> None:
+    parser.add_argument("--dask", metavar="SCHEDULER", required=required,
+                        help=f"{what}: a scheduler address (tcp://host:8786) or local:N for a LocalCluster "
+                             "of N worker processes")
+    parser.add_argument("--worker-memory", default="auto", metavar="SIZE",
+                        help="with --dask local:N: memory limit of each worker, e.g. 4GiB (default: auto)")
+
+
+@contextlib.contextmanager
+def _dask_client(spec: str, worker_memory: str) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``--dask``: a scheduler address, or ``local:N`` worker processes."""
+    try:
+        import distributed
+    except ImportError:
+        raise _UsageError("--dask needs the distributed package: pip install 'timbral[distributed]'") from None
+    if spec.startswith("local:"):
+        try:
+            n_workers = _positive_int(spec[len("local:"):])
+        except argparse.ArgumentTypeError:
+            raise _UsageError(f"--dask {spec!r}: after 'local:' give a positive number of workers, e.g. local:4") from None
+        with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                      memory_limit=worker_memory, dashboard_address=":0") as cluster, \
+                distributed.Client(cluster) as client:
+            yield client
+        return
+    if "://" not in spec:
+        raise _UsageError(f"--dask {spec!r} is neither a scheduler address (tcp://host:8786) nor local:N")
+    try:
+        client = distributed.Client(spec, timeout="20s")
+    except OSError as exc:
+        raise _UsageError(f"--dask: cannot reach the scheduler at {spec} ({exc}); is `dask scheduler` running?") from None
+    with client:
+        yield client
+
+
 def _evaluation_options(parser: argparse.ArgumentParser, default_fraction: float | None) -> None:
     parser.add_argument("--test-fraction", type=_fraction, default=default_fraction, metavar="F",
                         help=f"share of each user's interactions held out (default {default_fraction})")
@@ -169,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-eval", action="store_true", help="skip the holdout evaluation (fit once, on all data)")
     train.add_argument("--json", action="store_true", help="print the summary as JSON")
     _model_options(train)
+    _dask_options(train, "fit on a Dask cluster, where the workers read DATA (a Parquet file, "
+                  "directory, glob or fsspec URL) and hold the factors; fits once on all the data")
+    train.add_argument("--checkpoint", metavar="URL",
+                       help="with --dask: directory or fsspec URL every worker can write, for per-epoch "
+                            "factor checkpoints (a lost worker then costs at most one epoch)")
 
     evaluate = commands.add_parser("evaluate", help="measure a model on a held-out split",
                                    description="Split, fit on the training part, print held-out metrics.")
@@ -184,13 +225,26 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--include-seen", action="store_true", help="allow items the user already played")
     recommend.add_argument("--json", action="store_true")
 
+    recommend_all = commands.add_parser(
+        "recommend-all", help="write every user's top-k as partitioned Parquet, scored on a Dask cluster")
+    recommend_all.add_argument("model", metavar="DIR", help="model directory every worker can read")
+    recommend_all.add_argument("--output", "-o", required=True, metavar="OUT",
+                               help="directory or fsspec URL to create (user_id, rank, item_id, score)")
+    recommend_all.add_argument("-k", type=_positive_int, default=10, help="items per user (10)")
+    recommend_all.add_argument("--partitions", type=_positive_int, metavar="N",
+                               help="output files (default: four per worker thread)")
+    _dask_options(recommend_all, "the cluster that scores", required=True)
+
     generate = commands.add_parser("generate", help="write synthetic music-like interactions",
                                    description="Heavy-tailed popularity and activity, taste clusters, play counts.")
-    generate.add_argument("output", metavar="OUT", help="file to write: .parquet, .csv or .tsv")
+    generate.add_argument("output", metavar="OUT", help="file to write: .parquet, .csv or .tsv "
+                          "(with --partitions: a directory to create)")
     generate.add_argument("--users", type=_positive_int, default=10_000)
     generate.add_argument("--items", type=_positive_int, default=5_000)
     generate.add_argument("--interactions", type=_positive_int, default=500_000)
     generate.add_argument("--seed", type=_non_negative_int, default=0)
+    generate.add_argument("--partitions", type=_positive_int, metavar="N",
+                          help="write a directory of N Parquet files (any size, in bounded memory)")
 
     serve = commands.add_parser("serve", help="serve a model over HTTP")
     serve.add_argument("--model", metavar="DIR", help="model directory (default: $TIMBRAL_MODEL_DIR)")
@@ -298,7 +352,46 @@ def _describe_training(result: Any) -> str:
 # -- commands -----------------------------------------------------------------------------
 
 
+def _cmd_train_dask(args: argparse.Namespace) -> int:
+    from timbral.dask import CleaningRules, fit
+    from timbral.nmf import NMFModel
+
+    given = {"n_components": args.components, "alpha": args.alpha, "confidence": args.confidence,
+             "regularization": args.regularization, "max_iter": args.iterations, "random_state": args.seed}
+    model = NMFModel(feedback=args.feedback, n_threads=1, **{k: v for k, v in given.items() if v is not None})
+    rules = CleaningRules(feedback=args.feedback, min_user_interactions=(
+        5 if args.min_user_interactions is None else args.min_user_interactions))
+    with _dask_client(args.dask, args.worker_memory) as client:
+        result = fit(model, args.data, client, user_col=args.user_col or "user_id",
+                     item_col=args.item_col or "item_id", rating_col=args.rating_col, rules=rules,
+                     checkpoint=args.checkpoint)
+    path = result.recommender().save(args.output)
+    summary = {"path": str(path), "n_users": result.report.n_users, "n_items": result.report.n_items,
+               "nnz": result.report.nnz, "n_iter": result.model.n_iter_,
+               "seconds_per_epoch": sum(result.epoch_seconds) / len(result.epoch_seconds),
+               "bytes_per_epoch": result.bytes_per_epoch}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"Trained on Dask: {summary['n_users']:,} users × {summary['n_items']:,} items "
+              f"({summary['nnz']:,} interactions), {summary['n_iter']} iterations, "
+              f"{summary['seconds_per_epoch']:.2f} s per epoch. Model saved to {path}")
+    return 0
+
+
+def _cmd_recommend_all(args: argparse.Namespace) -> int:
+    from timbral.dask import recommend_all
+
+    with _dask_client(args.dask, args.worker_memory) as client:
+        summary = recommend_all(args.model, client, args.k, args.output, n_partitions=args.partitions)
+    print(f"Wrote the top {summary.k} of {summary.n_users:,} users ({summary.n_rows:,} rows, model "
+          f"{summary.model_version}) to {summary.output} in {len(summary.files)} files.")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace, progress: bool) -> int:
+    if args.dask is not None:
+        return _cmd_train_dask(args)
     result = _train(args, args.data, args.output, test_fraction=None if args.no_eval else args.test_fraction,
                     k=args.k, refit=True, progress=progress)
     if args.json:
@@ -342,10 +435,14 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace, progress: bool) -> int:
-    from timbral.generate import write_interactions
+    from timbral.generate import write_interactions, write_partitioned
 
-    summary = write_interactions(args.output, args.users, args.items, args.interactions, args.seed,
-                                 progress=progress)
+    if args.partitions is not None:
+        summary = write_partitioned(args.output, args.users, args.items, args.interactions, args.seed,
+                                    n_partitions=args.partitions, progress=progress)
+    else:
+        summary = write_interactions(args.output, args.users, args.items, args.interactions, args.seed,
+                                     progress=progress)
     print(f"Wrote {summary.n_rows:,} interactions ({summary.n_users:,} users × {summary.n_items:,} items, "
           f"seed {args.seed}) to {summary.path} ({summary.format}) in {summary.seconds:.1f} s.")
     return 0
@@ -480,6 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _cmd_evaluate(args, interactive)
             if args.command == "recommend":
                 return _cmd_recommend(args)
+            if args.command == "recommend-all":
+                return _cmd_recommend_all(args)
             if args.command == "generate":
                 return _cmd_generate(args, interactive)
             if args.command == "serve":

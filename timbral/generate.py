@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ __all__ = [
     "generate_interactions",
     "iter_interactions",
     "write_interactions",
+    "write_partitioned",
 ]
 
 SCHEMA = pa.schema(
@@ -388,3 +390,84 @@ def write_interactions(
             bar.close()
         tmp.unlink(missing_ok=True)
     return GenerateSummary(path, fmt, n_rows, n_users, n_items, time.perf_counter() - start)
+
+
+def write_partitioned(
+    directory: str | os.PathLike[str],
+    n_users: int,
+    n_items: int,
+    n_interactions: int,
+    seed: int = 0,
+    *,
+    n_partitions: int,
+    progress: bool = False,
+    **options: object,
+) -> GenerateSummary:
+    """Stream synthetic interactions to a directory of Parquet files, one per partition.
+
+    The rows are those of :func:`iter_interactions` with the same arguments and
+    ``chunk_rows`` defaulting to ``min(1_000_000, ceil(n_interactions / (8 n_partitions)))``
+    (chunking is part of the random stream). Each partition holds whole users and
+    ``n_interactions / n_partitions`` rows give or take half a chunk; memory stays
+    bounded by one chunk whatever the total size. Files are written into a hidden sibling directory renamed into
+    place when complete, so a crash never leaves a partial dataset under ``directory``.
+
+    Parameters
+    ----------
+    directory : path-like
+        Output directory (must not exist yet); receives ``part-00000.parquet``, ...
+    n_partitions : int
+        Number of files; at most ``n_users`` (a user is never split).
+    n_users, n_items, n_interactions, seed, progress, **options
+        As in :func:`write_interactions`.
+    """
+    directory = Path(directory)
+    if isinstance(n_partitions, bool) or not isinstance(n_partitions, (int, np.integer)) or not (
+        1 <= n_partitions <= max(int(n_users), 1)
+    ):
+        raise ValidationError(
+            f"n_partitions must be an integer between 1 and n_users={n_users}, got {n_partitions!r}; "
+            "a partition holds whole users"
+        )
+    if directory.exists():
+        raise ValidationError(
+            f"output directory {str(directory)!r} already exists; remove it or choose a new one "
+            "(a partitioned dataset is written as a whole)"
+        )
+    if not directory.parent.is_dir():
+        raise ValidationError(f"parent directory {str(directory.parent)!r} does not exist; create it first")
+    share = int(n_interactions) / int(n_partitions)
+    options.setdefault("chunk_rows", min(1_000_000, max(1, math.ceil(share / 8))))
+    start = time.perf_counter()
+    tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+    tmp.mkdir()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_interactions, unit="rows", unit_scale=True, desc="generate")
+    n_rows, part = 0, 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for table in iter_interactions(n_users, n_items, n_interactions, seed, **options):  # type: ignore[arg-type]
+            # The next partition starts when this chunk's middle passes the current one's end.
+            if writer is not None and n_rows + table.num_rows / 2 > (part + 1) * share and part + 1 < n_partitions:
+                writer.close()
+                writer, part = None, part + 1
+            if writer is None:
+                writer = pq.ParquetWriter(tmp / f"part-{part:05d}.parquet", SCHEMA, compression="zstd")
+            writer.write_table(table)
+            n_rows += table.num_rows
+            if bar is not None:
+                bar.update(table.num_rows)
+        if writer is not None:
+            writer.close()
+            writer = None
+        os.replace(tmp, directory)
+    finally:
+        if writer is not None:
+            writer.close()
+        if bar is not None:
+            bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return GenerateSummary(directory, "parquet", n_rows, n_users, n_items, time.perf_counter() - start)
