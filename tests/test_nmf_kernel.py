@@ -151,18 +151,20 @@ def _observed_loss(R, X, Y, offset, scale, target_one, beta):
     return np.bincount(coo.row, c * (p - s) ** 2 - beta * s * s, minlength=R.shape[0])
 
 
+# Every feedback kind, and weights c − beta of both signs (the chunked path splits them).
+LONG_ROW_CASES = {**FEEDBACK, "mixed_sign_weights": (1.0, 1.0, True, 3.0)}
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("feedback", sorted(FEEDBACK))
+@pytest.mark.parametrize("case", sorted(LONG_ROW_CASES))
 @pytest.mark.parametrize("n_sweeps", [1, 3])
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_rows_longer_than_a_chunk_match_the_reference(kernels, dtype, feedback, n_sweeps,
-                                                      n_threads):
+def test_rows_longer_than_a_chunk_match_the_reference(kernels, dtype, case, n_sweeps, n_threads):
     """Issue 10.14: a row longer than the scratch is read in chunks, with the same result."""
-    chunk = kernels.ROW_CHUNK_ENTRIES
-    offset, scale, target_one, beta = FEEDBACK[feedback]
-    # Three chunks and a bit, one entry over, exactly one chunk, empty, short.
-    R, X, Y = _rows_of_length([2 * chunk + 500, chunk + 1, chunk, 0, 7], 2 * chunk + 600,
-                              dtype, k=6)
+    long = kernels.LONG_ROW_ENTRIES
+    offset, scale, target_one, beta = LONG_ROW_CASES[case]
+    # Twice the limit and a bit, one entry over, exactly at the limit, empty, short.
+    R, X, Y = _rows_of_length([2 * long + 500, long + 1, long, 0, 7], 2 * long + 600, dtype, k=6)
     gram = _gram(Y, beta, l2=0.1)
     expected = X.copy()
     _reference.solve_rows(R, expected, Y, gram, conf_offset=offset, conf_scale=scale,
@@ -180,13 +182,13 @@ def test_rows_longer_than_a_chunk_match_the_reference(kernels, dtype, feedback, 
 
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_scratch_is_bounded_whatever_the_longest_row(kernels, n_threads):
-    """Issue 10.14: per-thread scratch is O(k · ROW_CHUNK_ENTRIES + k²), not O(k · longest).
+    """Issue 10.14: per-thread scratch is O(k · LONG_ROW_ENTRIES + k²), not O(k · longest).
 
     The kernel allocates through ``PyMem_RawMalloc``, which tracemalloc traces, so the
     peak is exact (no RSS noise). Before chunking this row needed k · n values per thread.
     """
-    chunk, k = kernels.ROW_CHUNK_ENTRIES, 16
-    R, X, Y = _rows_of_length([40 * chunk, 3, chunk // 2], 40 * chunk, np.float64, k)
+    long, k = kernels.LONG_ROW_ENTRIES, 16
+    R, X, Y = _rows_of_length([16 * long, 3, long // 2], 16 * long, np.float64, k)
     gram = _gram(Y, 1.0, 0.1)
     expected = X.copy()
     _reference.solve_rows(R, expected, Y, gram, conf_offset=1.0, conf_scale=2.0,
@@ -198,8 +200,8 @@ def test_scratch_is_bounded_whatever_the_longest_row(kernels, n_threads):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    # The documented bound: (3k + 2C + k² + k) doubles and (16k + 2C·k + k²) values per thread.
-    bound = n_threads * 8 * ((4 * k + 2 * chunk + k * k) + (16 * k + 2 * chunk * k + k * k))
+    # The documented bound: (3k + 2L + k² + k) doubles and (16k + k·L) values per thread.
+    bound = n_threads * 8 * ((4 * k + 2 * long + k * k) + (16 * k + k * long))
     assert peak <= bound + 16_384  # + Python's own small allocations during the call
     assert 8 * k * R.indptr[1] > 10 * bound / n_threads  # what the unchunked row needed
     np.testing.assert_allclose(X, expected, **TOL[np.float64])

@@ -3,7 +3,8 @@
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
 from cython cimport floating, integral
 from cython.parallel cimport parallel, prange
-from scipy.linalg.cython_blas cimport dgemm, sgemm
+from libc.math cimport fabs, sqrt
+from scipy.linalg.cython_blas cimport dgemm, dsyrk, sgemm, ssyrk
 
 cdef extern from *:
     """
@@ -20,16 +21,18 @@ cdef enum:
     CHUNK = 8
     # Rows per block of solve_rows: Gx = X_block · gram is one small GEMM per block.
     BLOCK = 16
-    # Entries of one row held in scratch at a time. A longer row (an item with more
-    # listeners) is read chunk by chunk into an explicit k × k matrix, so per-thread
-    # scratch is O(k · ROW_CHUNK + k²) whatever the data. Large on purpose: the chunked
-    # path costs O(k²) per entry (one GEMM), 1.4-1.6× the O(k) path's time per entry.
-    ROW_CHUNK = 16384
+    # Entries of one row held in scratch at once. A longer row (an item with more
+    # listeners) is read ROW_CHUNK entries at a time into an explicit k × k matrix, so
+    # per-thread scratch is O(k · LONG_ROW + k²) whatever the data. The chunked path
+    # costs O(k²) per entry (BLAS SYRK) against O(k) for the other, hence large.
+    LONG_ROW = 16384
+    # Entries per SYRK of a long row: k × ROW_CHUNK values stay in L2.
+    ROW_CHUNK = 1024
     # Entries ahead whose factor rows are prefetched while gathering a row.
     AHEAD = 8
 
 #: Rows with more entries than this are solved chunk by chunk (``solve_rows``).
-ROW_CHUNK_ENTRIES = ROW_CHUNK
+LONG_ROW_ENTRIES = LONG_ROW
 
 
 cdef inline void _gram_times(
@@ -49,19 +52,28 @@ cdef inline void _gram_times(
               &zero, out, &k)
 
 
-cdef inline void _chunk_gram(
-    const floating* Yc, const floating* Zc, floating* out, int n, int k
+cdef inline void _add_gram(
+    const floating* Z, int m, int k, double sign, floating* Mc, double* M
 ) noexcept nogil:
-    """out (k × k) = Σ_j y_j z_jᵀ over the n rows of row-major Yc and Zc (n × k each), by BLAS.
+    """M (k × k, double) += sign · Zᵀ Z for row-major Z (m × k): one BLAS SYRK into Mc.
 
-    Column-major BLAS sees each as its k × n transpose: out = Ycᵀ · (Zcᵀ)ᵀ.
+    Column-major BLAS sees Z as its k × m transpose Z', so SYRK forms Z' Z'ᵀ; it fills
+    the upper triangle of column-major Mc (Mc[f + g k], f ≤ g), mirrored into M here.
     """
-    cdef char no = b"N", tr = b"T"
+    cdef char up = b"U", no = b"N"
     cdef floating one = 1.0, zero = 0.0
+    cdef Py_ssize_t f, g
+    cdef double v
     if floating is float:
-        sgemm(&no, &tr, &k, &k, &n, &one, <float*> Yc, &k, <float*> Zc, &k, &zero, out, &k)
+        ssyrk(&up, &no, &k, &m, &one, <float*> Z, &k, &zero, Mc, &k)
     else:
-        dgemm(&no, &tr, &k, &k, &n, &one, <double*> Yc, &k, <double*> Zc, &k, &zero, out, &k)
+        dsyrk(&up, &no, &k, &m, &one, <double*> Z, &k, &zero, Mc, &k)
+    for g in range(k):
+        for f in range(g):
+            v = sign * Mc[f + g * k]
+            M[f + g * k] += v
+            M[g + f * k] += v
+        M[g + g * k] += sign * Mc[g + g * k]
 
 
 cdef inline void _prefetch_row(const floating* row, Py_ssize_t k) noexcept nogil:
@@ -72,6 +84,16 @@ cdef inline void _prefetch_row(const floating* row, Py_ssize_t k) noexcept nogil
         TIMBRAL_PREFETCH(row + f)
         f += 64 // sizeof(floating)                   # one 64-byte cache line
     TIMBRAL_PREFETCH(row + k - 1)                     # the last line of an unaligned row
+
+
+cdef inline void _prefetch_head(
+    const integral* cols, Py_ssize_t n, const floating* Y, Py_ssize_t k
+) noexcept nogil:
+    """Prefetch the factor rows of a row's first AHEAD entries (the gather prefetches
+    the rest as it goes): called a row ahead, so short rows do not start on a miss."""
+    cdef Py_ssize_t j
+    for j in range(min(n, <Py_ssize_t> AHEAD)):
+        _prefetch_row(Y + <Py_ssize_t> cols[j] * k, k)
 
 
 cdef inline double _dot_w(
@@ -132,39 +154,48 @@ cdef double _gather_long(
     double* M,
     floating* chunk,
 ) noexcept nogil:
-    """b += Σ_j c_j p_j y_j and M = Σ_j (c_j − β) y_j y_jᵀ (k × k) of a long row.
+    """b += Σ_j c_j p_j y_j and M = Σ_j w_j y_j y_jᵀ (k × k), w_j = c_j − β, of a long row.
 
-    Reads ROW_CHUNK entries at a time into ``chunk`` (2 · ROW_CHUNK · k + k² values):
-    their rows y_j and w_j y_j, whose product is one GEMM added to M in double.
+    Reads ROW_CHUNK entries at a time into ``chunk`` ((ROW_CHUNK + k) × k values) as
+    z_j = √|w_j| y_j, rows with w_j ≥ 0 from the top and w_j < 0 from the bottom,
+    so M = Σ_top z_j z_jᵀ − Σ_bottom z_j z_jᵀ: one or two SYRKs per chunk.
     Returns Σ_j c_j p_j² (the loss needs it).
     """
-    cdef floating* Yc = chunk
-    cdef floating* Zc = chunk + ROW_CHUNK * k
-    cdef floating* Mc = chunk + 2 * ROW_CHUNK * k
-    cdef Py_ssize_t first = 0, m, j, f
-    cdef double c, cp, wj, cpp = 0.0
+    cdef floating* Z = chunk
+    cdef floating* Mc = chunk + ROW_CHUNK * k
+    cdef Py_ssize_t first = 0, m, j, f, n_pos, n_neg
+    cdef double c, cp, wj, root, cpp = 0.0
     cdef const floating* yrow
+    cdef floating* zrow
 
     for f in range(k * k):
         M[f] = 0.0
     while first < n:
         m = min(<Py_ssize_t> ROW_CHUNK, n - first)
-        for j in range(m):
-            if first + j + AHEAD < n:
-                _prefetch_row(Y + <Py_ssize_t> cols[first + j + AHEAD] * k, k)
-            c = conf_offset + conf_scale * r[first + j]   # c_j
-            cp = c if target_one else c * r[first + j]    # c_j · p_j
-            cpp += cp if target_one else cp * r[first + j]
-            wj = c - beta                                 # weight of y_j y_jᵀ in A
-            yrow = Y + <Py_ssize_t> cols[first + j] * k
+        n_pos = n_neg = 0
+        for j in range(first, first + m):
+            if j + AHEAD < n:
+                _prefetch_row(Y + <Py_ssize_t> cols[j + AHEAD] * k, k)
+            c = conf_offset + conf_scale * r[j]       # c_j
+            cp = c if target_one else c * r[j]        # c_j · p_j
+            cpp += cp if target_one else cp * r[j]
+            wj = c - beta                             # weight of y_j y_jᵀ in A
+            yrow = Y + <Py_ssize_t> cols[j] * k
             for f in range(k):
-                b[f] += cp * yrow[f]                      # b_f += c_j p_j y_jf
+                b[f] += cp * yrow[f]                  # b_f += c_j p_j y_jf
+            if wj >= 0.0:
+                zrow = Z + n_pos * k
+                n_pos += 1
+            else:
+                n_neg += 1
+                zrow = Z + (ROW_CHUNK - n_neg) * k
+            root = sqrt(fabs(wj))
             for f in range(k):
-                Yc[j * k + f] = yrow[f]
-                Zc[j * k + f] = <floating> (wj * yrow[f])
-        _chunk_gram(Yc, Zc, Mc, <int> m, <int> k)         # Σ_chunk y_j (w_j y_j)ᵀ
-        for f in range(k * k):
-            M[f] += Mc[f]
+                zrow[f] = <floating> (root * yrow[f])  # z_j = √|w_j| y_j
+        if n_pos > 0:
+            _add_gram(Z, <int> n_pos, <int> k, 1.0, Mc, M)
+        if n_neg > 0:
+            _add_gram(Z + (ROW_CHUNK - n_neg) * k, <int> n_neg, <int> k, -1.0, Mc, M)
         first += m
     return cpp
 
@@ -197,7 +228,7 @@ cdef double _solve_row(
 ) noexcept nogil:
     """Coordinate-descent sweeps on one row; ``gx`` holds gram · x on entry.
 
-    A row of at most ROW_CHUNK entries keeps s_j = x · y_j for its entries (``w``,
+    A row of at most LONG_ROW entries keeps s_j = x · y_j for its entries (``w``,
     ``s`` of n, scratch ``yt`` k × n with row f contiguous, filled here). A longer
     weighted row keeps Mx instead, M = Σ_j (c_j − β) y_j y_jᵀ formed chunk by chunk
     (``_gather_long``), so its scratch does not grow with n. Returns the row's
@@ -205,7 +236,7 @@ cdef double _solve_row(
     (O(n) from the maintained s_j, O(k²) as Σ c_j p_j² − 2 x · b + x · Mx for a
     long row, from b when unweighted), else 0.
     """
-    cdef bint long_row = weighted and n > ROW_CHUNK
+    cdef bint long_row = weighted and n > LONG_ROW
     cdef Py_ssize_t j, f, g
     cdef int sweep
     cdef double c, cp, wj, y, ax, new, delta, loss, cpp = 0.0
@@ -230,8 +261,6 @@ cdef double _solve_row(
             for g in range(k):
                 mx[g] += x[f] * mcol[g]
     else:
-        for j in range(min(n, <Py_ssize_t> AHEAD)):
-            _prefetch_row(Y + <Py_ssize_t> cols[j] * k, k)
         for j in range(n):
             if j + AHEAD < n:
                 _prefetch_row(Y + <Py_ssize_t> cols[j + AHEAD] * k, k)
@@ -350,18 +379,18 @@ def solve_rows(
         With ``beta · Σ (XᵀX ∘ YᵀY)`` it completes the data part of the objective
         without another pass over the entries.
 
-    Scratch per thread is O(k · ROW_CHUNK_ENTRIES + k²) whatever the longest row:
-    (3k + 2C + k² + k) doubles and (BLOCK · k + 2C · k + k²) values of the factors'
-    dtype at most, C = ROW_CHUNK_ENTRIES. A weighted row longer than C is read C
-    entries at a time into M = Σ_j (c_j − beta) y_j y_jᵀ (one GEMM per chunk, O(k²)
-    per entry instead of O(k)), then swept on M.
+    Scratch per thread is O(k · LONG_ROW_ENTRIES + k²) whatever the longest row: at
+    most (3k + 2L + k² + k) doubles and (BLOCK · k + k · L) values of the factors'
+    dtype, L = LONG_ROW_ENTRIES (16384), BLOCK = 16, for k ≤ 15360. A weighted row
+    longer than L is read in chunks into M = Σ_j (c_j − beta) y_j y_jᵀ (BLAS SYRK,
+    O(k²) per entry instead of O(k)), then swept on M.
     """
     cdef Py_ssize_t n_rows = X.shape[0], k = X.shape[1]
     cdef bint weighted = not (conf_scale == 0.0 and conf_offset == beta)
     cdef Py_ssize_t longest = _max_row_length(indptr)
     # Entries of one row in scratch at once, and whether some row is read in chunks.
-    cdef Py_ssize_t held = min(longest, <Py_ssize_t> ROW_CHUNK)
-    cdef bint chunked = weighted and longest > ROW_CHUNK
+    cdef Py_ssize_t held = min(longest, <Py_ssize_t> LONG_ROW)
+    cdef bint chunked = weighted and longest > LONG_ROW
     cdef Py_ssize_t n_blocks = (n_rows + BLOCK - 1) // BLOCK
     cdef Py_ssize_t block, first, last, u, start
     cdef double* buf = NULL
@@ -375,14 +404,14 @@ def solve_rows(
     with nogil, parallel(num_threads=n_threads):
         # Per thread, in double: x, b, 1/diag (k each), w, s (held each) and, when a
         # row is chunked, M (k × k) and Mx (k). In the factors' dtype: Gx of a block of
-        # rows (BLOCK × k), the gathered y_j of a row (k × held, when observed entries
-        # carry weight) or of a chunk (2 · ROW_CHUNK × k + k × k, when a row is chunked).
+        # rows (BLOCK × k), then the gathered y_j of a row (k × held, when observed
+        # entries carry weight), also used for a chunk ((ROW_CHUNK + k) × k).
         buf = <double*> PyMem_RawMalloc(
             (3 * k + 2 * held + (k * k + k if chunked else 0) + 1) * sizeof(double)
         )
         fbuf = <floating*> PyMem_RawMalloc(
-            (BLOCK * k + (2 * ROW_CHUNK * k + k * k if chunked else k * held if weighted else 0)
-             + 1) * sizeof(floating)
+            (BLOCK * k + (max(held, ROW_CHUNK + k) * k if chunked else k * held if weighted
+                          else 0) + 1) * sizeof(floating)
         )
         try:
             for block in prange(n_blocks, schedule="dynamic", chunksize=1):
@@ -394,7 +423,12 @@ def solve_rows(
                 first = block * BLOCK
                 last = min(first + BLOCK, n_rows)
                 _gram_times(&X[first, 0], &gram[0, 0], fbuf, <int> (last - first), <int> k)
+                _prefetch_head(&indices[0] + indptr[first], indptr[first + 1] - indptr[first],
+                               &Y[0, 0], k)
                 for u in range(first, last):
+                    if u + 1 < last:                  # the next row's first factor rows
+                        _prefetch_head(&indices[0] + indptr[u + 1],
+                                       indptr[u + 2] - indptr[u + 1], &Y[0, 0], k)
                     start = indptr[u]
                     loss = _solve_row(
                         &indices[0] + start, &data[0] + start, indptr[u + 1] - start,
