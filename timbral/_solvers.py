@@ -172,6 +172,19 @@ def _confidence_data(
     return data
 
 
+def confidence_mass(user_items: sp.csr_matrix, feedback: str, confidence: str, alpha: float) -> float:
+    """Σ_obs c_ui: the total confidence the data term puts on observed entries.
+
+    ``c = 1 + alpha · r'`` for implicit feedback, 1 per rating otherwise; this is
+    the scale a penalty λ has to be compared with.
+    """
+    if feedback != "implicit":
+        return float(user_items.nnz)
+    stats = bm25_stats(user_items) if confidence == "bm25" else None
+    scaled = _confidence_data(user_items, confidence, np.dtype(np.float64), stats)
+    return user_items.nnz + float(alpha) * float(scaled.sum())
+
+
 def _init_factors(
     target: sp.csr_matrix, k: int, init: str, rng: np.random.Generator, dtype: np.dtype
 ) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
@@ -340,6 +353,7 @@ def fit_nmf(
     dtype: np.dtype | type = np.float32,
     callback: Callable[[int, float], None] | None = None,
     n_sweeps: int | None = None,
+    initial: tuple[NDArray[np.floating], NDArray[np.floating]] | None = None,
 ) -> FitResult:
     """Fit W (users × k) ≥ 0 and H (items × k) ≥ 0 by alternating row-wise NNLS.
 
@@ -370,6 +384,9 @@ def fit_nmf(
         Called after every iteration (1-based).
     n_sweeps : int, optional
         Coordinate-descent sweeps per row per half-step (default ``FIT_SWEEPS[feedback]``).
+    initial : (W, H), optional
+        Starting factors of shapes (n_users, k) and (n_items, k), ≥ 0, instead of
+        ``init`` (a warm start, e.g. from the previous point of a λ path); copied.
 
     Returns
     -------
@@ -407,12 +424,15 @@ def fit_nmf(
     with single_threaded_blas():
         # Init scales to the zero-filled target: the 0/1 pattern (implicit), |r − μ|
         # (explicit: the part biases leave to W Hᵀ) or r (frobenius).
-        if feedback == "implicit":
-            target = sp.csr_matrix((np.ones_like(data), R.indices, R.indptr), R.shape)
+        if initial is not None:
+            W, H = (np.array(F, dtype=dtype, order="C") for F in initial)
         else:
-            target = sp.csr_matrix((np.abs(data - mu), R.indices, R.indptr), R.shape)
-        W, H = _init_factors(target, k, init, rng, dtype)
-        del target
+            if feedback == "implicit":
+                target = sp.csr_matrix((np.ones_like(data), R.indices, R.indptr), R.shape)
+            else:
+                target = sp.csr_matrix((np.abs(data - mu), R.indices, R.indptr), R.shape)
+            W, H = _init_factors(target, k, init, rng, dtype)
+            del target
 
         observed = np.empty(n_items)
         HtH = H.T @ H

@@ -96,26 +96,28 @@ class NMFModel:
 
     Parameters
     ----------
-    n_components : int, default=50
-        Number of latent factors ``k``.
+    n_components : int or "auto", default=50
+        Number of latent factors ``k``; "auto" chooses among
+        ``timbral.tuning.N_COMPONENTS_GRID`` by validation (implicit and explicit).
     feedback : {"implicit", "explicit", "frobenius"}, default="implicit"
         ``implicit``: play counts or likes (β=1, c=1+α·r', p=1) for top-K.
         ``explicit``: ratings (β=0, c=1, p=r−μ−b_u−b_i) with fitted biases.
         ``frobenius``: plain NMF of the zero-filled matrix (scikit-learn's objective).
-    alpha : float, default=1.0
-        Confidence slope for implicit feedback.
-    confidence : {"linear", "log", "bm25"}, default="log"
+    alpha : float or "auto", default=1.0
+        Confidence slope for implicit feedback. As ``c = 1 + α·r'`` against the
+        unobserved entries' weight 1, α also sets how much an unobserved entry
+        weighs relative to an observed one; "auto" chooses it by validation.
+    confidence : {"linear", "log", "bm25", "auto"}, default="log"
         How raw implicit values become ``r'`` before ``c = 1 + α·r'``: ``r``,
-        ``log(1 + r)`` or BM25 weights. ``log`` tames heavy-tailed play counts
-        (measured best on Last.fm and MovieLens; see benchmarks/quality.py).
+        ``log(1 + r)`` or BM25 weights. ``log`` tames heavy-tailed play counts;
+        "auto" chooses among the three by validation.
     regularization : float or "auto", default="auto"
         Total penalty weight λ, split into L2 and L1 by ``l1_ratio``. "auto"
-        follows the data: for implicit and explicit feedback
-        λ = Σ_obs c_ui / (n_users + n_items), the confidence mass an average
-        factor row carries, so the penalty keeps pace with the data term
-        (the measured optimum on Last.fm play counts and MovieLens ratings
-        lies within 30 % of it); for frobenius λ = 0.01. The value used is
-        ``regularization_``.
+        (implicit and explicit feedback) chooses λ by validation on a split of
+        the training matrix, along a warm-started path (``timbral.tuning``);
+        for frobenius λ = 0.01. A number turns that search off. Every "auto"
+        parameter is searched together; the values used are the fitted
+        ``regularization_``, ``confidence_``, ``alpha_`` and ``n_components_``.
     l1_ratio : float in [0, 1], default=0.0
         Share of ``regularization`` given to the L1 (sparsity) term.
     max_iter : int, default=200
@@ -128,6 +130,9 @@ class NMFModel:
         Kernel threads; 0 uses every available core.
     init : {"random", "nndsvd"}, default="random"
         Initial factors.
+    warm_start : bool, default=False
+        Start ``fit`` from the factors of the previous fit (same shapes) instead
+        of ``init``, as scikit-learn's ``warm_start``: a λ path refits cheaply.
 
     Attributes
     ----------
@@ -140,15 +145,21 @@ class NMFModel:
     n_iter_ : int
     loss_history_ : list of float
         The objective after every epoch.
+    regularization_, alpha_ : float
+    confidence_ : str
+        The values the fit used (chosen by validation where the parameter was "auto").
+    search_results_ : list of dict or None
+        The validation table of the search (one row per setting tried: its
+        values, the validation metric, epochs and seconds); None without a search.
     user_items_ : scipy.sparse.csr_matrix
         The matrix the model was fitted on: seen items and explanations come from it.
     """
 
     _parameter_constraints: dict[str, list[Any]] = {
-        "n_components": [Interval(numbers.Integral, 1, None)],
+        "n_components": [Interval(numbers.Integral, 1, None), Options(("auto",))],
         "feedback": [Options(FEEDBACK_KINDS)],
-        "alpha": [Interval(numbers.Real, 0, None)],
-        "confidence": [Options(CONFIDENCE_SCALINGS)],
+        "alpha": [Interval(numbers.Real, 0, None), Options(("auto",))],
+        "confidence": [Options(CONFIDENCE_SCALINGS + ("auto",))],
         "regularization": [Interval(numbers.Real, 0, None), Options(("auto",))],
         "l1_ratio": [Interval(numbers.Real, 0, 1)],
         "max_iter": [Interval(numbers.Integral, 1, None)],
@@ -156,14 +167,15 @@ class NMFModel:
         "random_state": [Interval(numbers.Integral, 0, None), np.random.Generator, NONE],
         "n_threads": [Interval(numbers.Integral, 0, None)],
         "init": [Options(("random", "nndsvd"))],
+        "warm_start": [bool],
     }
 
     def __init__(
         self,
         *,
-        n_components: int = 50,
+        n_components: int | str = 50,
         feedback: str = "implicit",
-        alpha: float = 1.0,
+        alpha: float | str = 1.0,
         confidence: str = "log",
         regularization: float | str = "auto",
         l1_ratio: float = 0.0,
@@ -172,6 +184,7 @@ class NMFModel:
         random_state: int | np.random.Generator | None = 42,
         n_threads: int = 0,
         init: str = "random",
+        warm_start: bool = False,
     ) -> None:
         self.n_components = n_components
         self.feedback = feedback
@@ -184,6 +197,7 @@ class NMFModel:
         self.random_state = random_state
         self.n_threads = n_threads
         self.init = init
+        self.warm_start = warm_start
 
     # -- scikit-learn estimator protocol ------------------------------------------------
 
@@ -225,7 +239,7 @@ class NMFModel:
             Play counts, likes or ratings; only stored entries are observed. Dense
             arrays and other sparse formats are converted to CSR (a copy).
         show_progress : bool, default=False
-            Show a progress bar (tqdm) over epochs.
+            Show a progress bar (tqdm) over epochs, and over the search's settings.
         callback : callable(iteration, loss), optional
             Called after every epoch.
 
@@ -240,8 +254,20 @@ class NMFModel:
             if isinstance(self.random_state, np.random.Generator)
             else np.random.default_rng(self.random_state)
         )
-        self.regularization_ = self._resolve_regularization(csr)
+        from timbral import tuning  # tuning fits NMFModels: imported here, not at the top
+
+        chosen = self.get_params()
+        self.search_results_: list[dict[str, Any]] | None = None
+        if tuning.searched_parameters(chosen):
+            found = tuning.search(csr, chosen, show_progress=show_progress)
+            chosen |= found.params
+            self.search_results_ = found.table
+        # Still "auto" only where the feedback kind ignores it (no confidence outside implicit).
+        self.confidence_ = "log" if chosen["confidence"] == "auto" else chosen["confidence"]
+        self.alpha_ = 1.0 if chosen["alpha"] == "auto" else float(chosen["alpha"])
+        self.regularization_ = self._resolve_regularization(csr, chosen["regularization"])
         l1, l2 = self._penalties()
+        initial = self._warm_start_factors(csr.shape, chosen["n_components"])
         progress = _progress_bar(self.max_iter) if show_progress else None
 
         def on_epoch(iteration: int, loss: float) -> None:
@@ -254,10 +280,10 @@ class NMFModel:
         try:
             result = _solvers.fit_nmf(
                 csr,
-                n_components=self.n_components,
+                n_components=chosen["n_components"],
                 feedback=self.feedback,
-                alpha=float(self.alpha),
-                confidence=self.confidence,
+                alpha=self.alpha_,
+                confidence=self.confidence_,
                 l2=l2,
                 l1=l1,
                 max_iter=self.max_iter,
@@ -267,6 +293,7 @@ class NMFModel:
                 n_threads=self.n_threads,
                 dtype=np.float64 if csr.dtype == np.float64 else np.float32,
                 callback=on_epoch,
+                initial=initial,
             )
         finally:
             if progress is not None:
@@ -553,6 +580,9 @@ class NMFModel:
         fields = {
             "params": params,
             "regularization": self.regularization_,
+            "confidence": self.confidence_,
+            "alpha": self.alpha_,
+            "search_results": self.search_results_,
             "global_mean": self.global_mean_,
             "n_iter": self.n_iter_,
             "loss_history": [float(x) for x in self.loss_history_],
@@ -570,6 +600,10 @@ class NMFModel:
             model = cls(**fields["params"])
             n_users, n_items = (int(n) for n in fields["shape"])
             model.regularization_ = float(fields["regularization"])
+            # Files written before the search recorded its choices hold them in params.
+            model.confidence_ = str(fields.get("confidence", fields["params"]["confidence"]))
+            model.alpha_ = float(fields.get("alpha", fields["params"]["alpha"]))
+            model.search_results_ = fields.get("search_results")
             model.global_mean_ = float(fields["global_mean"])
             model.n_iter_ = int(fields["n_iter"])
             model.loss_history_ = [float(x) for x in fields["loss_history"]]
@@ -627,25 +661,38 @@ class NMFModel:
     def _solver_params(self) -> dict[str, Any]:
         return {
             "feedback": self.feedback,
-            "alpha": float(self.alpha),
-            "confidence": self.confidence,
+            "alpha": self.alpha_,
+            "confidence": self.confidence_,
             "l2": self._penalties()[1],
             "l1": self._penalties()[0],
         }
 
-    def _resolve_regularization(self, user_items: sp.csr_matrix) -> float:
-        """λ: the given number, or for "auto" the mean confidence mass per factor row."""
-        if self.regularization != "auto":
-            return float(self.regularization)
+    def _resolve_regularization(self, user_items: sp.csr_matrix, value: float | str | None = None) -> float:
+        """λ: ``value`` (default: the parameter) when a number; for "auto" without a
+        search (frobenius, or a distributed fit) a fixed rule: 0.01 for frobenius, else
+        the mean confidence mass per factor row, Σ_obs c_ui / (n_users + n_items)."""
+        value = self.regularization if value is None else value
+        if value != "auto":
+            return float(value)
         if self.feedback == "frobenius":
             return FROBENIUS_AUTO_REGULARIZATION
-        if self.feedback == "implicit":
-            stats = _solvers.bm25_stats(user_items) if self.confidence == "bm25" else None
-            scaled = _solvers._confidence_data(user_items, self.confidence, np.dtype(np.float64), stats)
-            mass = user_items.nnz + float(self.alpha) * float(scaled.sum())  # Σ (1 + α·r')
-        else:
-            mass = float(user_items.nnz)  # c = 1
+        mass = _solvers.confidence_mass(user_items, self.feedback, self.confidence, float(self.alpha))
         return mass / sum(user_items.shape)
+
+    def _warm_start_factors(
+        self, shape: tuple[int, int], n_components: int
+    ) -> tuple[NDArray[np.floating], NDArray[np.floating]] | None:
+        """The previous fit's factors when ``warm_start`` is on and a previous fit exists."""
+        if not (self.warm_start and self._fitted):
+            return None
+        expected = ((shape[0], n_components), (shape[1], n_components))
+        if (self.user_factors_.shape, self.item_factors_.shape) != expected:
+            raise ValidationError(
+                f"warm_start=True needs the previous fit's shapes {expected}; it has "
+                f"{self.user_factors_.shape} and {self.item_factors_.shape}. Fit the same matrix "
+                "with the same n_components, or set warm_start=False."
+            )
+        return self.user_factors_, self.item_factors_
 
     def _penalties(self) -> tuple[float, float]:
         """(l1, l2) from the resolved λ and ``l1_ratio``."""
@@ -656,7 +703,7 @@ class NMFModel:
 
     def _bm25_stats(self) -> _solvers.BM25Stats | None:
         """Corpus statistics for BM25 confidence, from the training matrix (cached)."""
-        if self.feedback != "implicit" or self.confidence != "bm25":
+        if self.feedback != "implicit" or self.confidence_ != "bm25":
             return None
         if "bm25" not in self._cache:
             self._cache["bm25"] = _solvers.bm25_stats(self.user_items_)
@@ -670,10 +717,10 @@ class NMFModel:
         one term per history item, as implicit's ALS ``explain``.
         """
         row = self.user_items_[user]
-        weights = _solvers._weights(self.feedback, float(self.alpha))
+        weights = _solvers._weights(self.feedback, self.alpha_)
         H = self.item_factors_.astype(np.float64)
         if self.feedback == "implicit":
-            scaled = _solvers._confidence_data(row, self.confidence, np.dtype(np.float64), self._bm25_stats())
+            scaled = _solvers._confidence_data(row, self.confidence_, np.dtype(np.float64), self._bm25_stats())
             confidence, target = weights.conf_offset + weights.conf_scale * scaled, 1.0
         elif self.feedback == "explicit":
             confidence = np.ones(row.nnz)
