@@ -8,7 +8,7 @@
 - the validation curve of the hyperparameter search (``search_results_``);
 - the training loss per epoch (``loss_history_``);
 - NDCG@10 by user activity: light, medium and heavy users are the thirds of the
-  evaluated users by number of training interactions;
+  evaluated users ranked by number of training interactions;
 - popularity bias at 10: the share of recommendations taken from the 1 % most
   played items, and catalogue coverage.
 
@@ -73,8 +73,9 @@ def evaluation_numbers(model: Any, train: sp.csr_matrix, test: sp.csr_matrix, *,
         for name, rec in lists.items()
     }
     activity = np.diff(train.indptr)[users]
-    edges = np.quantile(activity, [1 / 3, 2 / 3]) if users.size else np.zeros(2)
-    bucket = np.searchsorted(edges, activity, side="right")
+    rank = np.empty(users.size, dtype=np.int64)
+    rank[np.argsort(activity, kind="stable")] = np.arange(users.size)
+    bucket = rank * 3 // max(users.size, 1)  # equal thirds by activity rank (ties split by user index)
     buckets = []
     for index, label in enumerate(("light", "medium", "heavy")):
         members = bucket == index
