@@ -77,7 +77,7 @@ PATIENCE = 2
 #: Share of each user's training interactions held out for validation.
 VALIDATION_FRACTION = 0.2
 #: Users scored on the validation part (a seeded subset beyond this).
-VALIDATION_MAX_USERS = 5_000
+VALIDATION_MAX_USERS = 2_000
 #: Above this many interactions the search runs on a seeded sample of users.
 SAMPLE_MAX_INTERACTIONS = 500_000
 #: Epochs of a path's first (cold) point and of each warm-started point after it.
