@@ -82,7 +82,7 @@ def fit_distributed(
         raise ValidationError(f"`n_shards` must be a positive integer; got {n_shards!r}.")
 
     dtype = np.dtype(np.float64 if csr.dtype == np.float64 else np.float32)
-    model.regularization_ = model._resolve_regularization(csr)
+    n_components = model._choose_parameters(csr)  # "auto" values: the same validation search as fit
     params = model._solver_params()
     weights = _solvers._weights(model.feedback, params["alpha"])
     l1, l2 = params["l1"], params["l2"]
@@ -93,14 +93,14 @@ def fit_distributed(
         else np.random.default_rng(model.random_state)
     )
 
-    stats = _solvers.bm25_stats(csr) if model.feedback == "implicit" and model.confidence == "bm25" else None
+    stats = _solvers.bm25_stats(csr) if model.feedback == "implicit" and model.confidence_ == "bm25" else None
     if model.feedback == "implicit":
-        data = _solvers._confidence_data(csr, model.confidence, dtype, stats)
+        data = _solvers._confidence_data(csr, model.confidence_, dtype, stats)
         target = sp.csr_matrix((np.ones_like(data), csr.indices, csr.indptr), csr.shape)
     else:
         data = csr.data.astype(dtype, copy=False)
         target = sp.csr_matrix((np.abs(data), csr.indices, csr.indptr), csr.shape)
-    W, H = _solvers._init_factors(target, model.n_components, model.init, rng, dtype)
+    W, H = _solvers._init_factors(target, n_components, model.init, rng, dtype)
     scaled = sp.csr_matrix((data, csr.indices, csr.indptr), csr.shape)
     user_shards = _shards(client, scaled, n_shards)
     item_shards = _shards(client, scaled.T.tocsr(), n_shards)

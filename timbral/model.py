@@ -254,20 +254,9 @@ class NMFModel:
             if isinstance(self.random_state, np.random.Generator)
             else np.random.default_rng(self.random_state)
         )
-        from timbral import tuning  # tuning fits NMFModels: imported here, not at the top
-
-        chosen = self.get_params()
-        self.search_results_: list[dict[str, Any]] | None = None
-        if tuning.searched_parameters(chosen):
-            found = tuning.search(csr, chosen, show_progress=show_progress)
-            chosen |= found.params
-            self.search_results_ = found.table
-        # Still "auto" only where the feedback kind ignores it (no confidence outside implicit).
-        self.confidence_ = "log" if chosen["confidence"] == "auto" else chosen["confidence"]
-        self.alpha_ = 1.0 if chosen["alpha"] == "auto" else float(chosen["alpha"])
-        self.regularization_ = self._resolve_regularization(csr, chosen["regularization"])
+        n_components = self._choose_parameters(csr, show_progress)
         l1, l2 = self._penalties()
-        initial = self._warm_start_factors(csr.shape, chosen["n_components"])
+        initial = self._warm_start_factors(csr.shape, n_components)
         progress = _progress_bar(self.max_iter) if show_progress else None
 
         def on_epoch(iteration: int, loss: float) -> None:
@@ -280,7 +269,7 @@ class NMFModel:
         try:
             result = _solvers.fit_nmf(
                 csr,
-                n_components=chosen["n_components"],
+                n_components=n_components,
                 feedback=self.feedback,
                 alpha=self.alpha_,
                 confidence=self.confidence_,
@@ -667,17 +656,28 @@ class NMFModel:
             "l1": self._penalties()[0],
         }
 
-    def _resolve_regularization(self, user_items: sp.csr_matrix, value: float | str | None = None) -> float:
-        """λ: ``value`` (default: the parameter) when a number; for "auto" without a
-        search (frobenius, or a distributed fit) a fixed rule: 0.01 for frobenius, else
-        the mean confidence mass per factor row, Σ_obs c_ui / (n_users + n_items)."""
-        value = self.regularization if value is None else value
+    def _choose_parameters(self, user_items: sp.csr_matrix, show_progress: bool = False) -> int:
+        """Settle every "auto" parameter (by ``timbral.tuning.search``) into the fitted
+        ``regularization_``, ``confidence_``, ``alpha_`` and ``search_results_``; return k."""
+        from timbral import tuning  # tuning fits NMFModels: imported here, not at the top
+
+        chosen = self.get_params()
+        self.search_results_: list[dict[str, Any]] | None = None
+        if tuning.searched_parameters(chosen):
+            found = tuning.search(user_items, chosen, show_progress=show_progress)
+            chosen |= found.params
+            self.search_results_ = found.table
+        # Still "auto" only where the feedback kind ignores it (no confidence outside implicit).
+        self.confidence_ = "log" if chosen["confidence"] == "auto" else chosen["confidence"]
+        self.alpha_ = 1.0 if chosen["alpha"] == "auto" else float(chosen["alpha"])
+        self.regularization_ = self._resolve_regularization(user_items, chosen["regularization"])
+        return int(chosen["n_components"])
+
+    def _resolve_regularization(self, user_items: sp.csr_matrix, value: float | str) -> float:
+        """λ: ``value`` when a number; "auto" is left here only for frobenius (0.01)."""
         if value != "auto":
             return float(value)
-        if self.feedback == "frobenius":
-            return FROBENIUS_AUTO_REGULARIZATION
-        mass = _solvers.confidence_mass(user_items, self.feedback, self.confidence, float(self.alpha))
-        return mass / sum(user_items.shape)
+        return FROBENIUS_AUTO_REGULARIZATION
 
     def _warm_start_factors(
         self, shape: tuple[int, int], n_components: int
