@@ -83,9 +83,14 @@ def test_default_fit_chooses_lambda_on_a_path_and_records_the_table(auto_model):
     assert auto_model.regularization_ == chosen["regularization"]
     assert auto_model.confidence_ == chosen["confidence"]
     assert chosen["ndcg@10"] == max(row["ndcg@10"] for row in table)
-    for confidence in {row["confidence"] for row in table}:
-        path = [row["regularization"] for row in table if row["confidence"] == confidence]
+    *paths, refinement = table
+    for confidence in {row["confidence"] for row in paths}:
+        path = [row["regularization"] for row in paths if row["confidence"] == confidence]
         assert path == sorted(path, reverse=True) and len(path) >= tuning.PATIENCE + 1  # strong to weak
+        np.testing.assert_allclose(np.divide(path[:-1], path[1:]), 2.0)  # a log grid
+    # The last row refines the best path: halfway (geometrically) between two of its points.
+    best_path = [row["regularization"] for row in paths if row["confidence"] == refinement["confidence"]]
+    assert any(np.isclose(refinement["regularization"] ** 2, a * b) for a, b in zip(best_path, best_path[1:]))
     assert {row["confidence"] for row in table} == set(tuning.CONFIDENCE_GRID)
     assert auto_model.get_params()["confidence"] == "auto"  # the parameter itself stays as given
 

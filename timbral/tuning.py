@@ -15,7 +15,9 @@ too large on others), so :func:`search` measures instead of guessing:
    (``NMFModel(warm_start=True)``); ``centre`` = Σ_obs c_ui / (n_users + n_items) of
    the split's training part, so the grid follows the scale of the confidences. A
    path stops after ``PATIENCE`` points without improvement (the validation curve
-   is unimodal in λ in practice, and the weak end is the slow one).
+   is unimodal in λ in practice, and the weak end is the slow one). The best path
+   then gets one more point: the geometric midpoint between its best λ and the
+   better neighbour (a factor √2 resolution for the price of one fit).
 4. **Select.** NDCG@10 for implicit feedback, RMSE for explicit; ties keep the
    stronger penalty.
 5. **Carry.** The chosen λ is used unchanged on all the data. λ is the strength of a
@@ -181,49 +183,65 @@ def search(
         result.seconds = time.perf_counter() - started
         return result
     lambdas = (None,) if "regularization" not in names else PATH
-    progress = _progress_bar(len(combos) * len(lambdas)) if show_progress else None
+    progress = _progress_bar(len(combos) * len(lambdas) + (lambdas != (None,))) if show_progress else None
+
+    def point(model: NMFModel, penalty: float, cap: int) -> dict[str, Any]:
+        """Fit ``model`` at λ = ``penalty`` (at most ``cap`` epochs), score it, add a table row."""
+        model.set_params(regularization=float(penalty), max_iter=min(int(params["max_iter"]), cap))
+        tick = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # path points are truncated on purpose
+            model.fit(train)
+        confidence, alpha = model.get_params()["confidence"], model.get_params()["alpha"]
+        row = {
+            "n_components": int(model.n_components_),
+            "confidence": None if explicit else confidence,
+            "alpha": None if explicit else alpha,
+            "regularization": float(penalty),
+            metric: _score(model, train, valid, explicit),
+            "n_iter": model.n_iter_,
+            "seconds": round(time.perf_counter() - tick, 4),
+            "chosen": False,
+        }
+        result.table.append(row)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix({metric: f"{row[metric]:.4f}", "λ": f"{penalty:.3g}"})
+        return row
+
+    def loss(row: dict[str, Any]) -> float:
+        return row[metric] if explicit else -row[metric]
+
+    best_model: NMFModel | None = None
     try:
         for confidence, alpha, n_components in combos:
             alpha = _alpha(alpha)
             fixed = {**params, "confidence": confidence, "alpha": alpha, "n_components": n_components}
             centre = confidence_mass(train, params["feedback"], confidence, alpha) / sum(train.shape)
             model = NMFModel(**{**fixed, "random_state": seed, "warm_start": True})
-            path_best, stale = np.inf, 0
+            path: list[dict[str, Any]] = []
             for step, scale in enumerate(lambdas):
                 penalty = params["regularization"] if scale is None else centre * scale
-                cap = COLD_MAX_ITER if step == 0 else WARM_MAX_ITER
-                model.set_params(regularization=float(penalty), max_iter=min(int(params["max_iter"]), cap))
-                tick = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)  # path points are truncated on purpose
-                    model.fit(train)
-                score = _score(model, train, valid, explicit)
-                row = {
-                    "n_components": int(n_components),
-                    "confidence": None if explicit else confidence,
-                    "alpha": None if explicit else alpha,
-                    "regularization": float(penalty),
-                    metric: score,
-                    "n_iter": model.n_iter_,
-                    "seconds": round(time.perf_counter() - tick, 4),
-                    "chosen": False,
-                }
-                result.table.append(row)
-                loss = score if explicit else -score
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix({metric: f"{score:.4f}", "λ": f"{penalty:.3g}"})
-                stale = 0 if loss < path_best else stale + 1
-                path_best = min(path_best, loss)
+                path.append(point(model, penalty, COLD_MAX_ITER if step == 0 else WARM_MAX_ITER))
+                stale = len(path) - 1 - min(range(len(path)), key=lambda i: loss(path[i]))
                 if stale >= PATIENCE:
                     if progress is not None:
                         progress.update(len(lambdas) - step - 1)
                     break
+            if best_model is None or min(map(loss, path)) < min(map(loss, result.table[: -len(path)]), default=np.inf):
+                best_model, best_path = model, path
+        if lambdas != (None,) and best_model is not None:
+            # One step of refinement: the geometric midpoint between the best λ and its better neighbour.
+            at = min(range(len(best_path)), key=lambda i: loss(best_path[i]))
+            neighbours = [i for i in (at - 1, at + 1) if 0 <= i < len(best_path)]
+            other = min(neighbours, key=lambda i: loss(best_path[i]))
+            point(best_model, np.sqrt(best_path[at]["regularization"] * best_path[other]["regularization"]),
+                  COLD_MAX_ITER)
     finally:
         if progress is not None:
             progress.close()
     # The first best row wins a tie: along a path, the stronger penalty.
-    chosen = min(result.table, key=lambda row: row[metric] if explicit else -row[metric])
+    chosen = min(result.table, key=loss)
     chosen["chosen"] = True
     result.params = {name: chosen[name] for name in names}
     result.seconds = time.perf_counter() - started
