@@ -217,7 +217,13 @@ def ndcg(model: Any, train: sp.csr_matrix, test: sp.csr_matrix) -> float:
     return ranking_metrics(model, train, test, k=K)["ndcg"]
 
 
-def ranking_rows(path: str) -> list[dict[str, Any]]:
+def selected(methods: list[tuple[str, Fit, list[dict[str, Any]]]], only: list[str] | None
+             ) -> list[tuple[str, Fit, list[dict[str, Any]]]]:
+    """The methods whose name contains one of ``only`` (all without it)."""
+    return [m for m in methods if not only or any(word.lower() in m[0].lower() for word in only)]
+
+
+def ranking_rows(path: str, only: list[str] | None = None) -> list[dict[str, Any]]:
     data = load_interactions(path)
     train, test = random_split(data, test_fraction=0.2, seed=0, min_interactions=5)
     fit_part, valid = random_split(train, test_fraction=0.2, seed=1, min_interactions=5)
@@ -231,7 +237,7 @@ def ranking_rows(path: str) -> list[dict[str, Any]]:
         ("popularity", popularity, [{}]),
     ]
     rows = []
-    for name, fit, settings in methods:
+    for name, fit, settings in selected(methods, only):
         row = nested(name, fit, settings, (fit_part, valid), (train, test), ndcg, True)
         row |= ranking_metrics(row.pop("model_obj"), train, test, k=K)
         rows.append(row)
@@ -240,7 +246,7 @@ def ranking_rows(path: str) -> list[dict[str, Any]]:
     return rows
 
 
-def rating_rows(path: str) -> list[dict[str, Any]]:
+def rating_rows(path: str, only: list[str] | None = None) -> list[dict[str, Any]]:
     data = load_interactions(path, feedback="explicit", max_value=None)
     train, test = random_split(data, test_fraction=0.2, seed=0, min_interactions=5)
     fit_part, valid = random_split(train, test_fraction=0.2, seed=1, min_interactions=5)
@@ -295,7 +301,7 @@ def rating_rows(path: str) -> list[dict[str, Any]]:
     except ImportError as exc:
         print(f"skipping Surprise baselines: {exc}", file=sys.stderr)
     rows = []
-    for name, fit, settings in methods:
+    for name, fit, settings in selected(methods, only):
         row = nested(name, fit, settings, (fit_part, valid), (train, test), rmse, False)
         row |= rating_metrics(row.pop("model_obj"), test)
         rows.append(row)
@@ -321,10 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("data", help="implicit interactions (e.g. lastfm-2k/user_artists.dat)")
     parser.add_argument("--ratings", help="explicit ratings (e.g. ml-latest-small/ratings.csv)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of tables")
+    parser.add_argument("--methods", nargs="+", metavar="NAME",
+                        help="run only the methods whose name contains one of these words (e.g. timbral ALS)")
     args = parser.parse_args(argv)
-    result = {"ranking": ranking_rows(args.data)}
+    result = {"ranking": ranking_rows(args.data, args.methods)}
     if args.ratings:
-        result["rating"] = rating_rows(args.ratings)
+        result["rating"] = rating_rows(args.ratings, args.methods)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
