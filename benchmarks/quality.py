@@ -290,7 +290,7 @@ def rating_rows(path: str, only: list[str] | None = None) -> list[dict[str, Any]
                 self.algo = algo.fit(trainset)
 
             def predict(self, users: NDArray[np.integer], items: NDArray[np.integer]) -> NDArray[np.float64]:
-                return np.array([self.algo.predict(int(u), int(i)).est for u, i in zip(users, items)])
+                return np.array([self.algo.predict(int(u), int(i)).est for u, i in zip(users, items, strict=True)])
 
         methods += [
             ("surprise SVD", lambda part, s: SurpriseModel(SVD(random_state=0, **s), part),

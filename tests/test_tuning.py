@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -90,7 +91,7 @@ def test_default_fit_chooses_lambda_on_a_path_and_records_the_table(auto_model):
         np.testing.assert_allclose(np.divide(path[:-1], path[1:]), 2.0)  # a log grid
     # The last row refines the best path: halfway (geometrically) between two of its points.
     best_path = [row["regularization"] for row in paths if row["confidence"] == refinement["confidence"]]
-    assert any(np.isclose(refinement["regularization"] ** 2, a * b) for a, b in zip(best_path, best_path[1:]))
+    assert any(np.isclose(refinement["regularization"] ** 2, a * b) for a, b in itertools.pairwise(best_path))
     assert {row["confidence"] for row in table} == set(tuning.CONFIDENCE_GRID)
     assert auto_model.get_params()["confidence"] == "auto"  # the parameter itself stays as given
 

@@ -352,8 +352,8 @@ def _apply_params_file(args: argparse.Namespace) -> None:
 
 def _search_table(table: list[dict[str, Any]], metric: str) -> str:
     """The validation table: one line per setting, the chosen one marked."""
-    lines = [f"    {'k':>4}  {'confidence':<10}  {'alpha':>6}  {'lambda':>10}  {metric:>8}  {'epochs':>6}  "
-             f"{'seconds':>7}"]
+    head = f"    {'k':>4}  {'confidence':<10}  {'alpha':>6}  {'lambda':>10}  {metric:>8}  {'epochs':>6}  {'seconds':>7}"
+    lines = [head]
     for row in table:
         confidence = row["confidence"] or "-"
         alpha = "-" if row["alpha"] is None else f"{row['alpha']:g}"

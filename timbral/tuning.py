@@ -176,8 +176,7 @@ def search(
         "n_components": N_COMPONENTS_GRID if "n_components" in names else (params["n_components"],),
     }
     combos = list(itertools.product(grids["confidence"], grids["alpha"], grids["n_components"]))
-    result = SearchResult(params={}, metric=metric, sample_users=int(np.count_nonzero(np.diff(sample.indptr))),
-                          n_users=user_items.shape[0])
+    result = SearchResult(params={}, metric=metric, sample_users=sample.shape[0], n_users=user_items.shape[0])
     if valid.nnz == 0:
         result.params = _fallback(user_items, params, names)
         result.seconds = time.perf_counter() - started
@@ -212,7 +211,7 @@ def search(
     def loss(row: dict[str, Any]) -> float:
         return row[metric] if explicit else -row[metric]
 
-    best_model: NMFModel | None = None
+    best_loss, best_model, best_path = np.inf, None, []
     try:
         for confidence, alpha, n_components in combos:
             alpha = _alpha(alpha)
@@ -228,8 +227,8 @@ def search(
                     if progress is not None:
                         progress.update(len(lambdas) - step - 1)
                     break
-            if best_model is None or min(map(loss, path)) < min(map(loss, result.table[: -len(path)]), default=np.inf):
-                best_model, best_path = model, path
+            if min(map(loss, path)) < best_loss:
+                best_loss, best_model, best_path = min(map(loss, path)), model, path
         if lambdas != (None,) and best_model is not None:
             # One step of refinement: the geometric midpoint between the best λ and its better neighbour.
             at = min(range(len(best_path)), key=lambda i: loss(best_path[i]))
