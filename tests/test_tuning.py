@@ -256,3 +256,26 @@ def test_auto_values_are_validated():
         NMFModel(confidence="sqrt").fit(sp.csr_matrix(np.ones((4, 4))))
     with pytest.raises(ValidationError, match=r"`alpha` must be .*; got 'AUTO'"):
         NMFModel(alpha="AUTO").fit(sp.csr_matrix(np.ones((4, 4))))
+
+
+def test_tune_explicit_feedback_as_json(tmp_path, capsys):
+    ratings = planted_ratings(n_users=80, n_items=50, density=0.3)
+    coo = ratings.tocoo()
+    data = tmp_path / "ratings.csv"
+    data.write_text("user,item,rating\n" + "".join(f"{u},{i},{r:.1f}\n" for u, i, r in
+                                                   zip(coo.row, coo.col, coo.data, strict=True)))
+    out = tmp_path / "p.json"
+    assert main(["tune", str(data), "--feedback", "explicit", "--components", "4", "-o", str(out), "--json",
+                 "--iterations", "20", "--threads", "1"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["output"] == str(out) and printed["search"]["metric"] == "rmse"
+    params = json.loads(out.read_text())["params"]
+    assert set(params) == {"feedback", "n_components", "regularization"}  # no confidence for ratings
+    assert params["feedback"] == "explicit" and params["n_components"] == 4
+
+
+def test_tune_refuses_bad_input(tmp_path, capsys):
+    assert main(["tune", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "p.json")]) == 2
+    assert "timbral: error:" in capsys.readouterr().err and not (tmp_path / "p.json").exists()
+    assert main(["tune", str(tmp_path / "missing.csv"), "--components", "many"]) == 2
+    assert "expected a positive integer, got 'many'" in capsys.readouterr().err
