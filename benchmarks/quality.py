@@ -206,9 +206,10 @@ def nested(name: str, fit: Fit, settings: list[dict[str, Any]], inner: tuple[sp.
         model = fit(outer[0], chosen)
         fit_s = time.perf_counter() - tick
     chosen = dict(chosen)
-    for attribute in ("regularization_", "confidence_"):  # Timbral's own choices, made inside fit
-        if hasattr(model, attribute):
-            chosen[attribute.rstrip("_")] = getattr(model, attribute)
+    if isinstance(model, NMFModel):  # Timbral's own choices, made inside fit on train only
+        chosen["regularization"] = model.regularization_
+        if model.feedback == "implicit":
+            chosen["confidence"] = model.confidence_
     return {"model": name, "chosen": chosen, "validation": validation, "model_obj": model, "fit_s": fit_s,
             "tuning_s": tuning_s, "settings_tried": len(settings)}
 
