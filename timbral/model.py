@@ -670,14 +670,10 @@ class NMFModel:
         # Still "auto" only where the feedback kind ignores it (no confidence outside implicit).
         self.confidence_ = "log" if chosen["confidence"] == "auto" else chosen["confidence"]
         self.alpha_ = 1.0 if chosen["alpha"] == "auto" else float(chosen["alpha"])
-        self.regularization_ = self._resolve_regularization(user_items, chosen["regularization"])
+        # "auto" is left only for frobenius, which has no validation metric: a light ridge.
+        reg = chosen["regularization"]
+        self.regularization_ = FROBENIUS_AUTO_REGULARIZATION if reg == "auto" else float(reg)
         return int(chosen["n_components"])
-
-    def _resolve_regularization(self, user_items: sp.csr_matrix, value: float | str) -> float:
-        """λ: ``value`` when a number; "auto" is left here only for frobenius (0.01)."""
-        if value != "auto":
-            return float(value)
-        return FROBENIUS_AUTO_REGULARIZATION
 
     def _warm_start_factors(
         self, shape: tuple[int, int], n_components: int
