@@ -129,6 +129,7 @@ def write_report(numbers: dict[str, Any], directory: str | Path, *, title: str =
         for row in table:
             groups.setdefault((row["n_components"], row["confidence"], row["alpha"]), []).append(row)
         for (k, confidence, alpha), rows in groups.items():
+            rows = sorted(rows, key=lambda r: r["regularization"])  # the refining point joins its path
             label = f"k={k}" + ("" if confidence is None else f", {confidence}, α={alpha:g}")
             ax.plot([r["regularization"] for r in rows], [r[metric] for r in rows], "o-", label=label)
         chosen = next(row for row in table if row["chosen"])
