@@ -82,7 +82,7 @@ def fit_distributed(
         raise ValidationError(f"`n_shards` must be a positive integer; got {n_shards!r}.")
 
     dtype = np.dtype(np.float64 if csr.dtype == np.float64 else np.float32)
-    n_components = model._choose_parameters(csr)  # "auto" values: the same validation search as fit
+    n_components, searched = model._choose_parameters(csr)  # "auto" values: the same search as fit
     params = model._solver_params()
     weights = _solvers._weights(model.feedback, params["alpha"])
     l1, l2 = params["l1"], params["l2"]
@@ -100,7 +100,10 @@ def fit_distributed(
     else:
         data = csr.data.astype(dtype, copy=False)
         target = sp.csr_matrix((np.abs(data), csr.indices, csr.indptr), csr.shape)
-    W, H = _solvers._init_factors(target, n_components, model.init, rng, dtype)
+    if searched is None:
+        W, H = _solvers._init_factors(target, n_components, model.init, rng, dtype)
+    else:  # start where the search left off, as NMFModel.fit does
+        W, H = (np.array(F, dtype=dtype, order="C") for F in searched)
     scaled = sp.csr_matrix((data, csr.indices, csr.indptr), csr.shape)
     user_shards = _shards(client, scaled, n_shards)
     item_shards = _shards(client, scaled.T.tocsr(), n_shards)

@@ -254,9 +254,9 @@ class NMFModel:
             if isinstance(self.random_state, np.random.Generator)
             else np.random.default_rng(self.random_state)
         )
-        n_components = self._choose_parameters(csr, show_progress)
+        n_components, searched = self._choose_parameters(csr, show_progress)
         l1, l2 = self._penalties()
-        initial = self._warm_start_factors(csr.shape, n_components)
+        initial = self._warm_start_factors(csr.shape, n_components) or searched
         progress = _progress_bar(self.max_iter) if show_progress else None
 
         def on_epoch(iteration: int, loss: float) -> None:
@@ -656,24 +656,27 @@ class NMFModel:
             "l1": self._penalties()[0],
         }
 
-    def _choose_parameters(self, user_items: sp.csr_matrix, show_progress: bool = False) -> int:
+    def _choose_parameters(
+        self, user_items: sp.csr_matrix, show_progress: bool = False
+    ) -> tuple[int, tuple[NDArray[np.floating], NDArray[np.floating]] | None]:
         """Settle every "auto" parameter (by ``timbral.tuning.search``) into the fitted
-        ``regularization_``, ``confidence_``, ``alpha_`` and ``search_results_``; return k."""
+        ``regularization_``, ``confidence_``, ``alpha_`` and ``search_results_``; return
+        k and the search's factors to start the refit from (None: start from ``init``)."""
         from timbral import tuning  # tuning fits NMFModels: imported here, not at the top
 
-        chosen = self.get_params()
+        chosen, factors = self.get_params(), None
         self.search_results_: list[dict[str, Any]] | None = None
         if tuning.searched_parameters(chosen):
             found = tuning.search(user_items, chosen, show_progress=show_progress)
             chosen |= found.params
-            self.search_results_ = found.table
+            self.search_results_, factors = found.table, found.factors
         # Still "auto" only where the feedback kind ignores it (no confidence outside implicit).
         self.confidence_ = "log" if chosen["confidence"] == "auto" else chosen["confidence"]
         self.alpha_ = 1.0 if chosen["alpha"] == "auto" else float(chosen["alpha"])
         # "auto" is left only for frobenius, which has no validation metric: a light ridge.
         reg = chosen["regularization"]
         self.regularization_ = FROBENIUS_AUTO_REGULARIZATION if reg == "auto" else float(reg)
-        return int(chosen["n_components"])
+        return int(chosen["n_components"]), factors
 
     def _warm_start_factors(
         self, shape: tuple[int, int], n_components: int
