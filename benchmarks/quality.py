@@ -311,6 +311,8 @@ def rating_rows(path: str, only: list[str] | None = None) -> list[dict[str, Any]
 
 
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    if not rows:
+        return "(no method selected)"
     width = max(len(r["model"]) for r in rows)
     head = f"{'model':<{width}}  " + "  ".join(f"{title:>8}" for _, title in columns) + "  chosen on validation"
     lines = [head, "-" * len(head)]
