@@ -10,6 +10,7 @@ import scipy.sparse as sp
 
 from timbral.exceptions import ValidationError
 from timbral.metrics import (
+    capped_recall_at_k,
     catalog_coverage,
     hit_rate_at_k,
     map_at_k,
@@ -37,12 +38,13 @@ def test_hand_computed_example():
     # user 0: hits [1, 0, 1]; user 1: no hit.
     ndcg0 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
     ap0 = (1 / 1 + 2 / 3) / 2
-    expected = dict(precision=(2 / 3) / 2, recall=1 / 2, ndcg=ndcg0 / 2, map=ap0 / 2, hit_rate=1 / 2,
+    expected = dict(precision=(2 / 3) / 2, recall=1 / 2, recall_capped=1 / 2, ndcg=ndcg0 / 2, map=ap0 / 2, hit_rate=1 / 2,
                     coverage=4 / 6, k=3, n_users=2)
     got = ranking_scores(REC, TEST)
     assert got == pytest.approx(expected)
     assert precision_at_k(REC, TEST) == pytest.approx(expected["precision"])
     assert recall_at_k(REC, TEST) == pytest.approx(expected["recall"])
+    assert capped_recall_at_k(REC, TEST) == pytest.approx(expected["recall_capped"])
     assert ndcg_at_k(REC, TEST) == pytest.approx(expected["ndcg"])
     assert map_at_k(REC, TEST) == pytest.approx(expected["map"])
     assert hit_rate_at_k(REC, TEST) == pytest.approx(expected["hit_rate"])
@@ -69,15 +71,30 @@ def test_perfect_recommendations():
     assert got["precision"] == pytest.approx((2 / 3 + 1 / 3 + 1) / 3)  # padding counts as a miss
 
 
-def test_more_relevant_items_than_k_still_scores_one():
+def test_more_relevant_items_than_k_ranking_metrics_still_score_one():
     test = matrix([[0, 1, 2, 3, 4]])
     got = ranking_scores(np.array([[4, 0]]), test)
-    assert got["precision"] == got["recall"] == got["ndcg"] == got["map"] == pytest.approx(1.0)
+    assert got["precision"] == got["recall_capped"] == got["ndcg"] == got["map"] == pytest.approx(1.0)
+    assert got["recall"] == pytest.approx(2 / 5)  # 2 of the 5 relevant items were found
+
+
+def test_recall_is_hits_over_relevant_not_over_k():
+    # Issue 9: 10 hits of 20 relevant items is recall 0.5; only the capped variant says 1.0.
+    test = matrix([list(range(20))], n_items=40)
+    rec = np.array([list(range(10))])
+    assert recall_at_k(rec, test) == pytest.approx(10 / 20)
+    assert capped_recall_at_k(rec, test) == pytest.approx(1.0)
+    # Two users: 1 of 4 found (k=2) and 2 of 2 found: mean of 1/4 and 1, capped mean of 1/2 and 1.
+    test = matrix([[0, 1, 2, 3], [4, 5]])
+    rec = np.array([[0, 5], [5, 4]])
+    assert recall_at_k(rec, test) == pytest.approx((1 / 4 + 1) / 2)
+    assert capped_recall_at_k(rec, test) == pytest.approx((1 / 2 + 1) / 2)
 
 
 def test_empty_recommendations_and_empty_test():
     got = ranking_scores(np.full((3, 4), -1), TEST)
-    assert got == dict(precision=0.0, recall=0.0, ndcg=0.0, map=0.0, hit_rate=0.0, coverage=0.0, k=4, n_users=2)
+    assert got == dict(precision=0.0, recall=0.0, recall_capped=0.0, ndcg=0.0, map=0.0, hit_rate=0.0,
+                       coverage=0.0, k=4, n_users=2)
     nobody = ranking_scores(REC, matrix([[], [], []]))
     assert nobody["n_users"] == 0 and nobody["ndcg"] == 0.0
     assert ranking_scores(np.zeros((3, 0), dtype=np.int64), TEST)["precision"] == 0.0
@@ -138,7 +155,7 @@ def test_ranking_metrics_guards():
 def test_rating_metrics_hand_computed():
     test = matrix([[0, 2], [], [1]], values=[[4.0, 2.0], [], [5.0]])
     got = rating_metrics(TableModel(REC, None), test)  # predicts 3 everywhere: errors -1, 1, -2
-    assert got == pytest.approx({"rmse": math.sqrt(6 / 3), "mae": 4 / 3, "n": 3})
+    assert got == pytest.approx({"rmse": math.sqrt(6 / 3), "mae": 4 / 3, "n_ratings": 3})
     perfect = type("Perfect", (), {"predict": lambda self, u, i: test.toarray()[u, i]})()
-    assert rating_metrics(perfect, test) == pytest.approx({"rmse": 0.0, "mae": 0.0, "n": 3})
-    assert rating_metrics(perfect, matrix([[], []]))["n"] == 0
+    assert rating_metrics(perfect, test) == pytest.approx({"rmse": 0.0, "mae": 0.0, "n_ratings": 3})
+    assert rating_metrics(perfect, matrix([[], []]))["n_ratings"] == 0

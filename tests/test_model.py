@@ -36,7 +36,7 @@ def fitted():
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"n_components": 0}, r"`n_components` must be an integer in \[1, inf\]; got 0"),
+        ({"n_components": 0}, r"`n_components` must be an integer in \[1, inf\] or one of 'auto'; got 0"),
         ({"n_components": -3}, r"`n_components` .* got -3"),
         ({"feedback": "stars"}, r"`feedback` must be one of 'implicit', 'explicit', 'frobenius'; got 'stars'"),
         ({"alpha": -1.0}, r"`alpha` .* got -1.0"),
@@ -250,7 +250,8 @@ def _count_while(work):
 
 def test_fit_releases_the_gil():
     matrix = play_counts(n_users=3000, n_items=2000, density=0.02)
-    model = NMFModel(n_components=32, max_iter=8, tol=0, n_threads=1)
+    # A given λ: the validation search around the fit is Python work, not the kernel's loop.
+    model = NMFModel(n_components=32, max_iter=8, tol=0, n_threads=1, regularization=1.0)
     count, switches, _ = _count_while(lambda: model.fit(matrix))
     assert count > 20 * switches, f"the main thread ran {count} times in {switches:.0f} switch intervals"
 
@@ -339,16 +340,14 @@ def test_missing_and_foreign_files_are_refused(tmp_path):
     assert not zipfile.is_zipfile(tmp_path / "text.npz")
 
 
-def test_auto_regularization_follows_the_confidence_mass():
+def test_auto_regularization_is_chosen_on_a_validation_path():
     matrix = play_counts()
-    n_rows = sum(matrix.shape)
-    implicit = NMFModel(n_components=2, max_iter=2, alpha=2.0).fit(matrix)
-    expected = np.sum(1 + 2.0 * np.log1p(matrix.data.astype(np.float64))) / n_rows
-    assert implicit.regularization_ == pytest.approx(expected, rel=1e-6)
-    linear = NMFModel(n_components=2, max_iter=2, confidence="linear").fit(matrix)
-    assert linear.regularization_ == pytest.approx((matrix.nnz + matrix.data.sum()) / n_rows, rel=1e-6)
-    explicit = NMFModel(n_components=2, max_iter=2, feedback="explicit").fit(matrix)
-    assert explicit.regularization_ == pytest.approx(matrix.nnz / n_rows)
+    for params in ({"alpha": 2.0}, {"confidence": "linear"}, {"feedback": "explicit"}):
+        model = NMFModel(n_components=2, max_iter=2, **params).fit(matrix)
+        chosen = [row for row in model.search_results_ if row["chosen"]]
+        assert len(chosen) == 1 and model.regularization_ == chosen[0]["regularization"]
+        path = [row["regularization"] for row in model.search_results_[:-1]]  # the last row refines
+        np.testing.assert_allclose(np.divide(path[:-1], path[1:]), 2.0)  # a log grid, strong to weak
     assert NMFModel(n_components=2, max_iter=2, feedback="frobenius").fit(matrix).regularization_ == 0.01
     assert NMFModel(n_components=2, max_iter=2, regularization=3).fit(matrix).regularization_ == 3.0
     with pytest.raises(ValidationError, match=r"`regularization` must be a number in \[0, inf\] or one of 'auto'"):

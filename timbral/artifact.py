@@ -166,6 +166,9 @@ def model_artifact(
     fit = {
         "params": params,
         "regularization": model.regularization_,
+        "confidence": model.confidence_,
+        "alpha": model.alpha_,
+        "search_results": model.search_results_,
         "global_mean": model.global_mean_,
         "n_iter": model.n_iter_,
         "loss_history": [float(x) for x in model.loss_history_],
@@ -223,6 +226,10 @@ def model_from_artifact(
             int(fields["n_iter"]),
             [float(x) for x in fields["loss_history"]],
             training,
+            # Directories written before "auto" could choose them hold these in params only.
+            fields.get("confidence"),
+            fields.get("alpha"),
+            fields.get("search_results"),
         )
         model = NMFModel.from_fitted(fields["params"], state)
     except ArtifactError:

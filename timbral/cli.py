@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import socket
@@ -56,8 +57,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _regularization(text: str) -> float | str:
+def _number_or_auto(text: str) -> float | str:
     return "auto" if text == "auto" else _non_negative_float(text)
+
+
+def _components(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
 
 
 def _env_int(name: str, parse: Callable[[str], int]) -> int | None:
@@ -120,15 +125,18 @@ def _port(text: str) -> int:
 def _model_options(parser: argparse.ArgumentParser) -> None:
     """The options every training command shares: model parameters and how to read the data."""
     model = parser.add_argument_group("model (unset options keep the library defaults)")
-    model.add_argument("--components", type=_positive_int, metavar="K",
-                       help="latent factors (default: $NMF_N_COMPONENTS, else the model's 50)")
+    model.add_argument("--components", type=_components, metavar="K",
+                       help="latent factors, or 'auto' to choose by validation "
+                            "(default: $NMF_N_COMPONENTS, else the model's 50)")
     model.add_argument("--feedback", choices=FEEDBACK_KINDS, default=DEFAULT_FEEDBACK,
                        help="implicit (play counts, default), explicit (ratings) or frobenius")
-    model.add_argument("--alpha", type=_non_negative_float, help="confidence slope of implicit feedback")
-    model.add_argument("--confidence", choices=CONFIDENCE_SCALINGS,
-                       help=f"scaling of play counts before the confidence (default: {DEFAULT_CONFIDENCE})")
-    model.add_argument("--regularization", type=_regularization, metavar="LAMBDA",
-                       help="penalty weight, or 'auto' to follow the data (default: auto)")
+    model.add_argument("--alpha", type=_number_or_auto,
+                       help="confidence slope of implicit feedback, or 'auto' to choose by validation")
+    model.add_argument("--confidence", choices=(*CONFIDENCE_SCALINGS, "auto"),
+                       help=f"scaling of play counts before the confidence, or 'auto' (default: {DEFAULT_CONFIDENCE})")
+    model.add_argument("--regularization", type=_number_or_auto, metavar="LAMBDA",
+                       help="penalty weight, or 'auto' to choose by validation on the training data "
+                            "(default: auto)")
     model.add_argument("--iterations", type=_positive_int, metavar="N", help="maximum epochs")
     model.add_argument("--seed", type=_non_negative_int,
                        help=f"seed of the split and the model (default: $NMF_RANDOM_STATE, else {DEFAULT_SEED})")
@@ -204,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluation_options(train, 0.2)
     train.add_argument("--no-eval", action="store_true", help="skip the holdout evaluation (fit once, on all data)")
     train.add_argument("--json", action="store_true", help="print the summary as JSON")
+    train.add_argument("--params", metavar="FILE",
+                       help="model parameters written by `timbral tune` (options given here win)")
     _model_options(train)
     _dask_options(train, "fit on a Dask cluster, where the workers read DATA (a Parquet file, "
                   "directory, glob or fsspec URL) and hold the factors; fits once on all the data")
@@ -216,7 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data", metavar="DATA")
     _evaluation_options(evaluate, 0.2)
     evaluate.add_argument("--json", action="store_true", help="print metrics as JSON")
+    evaluate.add_argument("--report", metavar="DIR",
+                          help="also write an HTML report with figures to DIR (needs matplotlib)")
     _model_options(evaluate)
+
+    tune = commands.add_parser(
+        "tune", help="choose model parameters by validation and write them to a file",
+        description="Hold out part of each user's interactions, search λ (a warm-started path), the "
+                    "confidence scaling and the number of components, print the validation table and "
+                    "write the best setting for `timbral train --params`. Options given fix a parameter.")
+    tune.add_argument("data", metavar="DATA")
+    tune.add_argument("--output", "-o", default="timbral-params.json", metavar="FILE",
+                      help="parameter file to write (default: %(default)s)")
+    tune.add_argument("--json", action="store_true", help="print the search as JSON")
+    _model_options(tune)
 
     recommend = commands.add_parser("recommend", help="recommend items to a user from a model directory")
     recommend.add_argument("model", metavar="DIR", help="model directory written by `timbral train`")
@@ -283,26 +306,24 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value is not None}
 
 
+def _estimator(args: argparse.Namespace, *, n_threads: int, defaults: dict[str, Any] | None = None) -> Any:
+    """The NMFModel the model options describe: options given win, then ``defaults``, then the model's own."""
+    from timbral.nmf import NMFModel
+
+    given = {"n_components": args.components, "alpha": args.alpha, "confidence": args.confidence,
+             "regularization": args.regularization, "max_iter": args.iterations, "random_state": args.seed}
+    params = dict(defaults or {}) | {name: value for name, value in given.items() if value is not None}
+    return NMFModel(feedback=args.feedback, n_threads=n_threads, **params)
+
+
 def _train(args: argparse.Namespace, data: str | Path, output: str | Path | None, *,
            test_fraction: float | None, k: int, refit: bool, progress: bool) -> Any:
-    from timbral.nmf import NMFModel
     from timbral.train import train
 
-    given = {
-        "n_components": args.components,
-        "alpha": args.alpha,
-        "confidence": args.confidence,
-        "regularization": args.regularization,
-        "max_iter": args.iterations,
-        "random_state": args.seed,
-    }
-    model = NMFModel(  # unset options keep the model's defaults
-        feedback=args.feedback, n_threads=args.threads, **{k: v for k, v in given.items() if v is not None}
-    )
     return train(
         data,
         output,
-        model=model,
+        model=_estimator(args, n_threads=args.threads),
         seed=args.seed,
         test_fraction=test_fraction,
         k=k,
@@ -349,16 +370,71 @@ def _describe_training(result: Any) -> str:
     return "\n".join(lines)
 
 
+#: What a parameter file of `timbral tune` may set, by the option that sets it too.
+PARAMS_FILE_KEYS = {"n_components": "components", "confidence": "confidence", "alpha": "alpha",
+                    "regularization": "regularization"}
+#: A parameter file is a few hundred bytes; refuse anything that cannot be one.
+PARAMS_FILE_MAX_BYTES = 1 << 20
+
+
+def _apply_params_file(args: argparse.Namespace) -> None:
+    """Fill the model options not given on the command line from ``--params FILE``."""
+    path = getattr(args, "params", None)
+    if path is None:
+        return
+    how = "write one with `timbral tune DATA --output FILE`"
+    try:
+        if os.path.getsize(path) > PARAMS_FILE_MAX_BYTES:
+            raise _UsageError(f"--params {path!r} is larger than {PARAMS_FILE_MAX_BYTES} bytes; it is not a "
+                              f"parameter file ({how})")
+        with open(path, "rb") as handle:
+            document = orjson.loads(handle.read())
+    except orjson.JSONDecodeError as exc:
+        raise _UsageError(f"--params {path!r} is not JSON ({exc}); {how}") from None
+    except OSError as exc:
+        raise _UsageError(f"cannot read --params {path!r} ({exc.strerror or exc}); {how}") from None
+    params = document.get("params") if isinstance(document, dict) else None
+    if not isinstance(params, dict):
+        raise _UsageError(f"--params {path!r} has no \"params\" object; {how}")
+    unknown = sorted(set(params) - set(PARAMS_FILE_KEYS) - {"feedback"})
+    if unknown:
+        raise _UsageError(f"--params {path!r} sets unknown parameter(s) {', '.join(map(repr, unknown))}; "
+                          f"expected some of {', '.join(PARAMS_FILE_KEYS)} ({how})")
+    from timbral.nmf import NMFModel
+
+    try:
+        NMFModel(**params).check_params()
+    except TimbralError as exc:
+        raise _UsageError(f"--params {path!r}: {exc} Fix the file or tune again") from None
+    feedback = params.get("feedback", args.feedback)
+    if feedback != args.feedback:
+        raise _UsageError(f"--params {path!r} was tuned for --feedback {feedback!r}, but this run uses "
+                          f"{args.feedback!r}; pass --feedback {feedback} or tune again")
+    for name, option in PARAMS_FILE_KEYS.items():
+        if name in params and getattr(args, option) is None:
+            setattr(args, option, params[name])
+
+
+def _search_table(table: list[dict[str, Any]], metric: str) -> str:
+    """The validation table: one line per setting, the chosen one marked."""
+    head = f"    {'k':>4}  {'confidence':<10}  {'alpha':>6}  {'lambda':>10}  {metric:>8}  {'epochs':>6}  {'seconds':>7}"
+    lines = [head]
+    for row in table:
+        confidence = row["confidence"] or "-"
+        alpha = "-" if row["alpha"] is None else f"{row['alpha']:g}"
+        lines.append(f"{'*' if row['chosen'] else ' ':>3} {row['n_components']:>4}  {confidence:<10}  {alpha:>6}  "
+                     f"{row['regularization']:>10.4g}  {row[metric]:>8.4f}  {row['n_iter']:>6}  "
+                     f"{row['seconds']:>7.2f}")
+    return "\n".join(lines)
+
+
 # -- commands -----------------------------------------------------------------------------
 
 
 def _cmd_train_dask(args: argparse.Namespace) -> int:
     from timbral.dask import CleaningRules, fit
-    from timbral.nmf import NMFModel
 
-    given = {"n_components": args.components, "alpha": args.alpha, "confidence": args.confidence,
-             "regularization": args.regularization, "max_iter": args.iterations, "random_state": args.seed}
-    model = NMFModel(feedback=args.feedback, n_threads=1, **{k: v for k, v in given.items() if v is not None})
+    model = _estimator(args, n_threads=1)
     rules = CleaningRules(feedback=args.feedback, min_user_interactions=(
         5 if args.min_user_interactions is None else args.min_user_interactions))
     with _dask_client(args.dask, args.worker_memory) as client:
@@ -389,6 +465,40 @@ def _cmd_recommend_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace, progress: bool) -> int:
+    from timbral._validation import check_user_items
+    from timbral.data import load_interactions
+    from timbral.tuning import search
+
+    # Unlike a plain fit, tuning searches the confidence and the number of components unless given.
+    model = _estimator(args, n_threads=args.threads,
+                       defaults={"n_components": "auto", "confidence": "auto", "regularization": "auto"})
+    model.check_params()
+    params = model.get_params()
+    interactions = load_interactions(args.data, feedback=args.feedback, progress=progress, **_load_options(args))
+    found = search(check_user_items(interactions.user_items), params, show_progress=progress)
+    chosen = {name: params[name] for name in PARAMS_FILE_KEYS} | found.params
+    if args.feedback != "implicit":
+        chosen = {name: value for name, value in chosen.items() if name not in ("confidence", "alpha")}
+    document = {
+        "params": {"feedback": args.feedback, **chosen},
+        "search": {"metric": found.metric, "sample_users": found.sample_users, "n_users": found.n_users,
+                   "seconds": round(found.seconds, 3), "table": found.table},
+        "data": str(args.data),
+    }
+    Path(args.output).write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    if args.json:
+        _print_json(document | {"output": str(args.output)})
+        return 0
+    sampled = "" if found.sample_users == found.n_users else f" (a sample of {found.sample_users:,} users)"
+    print(f"Validation on {found.n_users:,} users{sampled}, {found.seconds:.1f} s; * = chosen:")
+    print(_search_table(found.table, found.metric) if found.table else
+          "  no user has enough interactions to hold some out: defaults kept")
+    print(f"Chosen: {', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in chosen.items())}")
+    print(f"Written to {args.output}; use it with: timbral train DATA --params {args.output} --output DIR")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace, progress: bool) -> int:
     if args.dask is not None:
         return _cmd_train_dask(args)
@@ -401,20 +511,45 @@ def _cmd_train(args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
+def _report_numbers(args: argparse.Namespace, data: Any, model: Any) -> dict[str, Any]:
+    """The report's numbers for ``model``, on the split ``train`` evaluated it on, and its HTML page."""
+    from timbral.report import evaluation_numbers, write_report
+    from timbral.split import random_split
+
+    # The same function, fraction and seed as timbral.train's evaluation split.
+    train_part, test_part = random_split(data, test_fraction=args.test_fraction, seed=args.seed)
+    numbers = evaluation_numbers(model, train_part, test_part)
+    numbers["path"] = str(write_report(numbers, args.report, title=f"Timbral evaluation of {args.data}"))
+    return numbers
+
+
 def _cmd_evaluate(args: argparse.Namespace, progress: bool) -> int:
-    result = _train(args, args.data, None, test_fraction=args.test_fraction, k=args.k, refit=False,
+    data: Any = args.data
+    if args.report is not None:
+        if importlib.util.find_spec("matplotlib") is None:
+            raise _UsageError("--report draws its figures with matplotlib, which is not installed; "
+                              "pip install 'timbral[report]'")
+        from timbral.data import load_interactions
+
+        data = load_interactions(args.data, feedback=args.feedback, progress=progress, **_load_options(args))
+    result = _train(args, data, None, test_fraction=args.test_fraction, k=args.k, refit=False,
                     progress=progress)
+    report = None if args.report is None else _report_numbers(args, data, result.recommender.model)
     if args.json:
         summary = _summary(result)
         summary.pop("path")
         summary["params"] = result.recommender.model.get_params()
         summary["data"] = result.report.to_dict()
+        if report is not None:
+            summary["report"] = report
         _print_json(summary)
     else:
         rec = result.recommender
         print(f"{rec.n_users:,} users × {rec.n_items:,} items, {rec.user_items.nnz:,} interactions; "
               f"{args.test_fraction:.0%} of each user's interactions held out (seed {args.seed}):")
         print(_metrics_table(result.metrics))
+        if report is not None:
+            print(f"Report: {report['path']}")
     return 0
 
 
@@ -570,6 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A model that hit max_iter is still a model: report it, don't fail the command.
             warnings.simplefilter("always", ConvergenceWarning)
             warnings.showwarning = _show_warning
+            _apply_params_file(args)
             _training_defaults_from_env(args)
             if args.command == "train":
                 return _cmd_train(args, interactive)
@@ -581,6 +717,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _cmd_recommend_all(args)
             if args.command == "generate":
                 return _cmd_generate(args, interactive)
+            if args.command == "tune":
+                return _cmd_tune(args, interactive)
             if args.command == "serve":
                 return _cmd_serve(args)
             return _cmd_quickstart(args, interactive)

@@ -12,8 +12,11 @@ With ``rel_u`` the user's test items and ``hit_j`` whether the item at rank ``j`
 (0-based) is in ``rel_u``:
 
 - precision@k = Σ hit_j / k (padding counts as a miss);
-- recall@k = Σ hit_j / min(k, |rel_u|) — the denominator of implicit's
-  ``ranking_metrics_at_k``, so a perfect list scores 1 even when |rel_u| > k;
+- recall@k = Σ hit_j / |rel_u|, the share of the relevant items that were
+  recommended (10 hits of 20 relevant items give 0.5);
+- capped recall@k = Σ hit_j / min(k, |rel_u|) — the denominator of implicit's
+  ``ranking_metrics_at_k`` ("precision" there): a perfect list scores 1 even when
+  |rel_u| > k. Reported as ``recall_capped`` for comparison with such tables;
 - NDCG@k = Σ hit_j / log2(j + 2), divided by the ideal Σ_{j < min(k, |rel_u|)} 1 / log2(j + 2);
 - MAP@k = Σ hit_j · precision@(j + 1) / min(k, |rel_u|);
 - hit rate@k = 1 if any hit_j else 0;
@@ -32,6 +35,7 @@ from timbral._validation import check_k
 from timbral.exceptions import ValidationError
 
 __all__ = [
+    "capped_recall_at_k",
     "catalog_coverage",
     "hit_rate_at_k",
     "map_at_k",
@@ -50,8 +54,13 @@ def precision_at_k(recommended: ArrayLike, test: sp.spmatrix, users: ArrayLike |
 
 
 def recall_at_k(recommended: ArrayLike, test: sp.spmatrix, users: ArrayLike | None = None) -> float:
-    """Mean number of hits divided by ``min(k, |relevant|)``."""
+    """Mean share of each user's relevant items found among the k recommended: hits / |relevant|."""
     return ranking_scores(recommended, test, users)["recall"]
+
+
+def capped_recall_at_k(recommended: ArrayLike, test: sp.spmatrix, users: ArrayLike | None = None) -> float:
+    """Mean hits / ``min(k, |relevant|)``: recall with the denominator capped at k (implicit's)."""
+    return ranking_scores(recommended, test, users)["recall_capped"]
 
 
 def ndcg_at_k(recommended: ArrayLike, test: sp.spmatrix, users: ArrayLike | None = None) -> float:
@@ -92,8 +101,8 @@ def ranking_scores(
     Returns
     -------
     dict
-        ``precision``, ``recall``, ``ndcg``, ``map``, ``hit_rate``, ``coverage``
-        (floats), ``k`` and ``n_users`` (users evaluated).
+        ``precision``, ``recall``, ``recall_capped``, ``ndcg``, ``map``, ``hit_rate``,
+        ``coverage`` (floats), ``k`` and ``n_users`` (users evaluated).
     """
     rec, test, users = _check(recommended, test, users)
     n_items = test.shape[1]
@@ -104,7 +113,7 @@ def ranking_scores(
     n = len(users)
     out: dict[str, float] = {"k": k, "n_users": n}
     if n == 0 or k == 0:
-        out.update(precision=0.0, recall=0.0, ndcg=0.0, map=0.0, hit_rate=0.0, coverage=0.0)
+        out.update(precision=0.0, recall=0.0, recall_capped=0.0, ndcg=0.0, map=0.0, hit_rate=0.0, coverage=0.0)
         return out
     hits = _hits(rec, test, users)
     n_hits = hits.sum(axis=1)
@@ -115,7 +124,8 @@ def ranking_scores(
     shown = rec[rec >= 0]
     out.update(
         precision=float(np.mean(n_hits / k)),
-        recall=float(np.mean(n_hits / denominator)),
+        recall=float(np.mean(n_hits / n_rel)),
+        recall_capped=float(np.mean(n_hits / denominator)),
         ndcg=float(np.mean((hits @ discount) / ideal)),
         map=float(np.mean((precision_at_rank * hits).sum(axis=1) / denominator)),
         hit_rate=float(np.mean(n_hits > 0)),
@@ -189,19 +199,20 @@ def rating_metrics(model: Any, test: sp.spmatrix) -> dict[str, float]:
     Returns
     -------
     dict
-        ``rmse``, ``mae`` and ``n`` (ratings scored); NaN errors for an empty test set.
+        ``rmse``, ``mae`` and ``n_ratings`` (how many held-out ratings were scored: a
+        count, not a metric); NaN errors for an empty test set.
     """
     test = _csr(test, "test")
     users = np.repeat(np.arange(test.shape[0]), np.diff(test.indptr))
     if len(users) == 0:
-        return {"rmse": float("nan"), "mae": float("nan"), "n": 0}
+        return {"rmse": float("nan"), "mae": float("nan"), "n_ratings": 0}
     predicted = np.asarray(model.predict(users, test.indices), dtype=np.float64)
     if predicted.shape != (len(users),):
         raise ValidationError(
             f"model.predict returned shape {predicted.shape}; expected ({len(users)},), one score per pair"
         )
     error = predicted - test.data.astype(np.float64)
-    return {"rmse": float(np.sqrt(np.mean(error**2))), "mae": float(np.mean(np.abs(error))), "n": len(users)}
+    return {"rmse": float(np.sqrt(np.mean(error**2))), "mae": float(np.mean(np.abs(error))), "n_ratings": len(users)}
 
 
 def _csr(matrix: Any, name: str) -> sp.csr_matrix:

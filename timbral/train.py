@@ -204,6 +204,7 @@ def train(
         raw.pop("k")
         if feedback == "explicit":
             raw |= rating_metrics(fitted, test_part)
+        rated_pairs = raw.pop("n_ratings", None)  # a count of held-out ratings, not a metric
         metrics = {
             (name if name in ("rmse", "mae") or "@" in name else f"{name}@{k}"): float(value)
             for name, value in raw.items()
@@ -218,6 +219,7 @@ def train(
             "evaluated_users": evaluated_users,
             "train_nnz": int(train_part.nnz),
             "test_nnz": int(test_part.nnz),
+            "rated_pairs": rated_pairs,
             "final_model": "refitted on all data" if refit else "fitted on the training part",
         }
         if refit:

@@ -294,6 +294,13 @@ def _check_model(model: NMFModel) -> None:
             f"distributed fits support feedback {SUPPORTED_FEEDBACK}; got {model.feedback!r}. "
             "Fit explicit (rating) models with NMFModel.fit on one machine."
         )
+    searched = [name for name in ("n_components", "confidence", "alpha") if model.get_params()[name] == "auto"]
+    if searched:
+        raise ValidationError(
+            f"distributed fits from data the workers read cannot choose {', '.join(searched)} by validation "
+            "(the client never holds the matrix); got 'auto'. Run `timbral tune` on a sample and pass "
+            "its values (train --params FILE), or fit with timbral.distributed.fit_distributed."
+        )
     if model.feedback == "implicit" and model.confidence == "bm25":
         raise ValidationError(
             "distributed fits support confidence 'linear' and 'log'; got 'bm25', which needs corpus "

@@ -49,10 +49,10 @@ from timbral.scoring import exclude_rows, item_mask, top_k
 
 #: Each constructor parameter's allowed values, checked at ``fit`` and at load.
 PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {
-    "n_components": [Interval(numbers.Integral, 1, None)],
+    "n_components": [Interval(numbers.Integral, 1, None), Options(("auto",))],
     "feedback": [Options(FEEDBACK_KINDS)],
-    "alpha": [Interval(numbers.Real, 0, None)],
-    "confidence": [Options(CONFIDENCE_SCALINGS)],
+    "alpha": [Interval(numbers.Real, 0, None), Options(("auto",))],
+    "confidence": [Options((*CONFIDENCE_SCALINGS, "auto"))],
     "regularization": [Interval(numbers.Real, 0, None), Options(("auto",))],
     "l1_ratio": [Interval(numbers.Real, 0, 1)],
     "max_iter": [Interval(numbers.Integral, 1, None)],
@@ -60,6 +60,7 @@ PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {
     "random_state": [Interval(numbers.Integral, 0, None), np.random.Generator, NONE],
     "n_threads": [Interval(numbers.Integral, 0, None)],
     "init": [Options(INIT_KINDS)],
+    "warm_start": [bool],
 }
 
 
@@ -70,7 +71,9 @@ class FittedState:
     ``user_factors`` (n_users, k), ``item_factors`` (n_items, k), ``user_bias``
     (n_users,), ``item_bias`` (n_items,), ``global_mean`` (zero unless explicit), the
     λ used (``regularization``), ``n_iter``, ``loss_history`` and ``user_items`` (the
-    CSR matrix fitted on).
+    CSR matrix fitted on). ``confidence`` and ``alpha`` are the values the fit used
+    (None: the parameters' own, as in directories written before "auto" could choose
+    them) and ``search_results`` the validation table of the search (None without one).
     """
 
     user_factors: NDArray[np.floating]
@@ -82,6 +85,21 @@ class FittedState:
     n_iter: int
     loss_history: list[float]
     user_items: sp.csr_matrix
+    confidence: str | None = None
+    alpha: float | None = None
+    search_results: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """What ``fit`` uses for each parameter that may be "auto", and where the search left off."""
+
+    n_components: int
+    confidence: str
+    alpha: float
+    regularization: float
+    search_results: list[dict[str, Any]] | None
+    factors: tuple[NDArray[np.floating], NDArray[np.floating]] | None
 
 
 class NMFModel:
@@ -98,22 +116,29 @@ class NMFModel:
 
     Parameters
     ----------
-    n_components : int, default=50
-        Number of latent factors ``k``.
+    n_components : int or "auto", default=50
+        Number of latent factors ``k``; "auto" chooses among
+        ``timbral.tuning.N_COMPONENTS_GRID`` by validation (implicit and explicit).
     feedback : {"implicit", "explicit", "frobenius"}, default="implicit"
         ``implicit``: play counts or likes (β=1, c=1+α·r', p=1) for top-K.
         ``explicit``: ratings (β=0, c=1, p=r−μ−b_u−b_i) with fitted biases.
         ``frobenius``: plain NMF of the zero-filled matrix (scikit-learn's objective).
-    alpha : float, default=1.0
-        Confidence slope for implicit feedback.
-    confidence : {"linear", "log", "bm25"}, default="log"
+    alpha : float or "auto", default=1.0
+        Confidence slope for implicit feedback. As ``c = 1 + α·r'`` against the
+        unobserved entries' weight 1, α also sets how much an unobserved entry
+        weighs relative to an observed one; "auto" chooses it by validation.
+    confidence : {"linear", "log", "bm25", "auto"}, default="log"
         How raw implicit values become ``r'`` before ``c = 1 + α·r'``: ``r``,
-        ``log(1 + r)`` or BM25 weights. ``log`` tames heavy-tailed play counts
-        (measured best on Last.fm and MovieLens; see benchmarks/quality.py).
+        ``log(1 + r)`` or BM25 weights. ``log`` tames heavy-tailed play counts;
+        "auto" chooses among the three by validation.
     regularization : float or "auto", default="auto"
         Total penalty weight λ, split into L2 and L1 by ``l1_ratio``. "auto"
-        follows the data (``timbral.nmf.objective.auto_regularization``). The
-        value used is ``regularization_``.
+        (implicit and explicit feedback) chooses λ by validation on a split of
+        the training matrix, along a warm-started path (``timbral.tuning``);
+        for frobenius it is a light ridge (``timbral.nmf.objective.auto_regularization``).
+        A number turns that search off. Every "auto" parameter is searched
+        together; the values used are the fitted ``regularization_``,
+        ``confidence_``, ``alpha_`` and ``n_components_``.
     l1_ratio : float in [0, 1], default=0.0
         Share of ``regularization`` given to the L1 (sparsity) term.
     max_iter : int, default=200
@@ -126,6 +151,9 @@ class NMFModel:
         Kernel threads; 0 uses every available core.
     init : {"random", "nndsvd"}, default="random"
         Initial factors.
+    warm_start : bool, default=False
+        Start ``fit`` from the factors of the previous fit (same shapes) instead
+        of ``init``, as scikit-learn's ``warm_start``: a λ path refits cheaply.
 
     Attributes
     ----------
@@ -135,8 +163,12 @@ class NMFModel:
         Zero except for explicit feedback.
     global_mean_ : float
         μ for explicit feedback, else 0.
-    regularization_ : float
-        The λ used.
+    regularization_, alpha_ : float
+    confidence_ : str
+        The values the fit used (chosen by validation where the parameter was "auto").
+    search_results_ : list of dict or None
+        The validation table of the search (one row per setting tried: its
+        values, the validation metric, epochs and seconds); None without a search.
     n_iter_ : int
     loss_history_ : list of float
         The objective after every epoch.
@@ -150,9 +182,9 @@ class NMFModel:
     def __init__(
         self,
         *,
-        n_components: int = 50,
+        n_components: int | str = 50,
         feedback: str = DEFAULT_FEEDBACK,
-        alpha: float = DEFAULT_ALPHA,
+        alpha: float | str = DEFAULT_ALPHA,
         confidence: str = DEFAULT_CONFIDENCE,
         regularization: float | str = "auto",
         l1_ratio: float = 0.0,
@@ -161,6 +193,7 @@ class NMFModel:
         random_state: int | np.random.Generator | None = DEFAULT_SEED,
         n_threads: int = 0,
         init: str = "random",
+        warm_start: bool = False,
     ) -> None:
         self.n_components = n_components
         self.feedback = feedback
@@ -173,6 +206,7 @@ class NMFModel:
         self.random_state = random_state
         self.n_threads = n_threads
         self.init = init
+        self.warm_start = warm_start
 
     # -- scikit-learn estimator protocol ------------------------------------------------
 
@@ -221,7 +255,7 @@ class NMFModel:
             loader drops them too). Dense arrays and other sparse formats are
             converted to CSR (a copy).
         show_progress : bool, default=False
-            Show a progress bar (tqdm) over epochs.
+            Show a progress bar (tqdm) over epochs, and over the search's settings.
         callback : callable(iteration, loss), optional
             Called after every epoch.
         backend : HalfStepBackend, optional
@@ -235,8 +269,9 @@ class NMFModel:
         self.check_params()
         csr = check_user_items(user_items)
         rng = check_random_state(self.random_state)
-        regularization = self._resolve_regularization(csr)
-        l1, l2 = _penalties(regularization, self.l1_ratio)
+        chosen = self._choose_parameters(csr, show_progress)
+        l1, l2 = _penalties(chosen.regularization, self.l1_ratio)
+        initial = self._warm_start_factors(csr.shape, chosen.n_components) or chosen.factors
         progress = _progress_bar(self.max_iter) if show_progress else None
 
         def on_epoch(iteration: int, loss: float) -> None:
@@ -249,10 +284,10 @@ class NMFModel:
         try:
             result = fit_nmf(
                 csr,
-                n_components=self.n_components,
+                n_components=chosen.n_components,
                 feedback=self.feedback,
-                alpha=float(self.alpha),
-                confidence=self.confidence,
+                alpha=chosen.alpha,
+                confidence=chosen.confidence,
                 l2=l2,
                 l1=l1,
                 max_iter=self.max_iter,
@@ -263,6 +298,7 @@ class NMFModel:
                 dtype=np.float64 if csr.dtype == np.float64 else np.float32,
                 callback=on_epoch,
                 backend=backend,
+                initial=initial,
             )
         finally:
             if progress is not None:
@@ -270,7 +306,8 @@ class NMFModel:
         self._set_fitted(
             FittedState(
                 result.user_factors, result.item_factors, result.user_bias, result.item_bias,
-                result.global_mean, regularization, result.n_iter, result.loss_history, csr,
+                result.global_mean, chosen.regularization, result.n_iter, result.loss_history, csr,
+                chosen.confidence, chosen.alpha, chosen.search_results,
             )
         )
         return self
@@ -281,7 +318,8 @@ class NMFModel:
 
         Every part is checked against the parameters and the others: shapes agree,
         factors and biases are finite, factors are non-negative, ``global_mean`` and
-        the biases are zero unless ``feedback="explicit"``, λ is finite and ≥ 0.
+        the biases are zero unless ``feedback="explicit"``, λ and α are finite and ≥ 0,
+        and the state records the values of parameters that were "auto" (k is the factors').
 
         Raises
         ------
@@ -297,7 +335,7 @@ class NMFModel:
         model.check_params()
         W, H = np.asarray(state.user_factors), np.asarray(state.item_factors)
         b_u, b_i = np.asarray(state.user_bias), np.asarray(state.item_bias)
-        if W.ndim != 2 or H.ndim != 2 or W.shape[1] != H.shape[1] or W.shape[1] != model.n_components:
+        if W.ndim != 2 or H.ndim != 2 or W.shape[1] != H.shape[1] or model.n_components not in ("auto", W.shape[1]):
             raise ValidationError(
                 f"factor shapes {W.shape} and {H.shape} do not match n_components={model.n_components}."
             )
@@ -332,8 +370,23 @@ class NMFModel:
         lam = state.regularization
         if isinstance(lam, bool) or not np.isfinite(lam) or lam < 0:
             raise ValidationError(f"`regularization` must be a finite number ≥ 0; got {lam!r}.")
+        confidence = model.confidence if state.confidence is None else state.confidence
+        if confidence not in CONFIDENCE_SCALINGS:
+            raise ValidationError(
+                f"`confidence` must be one of {', '.join(map(repr, CONFIDENCE_SCALINGS))} (the scaling the "
+                f"fit used; 'auto' needs the state to record its choice); got {confidence!r}."
+            )
+        alpha = model.alpha if state.alpha is None else state.alpha
+        if isinstance(alpha, (bool, str)) or not np.isfinite(alpha) or alpha < 0:
+            raise ValidationError(
+                f"`alpha` must be a finite number ≥ 0 (the slope the fit used; 'auto' needs the state "
+                f"to record its choice); got {alpha!r}."
+            )
         model._set_fitted(
-            FittedState(W, H, b_u, b_i, mu, lam, state.n_iter, state.loss_history, user_items)
+            FittedState(
+                W, H, b_u, b_i, mu, lam, state.n_iter, state.loss_history, user_items,
+                confidence, float(alpha), state.search_results,
+            )
         )
         return model
 
@@ -345,6 +398,9 @@ class NMFModel:
         self.item_bias_ = np.asarray(state.item_bias, dtype=state.item_factors.dtype)
         self.global_mean_ = float(state.global_mean)
         self.regularization_ = float(state.regularization)
+        self.confidence_ = str(state.confidence)
+        self.alpha_ = float(state.alpha)
+        self.search_results_ = state.search_results
         self.n_iter_ = int(state.n_iter)
         self.loss_history_ = [float(x) for x in state.loss_history]
         user_items = state.user_items
@@ -535,8 +591,8 @@ class NMFModel:
             cols,
             values,
             feedback=self.feedback,
-            alpha=float(self.alpha),
-            confidence=self.confidence,
+            alpha=self.alpha_,
+            confidence=self.confidence_,
             l2=l2,
             l1=l1,
             global_mean=self.global_mean_,
@@ -600,11 +656,38 @@ class NMFModel:
             )
         return seen if seen.has_sorted_indices else seen.sorted_indices()
 
-    def _resolve_regularization(self, user_items: sp.csr_matrix) -> float:
-        """λ: the given number, or for "auto" the data's rule (``auto_regularization``)."""
-        if self.regularization != "auto":
-            return float(self.regularization)
-        return auto_regularization(user_items, self.feedback, float(self.alpha), self.confidence)
+    def _choose_parameters(self, user_items: sp.csr_matrix, show_progress: bool = False) -> _Choice:
+        """Settle every "auto" parameter by ``timbral.tuning.search`` (validation on a split of
+        ``user_items``); with the search's factors to start the fit from (None: from ``init``)."""
+        from timbral import tuning  # tuning fits NMFModels: imported here, not at the top
+
+        chosen, table, factors = self.get_params(), None, None
+        if tuning.searched_parameters(chosen):
+            found = tuning.search(user_items, chosen, show_progress=show_progress)
+            chosen |= found.params
+            table, factors = found.table, found.factors
+        # Still "auto" only where the feedback kind ignores it (no confidence outside implicit).
+        confidence = DEFAULT_CONFIDENCE if chosen["confidence"] == "auto" else chosen["confidence"]
+        alpha = DEFAULT_ALPHA if chosen["alpha"] == "auto" else float(chosen["alpha"])
+        # "auto" λ is left only for frobenius, which has no validation metric: its fixed light ridge.
+        reg = chosen["regularization"]
+        regularization = auto_regularization(user_items, self.feedback, alpha, confidence) if reg == "auto" else reg
+        return _Choice(int(chosen["n_components"]), confidence, alpha, float(regularization), table, factors)
+
+    def _warm_start_factors(
+        self, shape: tuple[int, int], n_components: int
+    ) -> tuple[NDArray[np.floating], NDArray[np.floating]] | None:
+        """The previous fit's factors when ``warm_start`` is on and a previous fit exists."""
+        if not (self.warm_start and hasattr(self, "user_factors_")):
+            return None
+        expected = ((shape[0], n_components), (shape[1], n_components))
+        if (self.user_factors_.shape, self.item_factors_.shape) != expected:
+            raise ValidationError(
+                f"warm_start=True needs the previous fit's shapes {expected}; it has "
+                f"{self.user_factors_.shape} and {self.item_factors_.shape}. Fit the same matrix "
+                "with the same n_components, or set warm_start=False."
+            )
+        return self.user_factors_, self.item_factors_
 
     def _cached(self, name: str, compute: Callable[[], Any]) -> Any:
         """A per-model value computed once (racing threads at worst compute it twice)."""
@@ -614,14 +697,14 @@ class NMFModel:
 
     def _bm25_stats(self) -> BM25Stats | None:
         """Corpus statistics for BM25 confidence, from the training matrix."""
-        if self.feedback != "implicit" or self.confidence != "bm25":
+        if self.feedback != "implicit" or self.confidence_ != "bm25":
             return None
         return self._cached("bm25", lambda: bm25_stats(self.user_items_))
 
     def _gram(self) -> NDArray[np.floating]:
         """β HᵀH + λ₂ I in the factor dtype: every fold-in's system starts from it."""
         l2 = _penalties(self.regularization_, self.l1_ratio)[1]
-        beta = weights_of(self.feedback, float(self.alpha)).beta
+        beta = weights_of(self.feedback, self.alpha_).beta
         H = self.item_factors_
         return self._cached("gram", lambda: regularized_gram(H.T @ H, beta, l2))
 
@@ -631,8 +714,8 @@ class NMFModel:
             lambda: Explainer(
                 self.item_factors_,
                 feedback=self.feedback,
-                alpha=float(self.alpha),
-                confidence=self.confidence,
+                alpha=self.alpha_,
+                confidence=self.confidence_,
                 l2=_penalties(self.regularization_, self.l1_ratio)[1],
                 bm25=self._bm25_stats(),
                 global_mean=self.global_mean_,

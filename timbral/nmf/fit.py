@@ -275,6 +275,7 @@ def fit_nmf(
     callback: Callable[[int, float], None] | None = None,
     n_sweeps: int | None = None,
     backend: HalfStepBackend | None = None,
+    initial: tuple[Factors, Factors] | None = None,
 ) -> FitResult:
     """Fit W (users × k) ≥ 0 and H (items × k) ≥ 0 by alternating row-wise NNLS.
 
@@ -307,6 +308,9 @@ def fit_nmf(
         Coordinate-descent sweeps per row per half-step (default ``FIT_SWEEPS[feedback]``).
     backend : HalfStepBackend, optional
         Where the row solves run (default: ``LocalBackend(n_threads)``).
+    initial : (W, H), optional
+        Starting factors of shapes (n_users, k) and (n_items, k), ≥ 0, instead of
+        ``init`` (a warm start, e.g. from the previous point of a λ path); copied.
 
     Returns
     -------
@@ -345,12 +349,15 @@ def fit_nmf(
     with single_threaded_blas():
         # Init scales to the zero-filled target: the 0/1 pattern (implicit), |r − μ|
         # (explicit: the part biases leave to W Hᵀ) or r (frobenius).
-        if feedback == "implicit":
-            target = sp.csr_matrix((np.ones_like(data), R.indices, R.indptr), R.shape)
+        if initial is not None:
+            W, H = (np.array(F, dtype=dtype, order="C") for F in initial)
         else:
-            target = sp.csr_matrix((np.abs(data - mu), R.indices, R.indptr), R.shape)
-        W, H = init_factors(target, n_components, init, rng, dtype)
-        del target
+            if feedback == "implicit":
+                target = sp.csr_matrix((np.ones_like(data), R.indices, R.indptr), R.shape)
+            else:
+                target = sp.csr_matrix((np.abs(data - mu), R.indices, R.indptr), R.shape)
+            W, H = init_factors(target, n_components, init, rng, dtype)
+            del target
         backend.place(R, Rt, SolveSettings(w, l1, sweeps))
 
         HtH = H.T @ H

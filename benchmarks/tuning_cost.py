@@ -1,0 +1,83 @@
+"""What the default fit's validation search costs, as a ratio to one plain fit.
+
+In one process: the default fit ``NMFModel(...).fit(R)`` (search + refit) against
+one fit at the setting the search chose (``NMFModel(regularization=λ*, confidence=c*,
+...)``: no search). Issue 9's bars: at most 3× on Last.fm-sized data, at most 1.5× at
+10M interactions (the search then runs on a sample of users). Both fits run on the
+same threads, one after the other; the ratio is what to compare across machines.
+
+Usage::
+
+    python benchmarks/tuning_cost.py /work/shared/data/lastfm-2k/user_artists.dat
+    python benchmarks/tuning_cost.py --generate 200000 50000 10000000 [--confidence auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's timbral
+
+from timbral import NMFModel  # noqa: E402
+from timbral.data import load_interactions  # noqa: E402
+from timbral.exceptions import ConvergenceWarning  # noqa: E402
+from timbral.generate import generate_interactions  # noqa: E402
+
+
+def generated(n_users: int, n_items: int, n_interactions: int) -> sp.csr_matrix:
+    """Music-like play counts from ``timbral.generate`` (seed 0), duplicates summed."""
+    table = generate_interactions(n_users, n_items, n_interactions, seed=0)
+    users = table.column(0).to_numpy() - 1
+    items = table.column(1).to_numpy() - 1
+    plays = table.column(2).to_numpy().astype(np.float32)
+    matrix = sp.csr_matrix((plays, (users, items)), shape=(n_users, n_items))
+    matrix.sum_duplicates()
+    return matrix
+
+
+def timed_fit(matrix: sp.csr_matrix, **params: Any) -> tuple[NMFModel, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        start = time.perf_counter()
+        model = NMFModel(**params).fit(matrix)
+        return model, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("data", nargs="?", help="interaction file (e.g. lastfm-2k/user_artists.dat)")
+    parser.add_argument("--generate", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"))
+    parser.add_argument("--components", type=int, default=50)
+    parser.add_argument("--confidence", default="log", help="'auto' searches the scaling too")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.generate:
+        matrix = generated(*args.generate)
+    elif args.data:
+        matrix = load_interactions(args.data).user_items
+    else:
+        parser.error("give DATA or --generate USERS ITEMS INTERACTIONS")
+    print(f"{matrix.shape[0]} users × {matrix.shape[1]} items, {matrix.nnz} interactions", flush=True)
+    common = {"n_components": args.components, "n_threads": args.threads}
+    default, default_s = timed_fit(matrix, **common, confidence=args.confidence)
+    table = default.search_results_ or []
+    chosen = {"regularization": default.regularization_, "confidence": default.confidence_}
+    _, plain_s = timed_fit(matrix, **common, **chosen)
+    search_s = sum(row["seconds"] for row in table)
+    print(f"search: {len(table)} settings, {search_s:.1f} s of fits; chosen {chosen}")
+    print(f"default fit (search + refit): {default_s:.1f} s, {default.n_iter_} epochs in the refit")
+    print(f"one fit at the chosen setting: {plain_s:.1f} s")
+    print(f"ratio: {default_s / plain_s:.2f}×")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

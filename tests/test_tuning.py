@@ -1,0 +1,281 @@
+"""Hyperparameters chosen by validation (timbral.tuning, NMFModel "auto" values), issue 9."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from timbral import tuning
+from timbral.cli import main
+from timbral.data import Interactions
+from timbral.exceptions import ValidationError
+from timbral.metrics import rating_metrics
+from timbral.nmf import NMFModel
+from timbral.recommender import Recommender
+from timbral.split import random_split
+from timbral.train import train
+
+FAST = {"n_threads": 1, "max_iter": 30}
+
+
+def planted_ratings(n_users: int = 240, n_items: int = 160, rank: int = 3, density: float = 0.2,
+                    seed: int = 0) -> sp.csr_matrix:
+    """Ratings μ + b_u + b_i + taste + noise, taste from a non-negative rank-``rank`` product, in [0.5, 5]."""
+    rng = np.random.default_rng(seed)
+    W = rng.gamma(1.0, 1.0, (n_users, rank))
+    H = rng.gamma(1.0, 1.0, (n_items, rank))
+    taste = W @ H.T  # double-centred: what the biases cannot explain
+    taste = taste - taste.mean(axis=1, keepdims=True) - taste.mean(axis=0, keepdims=True) + taste.mean()
+    taste /= taste.std()
+    ratings = 3.4 + rng.normal(0, 0.3, (n_users, 1)) + rng.normal(0, 0.3, (1, n_items)) + 0.8 * taste
+    ratings += rng.normal(0, 0.3, ratings.shape)
+    mask = rng.random(ratings.shape) < density
+    return sp.csr_matrix(np.where(mask, np.clip(ratings, 0.5, 5.0), 0.0).astype(np.float32))
+
+
+def clustered_plays(n_users: int = 200, n_items: int = 120, seed: int = 1) -> sp.csr_matrix:
+    """Play counts from 4 taste clusters with heavy-tailed counts."""
+    rng = np.random.default_rng(seed)
+    cluster_of_user = rng.integers(0, 4, n_users)
+    cluster_of_item = rng.integers(0, 4, n_items)
+    likes = np.where(cluster_of_user[:, None] == cluster_of_item[None, :], 0.3, 0.02)
+    mask = rng.random((n_users, n_items)) < likes
+    counts = np.floor(rng.pareto(1.2, (n_users, n_items)) * 3) + 1
+    return sp.csr_matrix(np.where(mask, counts, 0.0).astype(np.float32))
+
+
+def bias_only_rmse(train_part: sp.csr_matrix, test_part: sp.csr_matrix, reg: float = 5.0) -> float:
+    """RMSE of the regularised bias-only model μ + b_u + b_i (alternating closed form)."""
+    coo = train_part.tocoo()
+    mu = coo.data.mean()
+    b_u, b_i = np.zeros(train_part.shape[0]), np.zeros(train_part.shape[1])
+    for _ in range(20):
+        b_u = np.bincount(coo.row, coo.data - mu - b_i[coo.col], train_part.shape[0]) / (
+            np.bincount(coo.row, minlength=train_part.shape[0]) + reg)
+        b_i = np.bincount(coo.col, coo.data - mu - b_u[coo.row], train_part.shape[1]) / (
+            np.bincount(coo.col, minlength=train_part.shape[1]) + reg)
+    test = test_part.tocoo()
+    return float(np.sqrt(np.mean((mu + b_u[test.row] + b_i[test.col] - test.data) ** 2)))
+
+
+def choices(table: list[dict]) -> list[dict]:
+    """A search table without its timings."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in table]
+
+
+@pytest.fixture(scope="module")
+def plays() -> sp.csr_matrix:
+    return clustered_plays()
+
+
+@pytest.fixture(scope="module")
+def auto_model(plays) -> NMFModel:
+    return NMFModel(n_components=8, confidence="auto", **FAST).fit(plays)
+
+
+def test_default_fit_chooses_lambda_on_a_path_and_records_the_table(auto_model):
+    table = auto_model.search_results_
+    assert table and [row["chosen"] for row in table].count(True) == 1
+    chosen = next(row for row in table if row["chosen"])
+    assert auto_model.regularization_ == chosen["regularization"]
+    assert auto_model.confidence_ == chosen["confidence"]
+    assert chosen["ndcg@10"] == max(row["ndcg@10"] for row in table)
+    *paths, refinement = table
+    for confidence in {row["confidence"] for row in paths}:
+        path = [row["regularization"] for row in paths if row["confidence"] == confidence]
+        assert path == sorted(path, reverse=True) and len(path) >= tuning.PATIENCE + 1  # strong to weak
+        np.testing.assert_allclose(np.divide(path[:-1], path[1:]), 2.0)  # a log grid
+    # The last row refines the best path: halfway (geometrically) between two of its points.
+    best_path = [row["regularization"] for row in paths if row["confidence"] == refinement["confidence"]]
+    assert any(np.isclose(refinement["regularization"] ** 2, a * b) for a, b in itertools.pairwise(best_path))
+    assert {row["confidence"] for row in table} == set(tuning.CONFIDENCE_GRID)
+    assert auto_model.get_params()["confidence"] == "auto"  # the parameter itself stays as given
+
+
+def test_an_explicit_number_turns_its_search_off(plays):
+    fixed = NMFModel(n_components=8, regularization=3.0, **FAST).fit(plays)
+    assert fixed.search_results_ is None and fixed.regularization_ == 3.0 and fixed.confidence_ == "log"
+    only_confidence = NMFModel(n_components=8, regularization=3.0, confidence="auto", **FAST).fit(plays)
+    assert {row["regularization"] for row in only_confidence.search_results_} == {3.0}
+    assert len(only_confidence.search_results_) == len(tuning.CONFIDENCE_GRID)
+
+
+def test_search_is_seeded(plays):
+    a = NMFModel(n_components=6, random_state=3, **FAST).fit(plays)
+    b = NMFModel(n_components=6, random_state=3, **FAST).fit(plays)
+    assert a.search_results_ is not None
+    assert choices(a.search_results_) == choices(b.search_results_)
+    np.testing.assert_array_equal(a.user_factors_, b.user_factors_)
+
+
+def test_search_never_reads_the_test_split():
+    """Poison the held-out ratings of `train`'s split: what the search chose must not move."""
+    ratings = planted_ratings(seed=4)
+    _, test_part = random_split(ratings, test_fraction=0.2, seed=0)
+    n_items = ratings.shape[1]
+    keys = np.repeat(np.arange(ratings.shape[0]), np.diff(ratings.indptr)) * n_items + ratings.indices
+    test_keys = np.repeat(np.arange(test_part.shape[0]), np.diff(test_part.indptr)) * n_items + test_part.indices
+    at = np.searchsorted(keys, test_keys)
+    poisoned = ratings.copy()
+    poisoned.data[at] = 5.5 - poisoned.data[at]  # high ratings become low: the opposite of what is learnt
+    is_test = sp.csr_matrix((np.ones(test_part.nnz), test_part.indices, test_part.indptr), test_part.shape)
+
+    def run(matrix: sp.csr_matrix):
+        ids = np.arange(matrix.shape[0]), np.arange(matrix.shape[1])
+        model = NMFModel(feedback="explicit", n_components=6, max_iter=30, n_threads=1)
+        return train(Interactions(matrix, *ids), model=model, seed=0, refit=False)
+
+    clean, dirty = run(ratings), run(poisoned)
+    assert dirty.metrics["rmse"] > clean.metrics["rmse"] + 0.3  # the poison is in the test split
+    assert choices(clean.recommender.model.search_results_) == choices(dirty.recommender.model.search_results_)
+    assert clean.recommender.model.regularization_ == dirty.recommender.model.regularization_
+    # ... and it would have moved the choice had it been read: on the poisoned test, another λ wins.
+    train_part, _ = random_split(poisoned, test_fraction=0.2, seed=0)
+    poisoned_test = poisoned.multiply(is_test).tocsr().astype(np.float32)
+    lambdas = [row["regularization"] for row in clean.recommender.model.search_results_]
+    on_poison = [rating_metrics(NMFModel(feedback="explicit", n_components=6, regularization=lam, **FAST)
+                                .fit(train_part), poisoned_test)["rmse"] for lam in lambdas]
+    assert lambdas[int(np.argmin(on_poison))] != clean.recommender.model.regularization_
+
+
+def test_explicit_feedback_keeps_its_factors():
+    """Planted low-rank ratings: the chosen λ leaves the factors real signal (no bias-only collapse)."""
+    ratings = planted_ratings()
+    train_part, test_part = random_split(ratings, test_fraction=0.2, seed=0)
+    model = NMFModel(feedback="explicit", n_components=8, **FAST).fit(train_part)
+    rmse = rating_metrics(model, test_part)["rmse"]
+    baseline = bias_only_rmse(train_part, test_part)
+    assert rmse < 0.8 * baseline, (rmse, baseline, model.regularization_)
+    assert model.search_results_[0]["rmse"] > rmse  # the strongest λ of the path was not the answer
+    # The fixed rule it replaces, λ = Σc / (n_users + n_items), collapses to the biases here.
+    old_rule = NMFModel(feedback="explicit", n_components=8, regularization=train_part.nnz / sum(train_part.shape),
+                        **FAST).fit(train_part)
+    assert rating_metrics(old_rule, test_part)["rmse"] > 0.95 * baseline
+
+
+def test_chosen_parameters_round_trip_through_the_model_directory(auto_model, plays, tmp_path):
+    ids = np.arange(plays.shape[0]), np.arange(plays.shape[1])
+    Recommender(auto_model, *ids, plays).save(tmp_path / "model")
+    loaded = Recommender.load(tmp_path / "model").model
+    assert loaded.regularization_ == auto_model.regularization_
+    assert loaded.confidence_ == auto_model.confidence_ and loaded.alpha_ == auto_model.alpha_
+    assert loaded.search_results_ == auto_model.search_results_
+    users = np.arange(5)
+    np.testing.assert_allclose(loaded.recommend_batch(users, 5)[1], auto_model.recommend_batch(users, 5)[1])
+
+
+@pytest.fixture(scope="module")
+def plays_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tune") / "plays.csv"
+    assert main(["generate", str(path), "--users", "150", "--items", "80", "--interactions", "3000",
+                 "--seed", "2"]) == 0
+    return path
+
+
+def test_tune_writes_what_train_params_uses(plays_file, tmp_path, capsys):
+    params = tmp_path / "params.json"
+    assert main(["tune", str(plays_file), "-o", str(params), "--components", "6", "--iterations", "20",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "* = chosen" in out and f"--params {params}" in out and "ndcg@10" in out
+    written = json.loads(params.read_text())
+    chosen = written["params"]
+    assert chosen["feedback"] == "implicit" and chosen["n_components"] == 6
+    assert chosen["confidence"] in tuning.CONFIDENCE_GRID and isinstance(chosen["regularization"], float)
+    assert [row["chosen"] for row in written["search"]["table"]].count(True) == 1
+    assert main(["train", str(plays_file), "--params", str(params), "-o", str(tmp_path / "m"),
+                 "--iterations", "20", "--threads", "1", "--no-eval"]) == 0
+    model = Recommender.load(tmp_path / "m").model
+    assert model.regularization_ == chosen["regularization"] and model.confidence_ == chosen["confidence"]
+    assert model.n_components_ == 6 and model.search_results_ is None  # numbers: nothing left to search
+    # An option on the command line wins over the file.
+    assert main(["train", str(plays_file), "--params", str(params), "--regularization", "0.5",
+                 "-o", str(tmp_path / "m2"), "--iterations", "5", "--threads", "1", "--no-eval"]) == 0
+    assert Recommender.load(tmp_path / "m2").model.regularization_ == 0.5
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read --params"),
+        (b"{not json", "is not JSON"),
+        (b"[1, 2]", 'has no "params" object'),
+        (b'{"params": {"regularization": 1, "rm -rf /": 2}}', "unknown parameter"),
+        (b'{"params": {"regularization": -3}}', "`regularization` must be"),
+        (b'{"params": {"n_components": "many"}}', "`n_components` must be"),
+        (b'{"params": {"feedback": "explicit", "regularization": 1.0}}', "was tuned for --feedback 'explicit'"),
+        (b" " * (1 << 20) + b"{}", "larger than"),
+    ],
+)
+def test_bad_params_files_are_refused_with_a_fix(plays_file, tmp_path, capsys, content, message):
+    path = tmp_path / "params.json"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["train", str(plays_file), "--params", str(path), "-o", str(tmp_path / "m"), "--no-eval"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert "timbral tune" in err or "tune again" in err
+
+
+def test_large_data_searches_on_a_seeded_user_sample(plays, monkeypatch):
+    monkeypatch.setattr(tuning, "SAMPLE_MAX_INTERACTIONS", plays.nnz // 3)
+    params = NMFModel(n_components=6, **FAST).get_params()
+    found = tuning.search(plays, params)
+    assert 0 < found.sample_users < plays.shape[0] and found.n_users == plays.shape[0]
+    assert found.table and set(found.params) == {"regularization"}
+    assert choices(tuning.search(plays, params).table) == choices(found.table)  # the sample is seeded
+
+
+def test_nothing_to_validate_keeps_defaults_and_says_so():
+    tiny = sp.csr_matrix(np.eye(6, dtype=np.float32) * 3)  # one interaction per user: nothing to hold out
+    model = NMFModel(n_components=2, confidence="auto", alpha="auto", **FAST).fit(tiny)
+    assert model.search_results_ == [] and model.confidence_ == "log" and model.alpha_ == 1.0
+    assert model.regularization_ == pytest.approx((6 + np.log1p(3.0) * 6) / 12)
+
+
+def test_warm_start_continues_from_the_previous_factors(plays):
+    model = NMFModel(n_components=6, regularization=2.0, n_threads=1, max_iter=40, warm_start=True).fit(plays)
+    converged = model.loss_history_[-1]
+    model.set_params(max_iter=1).fit(plays)
+    cold = NMFModel(n_components=6, regularization=2.0, n_threads=1, max_iter=1).fit(plays)
+    assert model.loss_history_[0] <= converged * 1.001 < cold.loss_history_[0]
+    with pytest.raises(ValidationError, match=r"warm_start=True needs the previous fit's shapes"):
+        model.fit(plays[:50])
+    with pytest.raises(ValidationError, match="`warm_start` must be a builtins.bool; got 1"):
+        NMFModel(warm_start=1).fit(plays)
+
+
+def test_auto_values_are_validated():
+    with pytest.raises(ValidationError, match="`n_components`='auto' needs feedback 'implicit' or 'explicit'"):
+        NMFModel(n_components="auto", feedback="frobenius").fit(sp.csr_matrix(np.ones((4, 4))))
+    with pytest.raises(ValidationError, match=r"`confidence` must be one of .*'auto'; got 'sqrt'"):
+        NMFModel(confidence="sqrt").fit(sp.csr_matrix(np.ones((4, 4))))
+    with pytest.raises(ValidationError, match=r"`alpha` must be .*; got 'AUTO'"):
+        NMFModel(alpha="AUTO").fit(sp.csr_matrix(np.ones((4, 4))))
+
+
+def test_tune_explicit_feedback_as_json(tmp_path, capsys):
+    ratings = planted_ratings(n_users=80, n_items=50, density=0.3)
+    coo = ratings.tocoo()
+    data = tmp_path / "ratings.csv"
+    data.write_text("user,item,rating\n" + "".join(f"{u},{i},{r:.1f}\n" for u, i, r in
+                                                   zip(coo.row, coo.col, coo.data, strict=True)))
+    out = tmp_path / "p.json"
+    assert main(["tune", str(data), "--feedback", "explicit", "--components", "4", "-o", str(out), "--json",
+                 "--iterations", "20", "--threads", "1"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["output"] == str(out) and printed["search"]["metric"] == "rmse"
+    params = json.loads(out.read_text())["params"]
+    assert set(params) == {"feedback", "n_components", "regularization"}  # no confidence for ratings
+    assert params["feedback"] == "explicit" and params["n_components"] == 4
+
+
+def test_tune_refuses_bad_input(tmp_path, capsys):
+    assert main(["tune", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "p.json")]) == 2
+    assert "timbral: error:" in capsys.readouterr().err and not (tmp_path / "p.json").exists()
+    assert main(["tune", str(tmp_path / "missing.csv"), "--components", "many"]) == 2
+    assert "expected a positive integer, got 'many'" in capsys.readouterr().err
