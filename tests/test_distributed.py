@@ -46,6 +46,20 @@ def test_sharded_fit_equals_the_single_machine_fit(client, params):
     assert not set(ids) & set(matrix[0].indices)
 
 
+def test_auto_values_are_settled_by_the_same_search(client):
+    """A sharded fit of "auto" parameters chooses what the local fit chooses, and then fits the same."""
+    matrix = plays()
+    settings = dict(n_components=4, max_iter=6, tol=0, random_state=3, n_threads=1, confidence="auto")
+    local = NMFModel(**settings).fit(matrix)
+    sharded = fit_distributed(NMFModel(**settings), matrix, client, n_shards=3)
+    assert local.search_results_ and [row["regularization"] for row in sharded.search_results_] == [
+        row["regularization"] for row in local.search_results_
+    ]
+    assert (sharded.regularization_, sharded.confidence_) == (local.regularization_, local.confidence_)
+    np.testing.assert_allclose(sharded.loss_history_, local.loss_history_, rtol=1e-4)
+    np.testing.assert_allclose(sharded.item_factors_, local.item_factors_, rtol=1e-3, atol=1e-4)
+
+
 def test_explicit_is_refused_with_advice(client):
     with pytest.raises(ValidationError, match=r"supports feedback .* got 'explicit'. Fit explicit"):
         fit_distributed(NMFModel(feedback="explicit"), plays(), client)

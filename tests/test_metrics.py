@@ -38,8 +38,8 @@ def test_hand_computed_example():
     # user 0: hits [1, 0, 1]; user 1: no hit.
     ndcg0 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
     ap0 = (1 / 1 + 2 / 3) / 2
-    expected = dict(precision=(2 / 3) / 2, recall=1 / 2, recall_capped=1 / 2, ndcg=ndcg0 / 2, map=ap0 / 2, hit_rate=1 / 2,
-                    coverage=4 / 6, k=3, n_users=2)
+    expected = dict(precision=(2 / 3) / 2, recall=1 / 2, recall_capped=1 / 2, ndcg=ndcg0 / 2, map=ap0 / 2,
+                    hit_rate=1 / 2, coverage=4 / 6, k=3, n_users=2)
     got = ranking_scores(REC, TEST)
     assert got == pytest.approx(expected)
     assert precision_at_k(REC, TEST) == pytest.approx(expected["precision"])

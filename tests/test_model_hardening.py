@@ -169,7 +169,8 @@ def test_issue10_9_edited_parameters_are_refused(tmp_path, fitted, field, value)
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda m: m["fit"]["params"].update(alpha=-1.0), r"`alpha` must be a number in \[0, inf\]; got -1.0"),
+        (lambda m: m["fit"]["params"].update(alpha=-1.0),
+         r"`alpha` must be a number in \[0, inf\] or one of 'auto'; got -1.0"),
         (lambda m: m["fit"]["params"].update(feedback="ratings"), r"`feedback` must be one of .*got 'ratings'"),
         (lambda m: m["fit"].update(global_mean=3.5), r"global_mean=3.5 .* feedback='explicit' only"),
         (lambda m: m["fit"].update(regularization=-1.0), r"`regularization` must be a finite number ≥ 0; got -1.0"),

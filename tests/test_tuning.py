@@ -10,9 +10,10 @@ import pytest
 import scipy.sparse as sp
 
 from timbral import tuning
+from timbral.artifact import read_model_dir, write_model_dir
 from timbral.cli import main
 from timbral.data import Interactions
-from timbral.exceptions import ValidationError
+from timbral.exceptions import ArtifactError, ValidationError
 from timbral.metrics import rating_metrics
 from timbral.nmf import NMFModel
 from timbral.recommender import Recommender
@@ -166,6 +167,40 @@ def test_chosen_parameters_round_trip_through_the_model_directory(auto_model, pl
     assert loaded.search_results_ == auto_model.search_results_
     users = np.arange(5)
     np.testing.assert_allclose(loaded.recommend_batch(users, 5)[1], auto_model.recommend_batch(users, 5)[1])
+
+
+def test_directories_without_the_chosen_values_still_load(tmp_path):
+    """Directories written before the search recorded confidence, alpha and its table: the parameters'."""
+    model = NMFModel(n_components=3, confidence="linear", alpha=2.0, regularization=1.0, **FAST)
+    path = model.fit(clustered_plays(60, 40)).save(tmp_path / "model")
+    artifact = read_model_dir(path)
+    for name in ("confidence", "alpha", "search_results"):
+        del artifact.metadata["fit"][name]
+    write_model_dir(path, artifact)
+    loaded = NMFModel.load(path)
+    assert (loaded.confidence_, loaded.alpha_, loaded.search_results_) == ("linear", 2.0, None)
+    np.testing.assert_allclose(loaded.fold_in([1, 2], [3, 1]), model.fold_in([1, 2], [3, 1]))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"confidence": "sqrt"}, r"`confidence` must be one of 'linear', 'log', 'bm25' .*got 'sqrt'"),
+        ({"alpha": -2.0}, r"`alpha` must be a finite number ≥ 0 .*got -2.0"),
+        ({"alpha": "auto"}, r"`alpha` must be a finite number ≥ 0 .*got 'auto'"),
+        ({"alpha": None, "params": "auto"}, r"'auto' needs the state to record its choice\); got 'auto'"),
+    ],
+)
+def test_recorded_values_that_cannot_describe_the_model_are_refused(tmp_path, edit, message):
+    path = NMFModel(n_components=3, regularization=1.0, **FAST).fit(clustered_plays(60, 40)).save(tmp_path / "m")
+    artifact = read_model_dir(path)
+    fit = artifact.metadata["fit"]
+    if edit.pop("params", None):  # an 'auto' parameter whose choice is missing
+        fit["params"]["alpha"] = artifact.metadata["params"]["alpha"] = "auto"
+    fit.update(edit)
+    write_model_dir(path, artifact)
+    with pytest.raises(ArtifactError, match=message):
+        NMFModel.load(path)
 
 
 @pytest.fixture(scope="module")

@@ -171,7 +171,9 @@ def _dask_client(spec: str, worker_memory: str) -> Iterator[Any]:
         try:
             n_workers = _positive_int(spec[len("local:"):])
         except argparse.ArgumentTypeError:
-            raise _UsageError(f"--dask {spec!r}: after 'local:' give a positive number of workers, e.g. local:4") from None
+            raise _UsageError(
+                f"--dask {spec!r}: after 'local:' give a positive number of workers, e.g. local:4"
+            ) from None
         with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                       memory_limit=worker_memory, dashboard_address=":0") as cluster, \
                 distributed.Client(cluster) as client:
@@ -182,7 +184,9 @@ def _dask_client(spec: str, worker_memory: str) -> Iterator[Any]:
     try:
         client = distributed.Client(spec, timeout="20s")
     except OSError as exc:
-        raise _UsageError(f"--dask: cannot reach the scheduler at {spec} ({exc}); is `dask scheduler` running?") from None
+        raise _UsageError(
+            f"--dask: cannot reach the scheduler at {spec} ({exc}); is `dask scheduler` running?"
+        ) from None
     with client:
         yield client
 
