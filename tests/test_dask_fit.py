@@ -192,8 +192,9 @@ def test_fit_refuses_what_it_cannot_do(client, plays):
         fit(NMFModel(feedback="explicit"), plays / "parts", client)
     with pytest.raises(ValidationError, match=r"got 'bm25', which needs corpus statistics .* Use confidence='log'"):
         fit(NMFModel(confidence="bm25"), plays / "parts", client)
-    with pytest.raises(ValidationError, match=r"cannot choose n_components, alpha by validation .* --params"):
-        fit(NMFModel(n_components="auto", alpha="auto"), plays / "parts", client)
+    with pytest.raises(ValidationError, match=r"search only regularization and n_components; got 'auto' for "
+                                              r"confidence and alpha .* --params"):
+        fit(NMFModel(confidence="auto", alpha="auto"), plays / "parts", client)
     with pytest.raises(ValidationError, match=r"start from init='random'; got init='nndsvd'"):
         fit(NMFModel(init="nndsvd"), plays / "parts", client)
     with pytest.raises(ValidationError, match=r"n_blocks must be a positive integer, got 0"):

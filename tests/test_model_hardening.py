@@ -292,7 +292,7 @@ def test_bad_seen_matrix_is_refused(fitted):
     ("params", "change", "message"),
     [
         ({"bogus": 1}, {}, r"`params` has unknown parameter\(s\) \['bogus'\]"),
-        ({"n_components": 0}, {}, r"`n_components` must be an integer in \[1, inf\]; got 0"),
+        ({"n_components": 0}, {}, r"`n_components` must be an integer in \[1, inf\] or one of 'auto'; got 0"),
         ({}, {"user_factors": np.full((50, 4), np.nan, np.float32)}, r"`user_factors` must hold finite floats"),
         ({}, {"item_factors": -np.ones((40, 4), np.float32)}, r"factors must be non-negative"),
         ({}, {"item_bias": np.zeros(39, np.float32)}, r"bias shapes \(50,\), \(39,\) do not match"),

@@ -36,6 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from timbral import tuning
 from timbral._validation import check_random_state
 from timbral.dask import solve as rowsolve
 from timbral.dask.blocks import Blocks, CleaningRules, read_blocks
@@ -295,12 +296,12 @@ def _check_model(model: NMFModel) -> None:
             f"distributed fits support feedback {SUPPORTED_FEEDBACK}; got {model.feedback!r}. "
             "Fit explicit (rating) models with NMFModel.fit on one machine."
         )
-    searched = [name for name in ("n_components", "confidence", "alpha") if model.get_params()[name] == "auto"]
-    if searched:
+    fixed = [name for name in ("confidence", "alpha") if model.get_params()[name] == "auto"]
+    if fixed:
         raise ValidationError(
-            f"distributed fits from data the workers read cannot choose {', '.join(searched)} by validation "
-            "(the client never holds the matrix); got 'auto'. Run `timbral tune` on a sample and pass "
-            "its values (train --params FILE), or fit with timbral.distributed.fit_distributed."
+            f"distributed fits search only regularization and n_components; got 'auto' for "
+            f"{' and '.join(fixed)} (the search may choose bm25, which needs corpus statistics). Run "
+            "`timbral tune` on the data and pass its values (train --params FILE)."
         )
     if model.feedback == "implicit" and model.confidence == "bm25":
         raise ValidationError(
@@ -322,6 +323,8 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
                 callback: Callable[[int, float], None] | None) -> DaskFit:
     dtype = np.dtype(np.float32)
     n_users, n_items = data.shape
+    given = model
+    model, table, start = _search(model, data, client)
     k, alpha = model.n_components, float(model.alpha)
     sums = client.gather([
         client.submit(_block_sums, b, model.feedback, alpha, model.confidence) for b in data.user_blocks
@@ -329,10 +332,8 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
     nnz = data.report.nnz
     if model.regularization != "auto":
         lam = float(model.regularization)
-    elif model.feedback == "frobenius":  # a constant, whatever the data
+    else:  # "auto" left after the search: frobenius, which has no validation metric; a constant
         lam = sums[0][1] / (int(data.user_bounds[1]) + n_items)
-    else:
-        lam = sum(s[1] for s in sums) / (n_users + n_items)
     l1, l2 = lam * float(model.l1_ratio), lam * (1.0 - float(model.l1_ratio))
     solve = rowsolve.settings(model.feedback, alpha, l1)
     target_sum = float(nnz) if model.feedback == "implicit" else sum(s[0] for s in sums)
@@ -340,10 +341,15 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
 
     users = _side(client, data.user_blocks, data.item_bounds, model, dtype, broadcast_fraction)
     items = _side(client, data.item_blocks, data.user_bounds, model, dtype, broadcast_fraction)
-    W = [client.submit(rowsolve.block_start, state, int(lo), int(hi - lo), k, scale, dtype)
-         for lo, hi in zip(data.user_bounds[:-1], data.user_bounds[1:], strict=True)]
-    H = [client.submit(rowsolve.block_start, state, n_users + int(lo), int(hi - lo), k, scale, dtype)
-         for lo, hi in zip(data.item_bounds[:-1], data.item_bounds[1:], strict=True)]
+    if start is None:
+        W = [client.submit(rowsolve.block_start, state, int(lo), int(hi - lo), k, scale, dtype)
+             for lo, hi in zip(data.user_bounds[:-1], data.user_bounds[1:], strict=True)]
+        H = [client.submit(rowsolve.block_start, state, n_users + int(lo), int(hi - lo), k, scale, dtype)
+             for lo, hi in zip(data.item_bounds[:-1], data.item_bounds[1:], strict=True)]
+    else:  # where the search left off, as NMFModel.fit starts
+        W, H = ([client.scatter(np.ascontiguousarray(F[lo:hi], dtype), hash=False)
+                 for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+                for F, bounds in zip(start, (data.user_bounds, data.item_bounds), strict=True))
     HtH = sum(g for g, _ in client.gather([client.submit(_gram_sum, h) for h in H]))
     beta = solve.weights.beta
 
@@ -379,15 +385,30 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
             stacklevel=3,
         )
     W_all, H_all = np.concatenate(client.gather(W)), np.concatenate(client.gather(H))
-    fitted = NMFModel.from_fitted(model.get_params(), FittedState(
+    fitted = NMFModel.from_fitted(given.get_params(), FittedState(
         W_all, H_all, np.zeros(n_users, dtype), np.zeros(n_items, dtype), 0.0, lam, len(history), history,
-        sp.vstack(client.gather(data.user_blocks), format="csr"),
+        sp.vstack(client.gather(data.user_blocks), format="csr"), model.confidence, alpha, table,
     ))
     row_bytes = k * dtype.itemsize
     return DaskFit(
         fitted, client.gather(data.user_ids), client.gather(data.item_ids), data.report, seconds,
         (users.rows_per_step + items.rows_per_step) * row_bytes, users.broadcasts + items.broadcasts,
     )
+
+
+def _search(model: NMFModel, data: Blocks, client: Client) -> tuple[NMFModel, list[dict] | None, Any]:
+    """``model`` with its "auto" λ and k chosen as ``NMFModel.fit`` chooses them (``timbral.tuning.search``),
+    the search's table and the factors to start from (None: the random start).
+
+    The search needs the matrix: the user blocks come to the client for it and go (the
+    fit gathers them again at its end); it fits a user sample of at most
+    ``tuning.SAMPLE_MAX_INTERACTIONS`` interactions.
+    """
+    params = model.get_params()
+    if not tuning.searched_parameters(params):
+        return model, None, None
+    found = tuning.search(sp.vstack(client.gather(data.user_blocks), format="csr"), params)
+    return NMFModel(**(params | found.params)), found.table, found.factors
 
 
 def _checkpoint(
