@@ -97,7 +97,7 @@ def _session_database_url() -> Iterator[str]:
 
 @pytest.fixture
 def database_url(_session_database_url: str) -> Iterator[str]:
-    """A fresh, empty database of this test's own on the session's PostgreSQL server."""
+    """A fresh, empty schema of this test's own on the session's PostgreSQL server."""
     from postgres_server import fresh_database
 
     with fresh_database(_session_database_url) as url:

@@ -152,15 +152,20 @@ class PostgresProcess:
 
 @contextmanager
 def fresh_database(server_url: str) -> Iterator[str]:
-    """Create an empty database on ``server_url``'s server, yield its URL, drop it."""
+    """An empty schema of its own on ``server_url``'s database; yields a URL that uses it.
+
+    A schema (through ``search_path`` in the URL) costs milliseconds where a new database
+    costs a second or more on a busy machine, and isolates the tables just as well.
+    """
     import psycopg
 
     name = f"timbral_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+        admin.execute(f'CREATE SCHEMA "{name}"')
     parts = urlsplit(server_url)
+    query = "&".join(filter(None, [parts.query, f"options=-csearch_path%3D{name}"]))
     try:
-        yield urlunsplit(parts._replace(path=f"/{name}"))
+        yield urlunsplit(parts._replace(query=query))
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'DROP SCHEMA "{name}" CASCADE')
