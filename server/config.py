@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,6 +56,12 @@ class Config:
     breaker_failures: int = 3
     breaker_cooldown_seconds: float = 2.0
     shutdown_timeout_seconds: float = 10.0
+    # The production loop on PostgreSQL (unset DATABASE_URL = models from TIMBRAL_MODEL_DIR only).
+    database_url: str | None = field(default=None, repr=False)  # holds a password: never printed
+    db_migrate: bool = False  # apply schema migrations at start
+    registry_poll_seconds: float = 10.0  # fallback check when a NOTIFY is missed
+    database_timeout_seconds: float = 5.0
+    model_cache_dir: Path | None = None  # where registry models are downloaded (default: a temp dir)
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -139,6 +145,11 @@ def _check(config: Config) -> list[str]:
     need(config.breaker_failures >= 1, "breaker_failures", "an integer >= 1")
     need(config.breaker_cooldown_seconds > 0, "breaker_cooldown_seconds", "a number of seconds > 0")
     need(config.shutdown_timeout_seconds >= 0, "shutdown_timeout_seconds", "a number of seconds >= 0")
+    if config.database_url is not None and not config.database_url.startswith(("postgresql://", "postgres://")):
+        problems.append(f"DATABASE_URL={config.database_url.partition('://')[0]!r}://...: expected a URL "
+                        "starting with postgresql:// (or unset to serve TIMBRAL_MODEL_DIR only)")
+    need(config.registry_poll_seconds > 0, "registry_poll_seconds", "a number of seconds > 0")
+    need(config.database_timeout_seconds > 0, "database_timeout_seconds", "a number of seconds > 0")
     return problems
 
 
@@ -165,10 +176,15 @@ ENV_NAMES: dict[str, str] = {
     "breaker_failures": "TIMBRAL_REDIS_BREAKER_FAILURES",
     "breaker_cooldown_seconds": "TIMBRAL_REDIS_BREAKER_COOLDOWN_SECONDS",
     "shutdown_timeout_seconds": "TIMBRAL_SHUTDOWN_TIMEOUT_SECONDS",
+    "database_url": "DATABASE_URL",
+    "db_migrate": "TIMBRAL_DB_MIGRATE",
+    "registry_poll_seconds": "TIMBRAL_REGISTRY_POLL_SECONDS",
+    "database_timeout_seconds": "TIMBRAL_DATABASE_TIMEOUT_SECONDS",
+    "model_cache_dir": "TIMBRAL_MODEL_CACHE_DIR",
 }
 
 # Unset-able variables for which an empty value means "not set" (common in compose files).
-_EMPTY_IS_UNSET = {"redis_url", "model_dir", "admin_token"}
+_EMPTY_IS_UNSET = {"redis_url", "model_dir", "admin_token", "database_url", "model_cache_dir"}
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_host": str.strip,
@@ -193,4 +209,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "breaker_failures": _parse_number(int),
     "breaker_cooldown_seconds": _parse_number(float),
     "shutdown_timeout_seconds": _parse_number(float),
+    "database_url": str.strip,
+    "db_migrate": _parse_bool,
+    "registry_poll_seconds": _parse_number(float),
+    "database_timeout_seconds": _parse_number(float),
+    "model_cache_dir": Path,
 }

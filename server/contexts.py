@@ -1,4 +1,4 @@
-"""One cleanup context per resource, in start order: executor, model, Redis, reloads.
+"""One cleanup context per resource, in start order: executor, model, Redis, reloads, registry.
 
 aiohttp runs them in this order at start-up and unwinds them in reverse at
 shutdown, so background reloads are cancelled and awaited first and the executor
@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from aiohttp import web
 
 from server.batching import RecommendBatcher
 from server.cache import CircuitBreaker, RedisCache
-from server.keys import BATCHER, CACHE, CONFIG, EXECUTOR, METRICS, MODEL, RELOADER, SCORING_THREADS
+from server.keys import BATCHER, CACHE, CONFIG, EXECUTOR, FOLLOWER, METRICS, MODEL, RELOADER, SCORING_THREADS
+from server.registry_follower import RegistryFollower
 from server.state import load_model
 from timbral._threads import available_cpus, pin_blas_to_one_thread
 
@@ -85,4 +89,31 @@ async def reload_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[RELOADER].close()
 
 
-CLEANUP_CONTEXTS = (executor_ctx, model_ctx, redis_ctx, reload_ctx)
+REGISTRY_START_WAIT_SECONDS = 120.0  # for the first production model before serving without it
+
+
+async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With ``DATABASE_URL``: migrate (when allowed), then follow the production model.
+
+    Started after the reload context, so it stops first: no swap begins while the
+    reloader is closing.
+    """
+    config = app[CONFIG]
+    app[FOLLOWER] = None
+    if config.database_url is None:
+        yield
+        return
+    cache_dir = config.model_cache_dir or Path(tempfile.mkdtemp(prefix="timbral-models-"))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    follower = RegistryFollower(config.database_url, config, app[RELOADER], app[METRICS], cache_dir)
+    if config.db_migrate:
+        await follower.migrate()
+    app[FOLLOWER] = follower
+    await follower.start(REGISTRY_START_WAIT_SECONDS)
+    yield
+    await follower.close()
+    if config.model_cache_dir is None:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+CLEANUP_CONTEXTS = (executor_ctx, model_ctx, redis_ctx, reload_ctx, registry_ctx)

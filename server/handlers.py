@@ -22,7 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.cache import cache_key
 from server.errors import ApiError
-from server.keys import BATCHER, CACHE, CONFIG, EXECUTOR, SCORING_THREADS, METRICS, MODEL, OPENAPI, RELOADER
+from server.keys import (
+    BATCHER, CACHE, CONFIG, EXECUTOR, FOLLOWER, METRICS, MODEL, OPENAPI, RELOADER, SCORING_THREADS)
 from server.schemas import (
     BatchRequest,
     RecommendRequest,
@@ -91,15 +92,18 @@ async def health(request: web.Request) -> web.Response:
         model_part = {"status": "ok", **model.describe()}
     redis_part = (await cache.redis.health()).as_dict() if cache.redis else {
         "status": "disabled", "reason": "REDIS_URL is not set; tier 1 (in-process) cache only"}
+    follower = app[FOLLOWER]
+    database_part = follower.health() if follower else {
+        "status": "disabled", "reason": "DATABASE_URL is not set; the model comes from TIMBRAL_MODEL_DIR"}
     if model is None:
         status = "unavailable"
-    elif redis_part["status"] == "degraded":
+    elif "degraded" in (redis_part["status"], database_part["status"]):
         status = "degraded"
     else:
         status = "ok"
     return json_response(
         {"status": status, "components": {
-            "model": model_part, "redis": redis_part,
+            "model": model_part, "redis": redis_part, "database": database_part,
             "system": _system(app[CONFIG].model_dir)}},
         status=503 if model is None else 200)
 

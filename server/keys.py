@@ -11,6 +11,7 @@ from server.batching import RecommendBatcher
 from server.cache import TieredCache
 from server.config import Config
 from server.metrics import Metrics
+from server.registry_follower import RegistryFollower
 from server.state import ModelSlot, Reloader
 
 CONFIG = web.AppKey("config", Config)
@@ -23,5 +24,6 @@ CACHE = web.AppKey("cache", TieredCache)
 RELOADER = web.AppKey("reloader", Reloader)
 OPENAPI = web.AppKey("openapi", bytes)
 ACCESS_LOG = web.AppKey("access_log", AccessLog | None)  # None below LOG_LEVEL=INFO
+FOLLOWER = web.AppKey("registry_follower", RegistryFollower | None)  # None without DATABASE_URL
 
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -120,20 +121,16 @@ class PostgresProcess:
             return False
 
     def kill(self) -> None:
-        """SIGKILL the postmaster: the abrupt outage the service must survive.
-
-        Its backends notice their parent is gone and exit on their own; the next
-        :meth:`start` recovers the cluster.
-        """
+        """SIGKILL the postmaster (a start that hung); unflushed commits may be lost."""
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait(10)
         self._close_pipes()
 
     def stop(self) -> None:
-        """Fast shutdown: every connection is cut."""
+        """Fast shutdown (SIGINT): every connection is cut. SIGTERM would wait for clients."""
         if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
+            self._process.send_signal(signal.SIGINT)
             try:
                 self._process.wait(30)
             except subprocess.TimeoutExpired:
