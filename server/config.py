@@ -62,6 +62,11 @@ class Config:
     registry_poll_seconds: float = 10.0  # fallback check when a NOTIFY is missed
     database_timeout_seconds: float = 5.0
     model_cache_dir: Path | None = None  # where registry models are downloaded (default: a temp dir)
+    ingest_token: str | None = field(default=None, repr=False)  # POST /api/v1/interactions
+    ingest_max_events: int = 1000  # per request
+    ingest_queue_events: int = 50_000  # waiting for their COPY; beyond: 429
+    ingest_batch_events: int = 5000  # per COPY
+    ingest_flush_seconds: float = 0.05  # a flush waits this long for concurrent requests to join
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -150,6 +155,16 @@ def _check(config: Config) -> list[str]:
                         "starting with postgresql:// (or unset to serve TIMBRAL_MODEL_DIR only)")
     need(config.registry_poll_seconds > 0, "registry_poll_seconds", "a number of seconds > 0")
     need(config.database_timeout_seconds > 0, "database_timeout_seconds", "a number of seconds > 0")
+    if config.ingest_token is not None and len(config.ingest_token) < 16:
+        problems.append("TIMBRAL_INGEST_TOKEN: expected at least 16 characters (or unset to disable ingestion)")
+    if config.ingest_token is not None and config.database_url is None:
+        problems.append("TIMBRAL_INGEST_TOKEN is set but DATABASE_URL is not: ingestion writes to PostgreSQL; "
+                        "set DATABASE_URL or unset TIMBRAL_INGEST_TOKEN")
+    need(config.ingest_max_events >= 1, "ingest_max_events", "an integer >= 1")
+    need(config.ingest_batch_events >= 1, "ingest_batch_events", "an integer >= 1")
+    need(config.ingest_queue_events >= config.ingest_max_events, "ingest_queue_events",
+         "an integer >= TIMBRAL_INGEST_MAX_EVENTS (a full request must fit)")
+    need(config.ingest_flush_seconds >= 0, "ingest_flush_seconds", "a number of seconds >= 0")
     return problems
 
 
@@ -181,10 +196,16 @@ ENV_NAMES: dict[str, str] = {
     "registry_poll_seconds": "TIMBRAL_REGISTRY_POLL_SECONDS",
     "database_timeout_seconds": "TIMBRAL_DATABASE_TIMEOUT_SECONDS",
     "model_cache_dir": "TIMBRAL_MODEL_CACHE_DIR",
+    "ingest_token": "TIMBRAL_INGEST_TOKEN",
+    "ingest_max_events": "TIMBRAL_INGEST_MAX_EVENTS",
+    "ingest_queue_events": "TIMBRAL_INGEST_QUEUE_EVENTS",
+    "ingest_batch_events": "TIMBRAL_INGEST_BATCH_EVENTS",
+    "ingest_flush_seconds": "TIMBRAL_INGEST_FLUSH_SECONDS",
 }
 
 # Unset-able variables for which an empty value means "not set" (common in compose files).
-_EMPTY_IS_UNSET = {"redis_url", "model_dir", "admin_token", "database_url", "model_cache_dir"}
+_EMPTY_IS_UNSET = {"redis_url", "model_dir", "admin_token", "database_url", "model_cache_dir",
+                   "ingest_token"}
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_host": str.strip,
@@ -214,4 +235,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "registry_poll_seconds": _parse_number(float),
     "database_timeout_seconds": _parse_number(float),
     "model_cache_dir": Path,
+    "ingest_token": str,
+    "ingest_max_events": _parse_number(int),
+    "ingest_queue_events": _parse_number(int),
+    "ingest_batch_events": _parse_number(int),
+    "ingest_flush_seconds": _parse_number(float),
 }

@@ -1,4 +1,5 @@
-"""One cleanup context per resource, in start order: executor, model, Redis, reloads, registry.
+"""One cleanup context per resource, in start order: executor, model, Redis, reloads, registry,
+ingestion.
 
 aiohttp runs them in this order at start-up and unwinds them in reverse at
 shutdown, so background reloads are cancelled and awaited first and the executor
@@ -19,7 +20,9 @@ from aiohttp import web
 
 from server.batching import RecommendBatcher
 from server.cache import CircuitBreaker, RedisCache
-from server.keys import BATCHER, CACHE, CONFIG, EXECUTOR, FOLLOWER, METRICS, MODEL, RELOADER, SCORING_THREADS
+from server.ingest import IngestQueue
+from server.keys import (
+    BATCHER, CACHE, CONFIG, EXECUTOR, FOLLOWER, INGEST, METRICS, MODEL, RELOADER, SCORING_THREADS)
 from server.registry_follower import RegistryFollower
 from server.state import load_model
 from timbral._threads import available_cpus, pin_blas_to_one_thread
@@ -116,4 +119,24 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         shutil.rmtree(cache_dir, ignore_errors=True)
 
 
-CLEANUP_CONTEXTS = (executor_ctx, model_ctx, redis_ctx, reload_ctx, registry_ctx)
+async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With ``TIMBRAL_INGEST_TOKEN``: the ingestion writer; at shutdown it flushes what is queued.
+
+    aiohttp runs cleanup after in-flight requests were given their shutdown timeout, so
+    requests waiting for their commit are answered first, then the rest is written.
+    """
+    config = app[CONFIG]
+    app[INGEST] = None
+    if config.ingest_token is None or config.database_url is None:
+        yield
+        return
+    queue = IngestQueue(config.database_url, app[METRICS], capacity=config.ingest_queue_events,
+                        batch_events=config.ingest_batch_events, flush_seconds=config.ingest_flush_seconds,
+                        timeout_seconds=config.database_timeout_seconds)
+    queue.start()
+    app[INGEST] = queue
+    yield
+    await queue.close()
+
+
+CLEANUP_CONTEXTS = (executor_ctx, model_ctx, redis_ctx, reload_ctx, registry_ctx, ingest_ctx)

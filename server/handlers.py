@@ -23,7 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from server.cache import cache_key
 from server.errors import ApiError
 from server.keys import (
-    BATCHER, CACHE, CONFIG, EXECUTOR, FOLLOWER, METRICS, MODEL, OPENAPI, RELOADER, SCORING_THREADS)
+    BATCHER, CACHE, CONFIG, EXECUTOR, FOLLOWER, INGEST, METRICS, MODEL, OPENAPI, RELOADER, SCORING_THREADS)
+from server.ingest import RejectedEvents, check_token, parse_events
 from server.schemas import (
     BatchRequest,
     RecommendRequest,
@@ -237,3 +238,21 @@ async def reload_model(request: web.Request) -> web.Response:
     loaded: LoadedModel = await request.app[RELOADER].reload(target)
     return json_response({"status": "reloaded", "previous_version": previous.version if previous else None,
                           **loaded.describe()})
+
+
+async def ingest_interactions(request: web.Request) -> web.Response:
+    """Write a batch of play events; 200 only once they are committed (see server.ingest)."""
+    config = request.app[CONFIG]
+    check_token(request.headers.get("Authorization", ""), config.ingest_token)
+    queue = request.app[INGEST]
+    if queue is None:
+        raise ApiError(403, "ingest_disabled", "interaction ingestion is disabled; set DATABASE_URL")
+    try:
+        events = parse_events(parse_json(await request.read()), max_events=config.ingest_max_events,
+                              max_id_length=config.max_id_length)
+    except RejectedEvents as exc:
+        queue.reject(len(exc.rejected))
+        return json_response({"error": {"code": exc.code, "message": exc.message, "rejected": exc.rejected}},
+                             status=exc.status)
+    accepted, duplicates = await queue.submit(events)
+    return json_response({"received": len(events), "accepted": accepted, "duplicates": duplicates})

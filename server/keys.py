@@ -10,6 +10,7 @@ from server.access_log import AccessLog
 from server.batching import RecommendBatcher
 from server.cache import TieredCache
 from server.config import Config
+from server.ingest import IngestQueue
 from server.metrics import Metrics
 from server.registry_follower import RegistryFollower
 from server.state import ModelSlot, Reloader
@@ -25,5 +26,6 @@ RELOADER = web.AppKey("reloader", Reloader)
 OPENAPI = web.AppKey("openapi", bytes)
 ACCESS_LOG = web.AppKey("access_log", AccessLog | None)  # None below LOG_LEVEL=INFO
 FOLLOWER = web.AppKey("registry_follower", RegistryFollower | None)  # None without DATABASE_URL
+INGEST = web.AppKey("ingest", IngestQueue | None)  # None without TIMBRAL_INGEST_TOKEN
 
 REQUEST_ID = web.RequestKey("request_id", str)

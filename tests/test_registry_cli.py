@@ -26,9 +26,10 @@ def run_json(capsys, *argv: str):
 
 def test_the_whole_loop_from_the_command_line(plays, database_url, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("DATABASE_URL", database_url)
-    assert run_json(capsys, "db", "upgrade") == {"applied": ["0001_model_registry"]}
+    assert run_json(capsys, "db", "upgrade") == {"applied": ["0001_model_registry", "0002_interactions"]}
     assert run_json(capsys, "db", "upgrade") == {"applied": []}
-    assert run_json(capsys, "db", "status") == [{"migration": "0001_model_registry", "applied": True}]
+    assert run_json(capsys, "db", "status") == [{"migration": "0001_model_registry", "applied": True},
+                                                {"migration": "0002_interactions", "applied": True}]
     assert main(["train", str(plays), "--register", *FAST]) == 0
     assert "Registered as model version 1 (staged); promote it with `timbral models promote 1`" in \
         capsys.readouterr().out
