@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model and save it to a directory",
                                 description="Load, validate, evaluate on a holdout, refit on all data, save.")
-    train.add_argument("data", metavar="DATA", help="interactions: CSV/TSV/.dat, Parquet or JSON lines")
+    train.add_argument("data", metavar="DATA", nargs="?",
+                       help="interactions: CSV/TSV/.dat, Parquet or JSON lines (or --source)")
     train.add_argument("--output", "-o", metavar="DIR", help="model directory to write (needed unless --register)")
     _evaluation_options(train, 0.2)
     train.add_argument("--no-eval", action="store_true", help="skip the holdout evaluation (fit once, on all data)")
@@ -291,8 +292,9 @@ def _cmd_train(args: argparse.Namespace, progress: bool) -> int:
     if args.output is None and not args.register:
         raise _UsageError("train needs --output DIR, --register, or both (see `timbral train --help`)")
     with tempfile.TemporaryDirectory(prefix="timbral-train-") as scratch:
+        data = registry_cli.training_data(args, Path(scratch))
         output = args.output or Path(scratch) / "model"  # --register alone: upload, then forget
-        result = _train(args, args.data, output, test_fraction=None if args.no_eval else args.test_fraction,
+        result = _train(args, data, output, test_fraction=None if args.no_eval else args.test_fraction,
                         k=args.k, refit=True, progress=progress)
         registered = registry_cli.register_trained(args, result.path) if args.register else None
         if args.output is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from timbral.exceptions import RegistryError
 if TYPE_CHECKING:
     from timbral.registry.registry import ModelVersion, Registry
 
-__all__ = ["add_commands", "add_train_options", "register_trained", "run"]
+__all__ = ["add_commands", "add_train_options", "register_trained", "run", "training_data"]
 
 
 def _version(text: str) -> int:
@@ -38,8 +39,24 @@ def _database_option(parser: argparse.ArgumentParser) -> None:
                         help="PostgreSQL URL of the registry (default: $DATABASE_URL)")
 
 
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time such as 2024-05-01T00:00:00Z, "
+                                         f"got {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def add_train_options(train: argparse.ArgumentParser) -> None:
-    """``--register`` (and where to) on ``timbral train``."""
+    """``--source`` (train from PostgreSQL) and ``--register`` on ``timbral train``."""
+    source = train.add_argument_group("training data from PostgreSQL (instead of DATA)")
+    source.add_argument("--source", metavar="URL", help="postgresql:// URL to read interactions from")
+    source.add_argument("--table", help="table with user_id, item_id, value, occurred_at "
+                                        "(default: timbral_interactions)")
+    source.add_argument("--query", help="a SELECT giving those columns, instead of --table")
+    source.add_argument("--since", type=_moment, metavar="TIME", help="only interactions at or after TIME")
+    source.add_argument("--until", type=_moment, metavar="TIME", help="only interactions before TIME")
     group = train.add_argument_group("model registry (PostgreSQL)")
     group.add_argument("--register", action="store_true",
                        help="upload the trained model to the registry as a staged version")
@@ -166,8 +183,34 @@ def run(args: argparse.Namespace) -> int:
     return _db(args) if args.command == "db" else _models(args)
 
 
+def training_data(args: argparse.Namespace, scratch: Path) -> str:
+    """DATA, or with ``--source`` the interactions exported from PostgreSQL to a Parquet file."""
+    if (args.data is None) == (args.source is None):
+        raise RegistryError("train needs DATA or --source postgresql://..., exactly one of them")
+    if args.source is None:
+        if args.table or args.query or args.since or args.until:
+            raise RegistryError("--table, --query, --since and --until only apply with --source")
+        return args.data
+    from timbral.registry.source import export_interactions
+
+    path = scratch / "interactions.parquet"
+    export_interactions(args.source, path, table=args.table, query=args.query, since=args.since,
+                        until=args.until)
+    return str(path)
+
+
+def _lineage(args: argparse.Namespace) -> dict[str, Any]:
+    if args.source is None:
+        return {"source": str(args.data)}
+    from timbral.registry import redact
+
+    window = [None if t is None else t.isoformat() for t in (args.since, args.until)]
+    return {"source": redact(args.source), "table": None if args.query else args.table or "timbral_interactions",
+            "query": args.query, "time_range": window}
+
+
 def register_trained(args: argparse.Namespace, directory: Path) -> ModelVersion:
     """Upload the directory ``timbral train`` just wrote, with its lineage."""
     store = args.model_store or os.environ.get("TIMBRAL_MODEL_STORE") or None
     with _open(args, store) as registry:
-        return registry.register(directory, lineage={"source": str(args.data)})
+        return registry.register(directory, lineage=_lineage(args))
