@@ -154,13 +154,20 @@ async def recommend_post(request: web.Request) -> web.Response:
 async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Response:
     model = request.app[MODEL].require()
     user_id = model.user_id(req.user_id)
+    follower = request.app[FOLLOWER]  # plays since training, folded in (DATABASE_URL only)
+    recent = follower.recent.get(str(user_id)) if follower is not None and req.cacheable else None
     key = None
     if req.cacheable:
-        key = cache_key(model.version, "rec", user_id, req.k, req.exclude_seen)
+        key = cache_key(model.version, "rec", user_id, req.k, req.exclude_seen,
+                        *((recent.digest,) if recent else ()))
         cached = await request.app[CACHE].get(key)
         if cached is not None:
             return web.Response(body=cached, content_type="application/json")
-    if req.cacheable:  # the plain question: scored together with concurrent ones
+    if recent is not None:
+        recs = await score(request, "recommend", model.recommender.recommend_with_recent, user_id,
+                           {model.item_id(item): plays for item, plays in recent.items.items()},
+                           req.k, exclude_seen=req.exclude_seen)
+    elif req.cacheable:  # the plain question: scored together with concurrent ones
         recs = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
     else:
         recs = await score(

@@ -14,7 +14,9 @@ is still queued before it exits.
 Batching: requests wait in a bounded in-memory queue (``TIMBRAL_INGEST_QUEUE_EVENTS``
 events); one writer task takes up to ``TIMBRAL_INGEST_BATCH_EVENTS`` of them, after
 lingering ``TIMBRAL_INGEST_FLUSH_SECONDS`` for company, COPYs them into a temporary
-table and moves them into ``timbral_interactions`` in one transaction.
+table and moves them into ``timbral_interactions`` in one transaction, which also
+announces the users concerned (``NOTIFY timbral_interactions``) so that every replica
+folds their new plays into their next answer.
 
 Validation follows the rules ``timbral.load_interactions`` applies to each row: ids
 present (strings or integers, bounded length), a play count that is a finite number
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
 from server.errors import ApiError
@@ -41,6 +44,8 @@ from server.metrics import LATENCY_BUCKETS, Metrics
 
 log = logging.getLogger("server.ingest")
 
+INTERACTIONS_CHANNEL = "timbral_interactions"  # replicas refresh these users' recent plays
+MAX_NOTIFY_BYTES = 7000  # PostgreSQL caps a NOTIFY payload just under 8000 bytes
 EVENT_FIELDS = frozenset({"event_id", "user_id", "item_id", "value", "timestamp"})
 MAX_FUTURE = timedelta(days=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -179,6 +184,21 @@ class RejectedEvents(ApiError):
         self.rejected = rejected
 
 
+def announcements(users: list[str]) -> list[str]:
+    """JSON arrays of ``users``, each small enough for one NOTIFY payload."""
+    payloads, chunk, size = [], [], 2
+    for user in users:
+        cost = len(orjson.dumps(user)) + 1
+        if chunk and size + cost > MAX_NOTIFY_BYTES:
+            payloads.append(orjson.dumps(chunk).decode())
+            chunk, size = [], 2
+        chunk.append(user)
+        size += cost
+    if chunk:
+        payloads.append(orjson.dumps(chunk).decode())
+    return payloads
+
+
 class IngestQueue:
     """The bounded queue of acknowledged-on-commit batches and the task that writes them."""
 
@@ -307,7 +327,10 @@ class IngestQueue:
                 await cursor.execute(
                     "INSERT INTO timbral_interactions (event_id, user_id, item_id, value, occurred_at) "
                     "SELECT event_id, user_id, item_id, value, occurred_at FROM timbral_ingest_staging "
-                    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
-                inserted = {row[0] for row in await cursor.fetchall()}
+                    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id, user_id")
+                rows = await cursor.fetchall()
+                for payload in announcements(sorted({user for _, user in rows})):
+                    await cursor.execute("SELECT pg_notify(%s, %s)", (INTERACTIONS_CHANNEL, payload))
+                inserted = {event_id for event_id, _ in rows}
         self._copy.observe(time.perf_counter() - started)
         return inserted

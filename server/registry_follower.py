@@ -14,6 +14,14 @@ the current model keeps serving, and it is retried only after a poll period.
 When the database is unreachable the service keeps serving what it has, health
 reports ``database: degraded``, and the follower reconnects with capped backoff; on
 reconnecting it checks the production version at once, so it recovers by itself.
+
+The same connection LISTENs on ``timbral_interactions``: ingestion announces the users
+whose events it committed, and the follower reads their plays since the served model
+was created into :class:`~server.recent.RecentEvents` for real-time fold-in. After a
+swap (or a reconnect, when announcements may have been missed) it reloads the plays
+of the most recently active users since the new model's creation. Notifications that
+arrive while the connection runs a query are kept by psycopg (>= 3.3) and handed over
+by the next ``notifies()``, so none is lost between two waits.
 """
 
 from __future__ import annotations
@@ -27,17 +35,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
 from prometheus_client import Counter, Gauge
 
 from server.config import Config
+from server.ingest import INTERACTIONS_CHANNEL
 from server.metrics import Metrics
-from server.state import Reloader
+from server.recent import RecentEvents
+from server.state import LoadedModel, Reloader
 from timbral.exceptions import ArtifactError, RegistryError
 
 log = logging.getLogger("server.registry")
 
 _QUERY = "SELECT version FROM timbral_model_versions WHERE status = 'production'"
+# Plays since the model's creation, per user and item; to_regclass: the table may not exist yet.
+_RECENT = """
+SELECT user_id, item_id, sum(value)::float8 FROM timbral_interactions
+WHERE received_at >= %(since)s AND (%(users)s::text[] IS NULL OR user_id = ANY(%(users)s::text[]))
+  AND user_id IN (SELECT user_id FROM timbral_interactions WHERE received_at >= %(since)s
+                  AND (%(users)s::text[] IS NULL OR user_id = ANY(%(users)s::text[]))
+                  GROUP BY user_id ORDER BY max(received_at) DESC LIMIT %(limit)s)
+GROUP BY user_id, item_id"""
 MAX_BACKOFF_SECONDS = 5.0
+MAX_RECENT_USERS = 100_000
 
 
 class RegistryFollower:
@@ -50,6 +70,9 @@ class RegistryFollower:
         self.timeout_seconds = config.database_timeout_seconds
         self.cache_dir = cache_dir
         self.reloader = reloader
+        self.recent = RecentEvents(MAX_RECENT_USERS)
+        self._recent_stale = True  # reload everyone's recent plays at the next check
+        reloader.on_swap.append(self._on_swap)
         self.serving: int | None = None  # registry version being served
         self.production: int | None = None  # as last read from the database
         self.connected = False
@@ -127,15 +150,15 @@ class RegistryFollower:
                     self.url, autocommit=True, connect_timeout=max(1, round(self.timeout_seconds)))
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(f"LISTEN {INTERACTIONS_CHANNEL}")
                     self._set_connected(True)
+                    self._recent_stale = True  # announcements may have been missed while away
                     backoff = 0.1
                     while True:
                         while await self._check(conn, trigger):
                             trigger = "recheck"  # a promotion during the download is not missed
                         first.set()
-                        trigger = "poll"
-                        async for _ in conn.notifies(timeout=self.poll_seconds, stop_after=1):
-                            trigger = "notify"
+                        trigger = await self._wait(conn)
             except psycopg.Error as exc:
                 text = str(exc).replace(self.url, redact(self.url)).strip()
                 self.last_error = text.splitlines()[0] if text else type(exc).__name__
@@ -150,6 +173,46 @@ class RegistryFollower:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
+    async def _wait(self, conn: Any) -> str:
+        """Until a promotion is announced ("notify") or a poll period passes ("poll");
+        interaction announcements meanwhile refresh those users' recent plays."""
+        deadline = time.monotonic() + self.poll_seconds
+        while (left := deadline - time.monotonic()) > 0:
+            # Collected first: the connection is busy while notifies() iterates.
+            notes = [note async for note in conn.notifies(timeout=left, stop_after=1)]
+            for note in notes:
+                if note.channel != INTERACTIONS_CHANNEL:
+                    return "notify"
+                await self._refresh_recent(conn, _users(note.payload))
+        return "poll"
+
+    def _on_swap(self, _model: LoadedModel) -> None:
+        self.recent.clear()  # plays are counted from each model's creation
+        self._recent_stale = True
+
+    async def _refresh_recent(self, conn: Any, users: list[str] | None) -> None:
+        """Read ``users``' plays (None: the most recently active users') since the served
+        model was created into :attr:`recent`."""
+        import psycopg
+
+        model = self.reloader.slot.current
+        created = model.recommender.metadata.get("created_at") if model else None
+        if not isinstance(created, str) or users == []:
+            return
+        since = datetime.fromisoformat(created.replace("Z", "+00:00"))
+        try:
+            cursor = await asyncio.wait_for(
+                conn.execute(_RECENT, {"since": since, "users": users, "limit": MAX_RECENT_USERS}),
+                self.timeout_seconds)
+            rows = await cursor.fetchall()
+        except psycopg.errors.UndefinedTable:
+            return  # ingestion's migration is not applied: there is nothing to fold in
+        grouped: dict[str, dict[str, float]] = {}
+        for user, item, plays in rows:
+            grouped.setdefault(user, {})[item] = plays
+        for user, items in grouped.items():
+            self.recent.replace(user, items)
+
     def _set_connected(self, connected: bool) -> None:
         self.connected = connected
         self._up.set(1 if connected else 0)
@@ -163,6 +226,9 @@ class RegistryFollower:
         self.production = None if row is None else int(row[0])
         self._production.set(self.production or 0)
         version = self.production
+        if self._recent_stale and (version is None or version == self.serving):
+            self._recent_stale = False
+            await self._refresh_recent(conn, None)
         if version is None or version == self.serving:
             return False
         if time.monotonic() < self._retry_at.get(version, 0.0):
@@ -197,3 +263,12 @@ class RegistryFollower:
 
         with Registry(self.url) as registry:
             registry.download(version, target)
+
+
+def _users(payload: str) -> list[str]:
+    """The user ids of an interactions announcement (nothing, if it is not one)."""
+    try:
+        users = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return []
+    return [u for u in users if isinstance(u, str)] if isinstance(users, list) else []
