@@ -85,7 +85,7 @@ async def test_a_full_queue_answers_429_with_retry_after(aiohttp_client, db, mod
     assert retried.status == 200
 
 
-@pytest.mark.parametrize(("event", "reason"), [
+BAD_EVENTS = [
     ({"user_id": "u", "item_id": 1}, "event_id is missing"),
     ({"event_id": "x", "item_id": 1}, "user_id is missing"),
     ({"event_id": "x", "user_id": "u", "item_id": ""}, "item_id must be 1..256 characters long"),
@@ -103,15 +103,23 @@ async def test_a_full_queue_answers_429_with_retry_after(aiohttp_client, db, mod
     ({"event_id": "x", "user_id": "u", "item_id": 1, "timestamp": -5}, "before 1970"),
     ({"event_id": "x", "user_id": "u", "item_id": 1, "plays": 3}, "unknown fields ['plays']"),
     ("not an object", "an event must be an object"),
-])
-async def test_one_bad_event_rejects_the_batch_naming_the_row(aiohttp_client, db, model_dir, event, reason):
-    client = await aiohttp_client(create_app(ingest_config(db, model_dir)))
-    response = await client.post(URL, json={"events": [*events(2), event]}, headers=AUTH)
-    assert response.status == 422
-    error = (await response.json())["error"]
-    assert error["code"] == "invalid_events" and "nothing of this batch was written" in error["message"]
-    assert len(error["rejected"]) == 1 and error["rejected"][0]["index"] == 2
-    assert reason in error["rejected"][0]["reason"]
+]
+
+
+async def test_bad_events_reject_the_batch_naming_each_row_and_reason(aiohttp_client, db, model_dir):
+    client = await aiohttp_client(create_app(ingest_config(db, model_dir, ingest_max_events=100)))
+    for event, reason in BAD_EVENTS:  # one at a time: a single bad row rejects a good batch
+        response = await client.post(URL, json={"events": [*events(2), event]}, headers=AUTH)
+        assert response.status == 422
+        error = (await response.json())["error"]
+        assert error["code"] == "invalid_events" and "nothing of this batch was written" in error["message"]
+        assert len(error["rejected"]) == 1 and error["rejected"][0]["index"] == 2
+        assert reason in error["rejected"][0]["reason"]
+    response = await client.post(URL, json={"events": [event for event, _ in BAD_EVENTS]}, headers=AUTH)
+    rejected = (await response.json())["error"]["rejected"]  # all together: every row is listed
+    assert [(r["index"], reason in r["reason"]) for r, (_, reason) in zip(rejected, BAD_EVENTS)] == [
+        (index, True) for index in range(len(BAD_EVENTS))]
+    assert rejected[0]["event_id"] is None and rejected[1]["event_id"] == "x"
     assert stored(db) == []
 
 
