@@ -7,9 +7,10 @@ what is expected, so a bad deployment fails at start with one clear message.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,12 +58,12 @@ class Config:
     breaker_cooldown_seconds: float = 2.0
     shutdown_timeout_seconds: float = 10.0
     # The production loop on PostgreSQL (unset DATABASE_URL = models from TIMBRAL_MODEL_DIR only).
-    database_url: str | None = field(default=None, repr=False)  # holds a password: never printed
+    database_url: str | None = dataclasses.field(default=None, repr=False)  # holds a password: never printed
     db_migrate: bool = False  # apply schema migrations at start
     registry_poll_seconds: float = 10.0  # fallback check when a NOTIFY is missed
     database_timeout_seconds: float = 5.0
     model_cache_dir: Path | None = None  # where registry models are downloaded (default: a temp dir)
-    ingest_token: str | None = field(default=None, repr=False)  # POST /api/v1/interactions
+    ingest_token: str | None = dataclasses.field(default=None, repr=False)  # POST /api/v1/interactions
     ingest_max_events: int = 1000  # per request
     ingest_queue_events: int = 50_000  # waiting for their COPY; beyond: 429
     ingest_batch_events: int = 5000  # per COPY

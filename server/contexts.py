@@ -49,7 +49,9 @@ async def model_ctx(app: web.Application) -> AsyncIterator[None]:
     """Load ``TIMBRAL_MODEL_DIR`` before serving; a broken directory stops the start."""
     config = app[CONFIG]
     slot = app[MODEL]
-    if config.model_dir is None:
+    if config.model_dir is None and config.database_url is not None:
+        log.info("no TIMBRAL_MODEL_DIR: serving the registry's production model once it is fetched")
+    elif config.model_dir is None:
         log.warning("no model configured: health answers 503 until POST /api/v1/model/reload",
                     extra={"hint": "set TIMBRAL_MODEL_DIR"})
     else:

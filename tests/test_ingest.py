@@ -117,7 +117,7 @@ async def test_bad_events_reject_the_batch_naming_each_row_and_reason(aiohttp_cl
         assert reason in error["rejected"][0]["reason"]
     response = await client.post(URL, json={"events": [event for event, _ in BAD_EVENTS]}, headers=AUTH)
     rejected = (await response.json())["error"]["rejected"]  # all together: every row is listed
-    assert [(r["index"], reason in r["reason"]) for r, (_, reason) in zip(rejected, BAD_EVENTS)] == [
+    assert [(r["index"], reason in r["reason"]) for r, (_, reason) in zip(rejected, BAD_EVENTS, strict=True)] == [
         (index, True) for index in range(len(BAD_EVENTS))]
     assert rejected[0]["event_id"] is None and rejected[1]["event_id"] == "x"
     assert stored(db) == []

@@ -10,8 +10,7 @@ import pytest
 
 from timbral.exceptions import ArtifactError, RegistryError
 from timbral.recommender import Recommender
-from timbral.registry import CHANNEL, Registry, redact
-from timbral.registry import migrations, store
+from timbral.registry import CHANNEL, Registry, migrations, redact, store
 
 
 @pytest.fixture

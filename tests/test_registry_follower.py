@@ -20,7 +20,6 @@ from test_server_shutdown import ROOT, wait_until_up
 
 from server.app import create_app
 from server.config import Config, ConfigError
-from server.keys import METRICS
 from timbral.recommender import Recommender
 from timbral.registry import Registry
 

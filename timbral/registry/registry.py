@@ -39,7 +39,8 @@ from psycopg.types.json import Jsonb
 from timbral._version import __version__
 from timbral.artifact import METADATA_FILE
 from timbral.exceptions import RegistryError
-from timbral.registry import migrations, store as _store
+from timbral.registry import migrations
+from timbral.registry import store as _store
 
 __all__ = ["CHANNEL", "ModelVersion", "Registry", "connect", "redact"]
 

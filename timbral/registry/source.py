@@ -98,7 +98,7 @@ def export_interactions(url: str, path: str | Path, *, table: str | None = None,
                     copy.set_types(types)
                     columns: list[list[Any]] = [[], [], [], []]
                     for row in copy.rows():
-                        for column, value in zip(columns, row):
+                        for column, value in zip(columns, row, strict=True):
                             column.append(value)
                         if len(columns[0]) >= batch_rows:
                             rows += _flush(writer, columns)
@@ -115,7 +115,7 @@ def _flush(writer: pq.ParquetWriter, columns: list[list[Any]]) -> int:
     n = len(columns[0])
     if n:
         schema = writer.schema
-        writer.write_batch(pa.record_batch([pa.array(c, type=f.type) for c, f in zip(columns, schema)],
+        writer.write_batch(pa.record_batch([pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)],
                                            schema=schema))
         for column in columns:
             column.clear()
