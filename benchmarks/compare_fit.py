@@ -33,7 +33,8 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's timbral
 
-from timbral._solvers import _init_factors, fit_nmf  # noqa: E402
+from timbral.nmf.fit import fit_nmf  # noqa
+from timbral.nmf.init import init_factors  # noqa: E402
 from timbral.exceptions import ConvergenceWarning  # noqa: E402
 
 K, ITERATIONS, THREADS = 64, 15, 2
@@ -88,7 +89,7 @@ def compare_implicit(R: sp.csr_matrix, repeats: int = 3) -> dict[str, float]:
     ours, theirs = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        _fit(R, feedback="implicit", alpha=1.0, l2=0.05, max_iter=ITERATIONS, tol=0.0,
+        _fit(R, feedback="implicit", alpha=1.0, confidence="linear", l2=0.05, max_iter=ITERATIONS, tol=0.0,
              rng=np.random.default_rng(0))
         ours.append((time.perf_counter() - start) / ITERATIONS)
         with threadpool_limits(1, "blas"):
@@ -118,7 +119,7 @@ def compare_frobenius(R: sp.csr_matrix, sklearn_max_iter: int = 200) -> dict[str
     """
     from sklearn.decomposition import NMF
 
-    W0, H0 = _init_factors(R, K, "random", np.random.default_rng(0), np.dtype(np.float32))
+    W0, H0 = init_factors(R, K, "random", np.random.default_rng(0), np.dtype(np.float32))
     sk = NMF(n_components=K, solver="cd", init="custom", max_iter=sklearn_max_iter)
     with threadpool_limits(THREADS, "blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore")

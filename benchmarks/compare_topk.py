@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from timbral._scoring import top_k  # noqa: E402
+from timbral.scoring import top_k  # noqa: E402
 
 N_FACTORS = 64
 TOP = 10

@@ -1,20 +1,22 @@
 """Service configuration, read once from the environment and validated at start.
 
-The names are the ones operators already use (DESIGN.md §3). Every problem is
-collected and reported together, each naming the variable, the value received and
-what is expected, so a bad deployment fails at start with one clear message.
+The names are the ones operators already use. Every problem is collected and
+reported together, each naming the variable, the value received (secrets redacted:
+see :func:`redact`) and what is expected, so a bad deployment fails at start with one
+clear message.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "text")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -45,25 +47,30 @@ class Config:
     cache_ttl_seconds: float = 300.0
     admin_token: str | None = None
     log_level: str = "INFO"
+    log_format: str = "json"  # under an orchestrator; `timbral serve` on a terminal picks text
     # Limits and tuning (TIMBRAL_* names).
     max_batch_users: int = 1000
+    max_batch_items: int = 100_000  # users × k in one batch request: bounds the answer's size
     max_body_bytes: int = 1 << 20
     max_id_length: int = 256
     executor_threads: int = 0  # 0 = one per available core
-    tier1_max_entries: int = 100_000
+    tier1_max_bytes: int = 128 << 20
     redis_timeout_seconds: float = 0.05
     redis_connect_timeout_seconds: float = 0.1
     redis_max_connections: int = 64
     breaker_failures: int = 3
     breaker_cooldown_seconds: float = 2.0
     shutdown_timeout_seconds: float = 10.0
+    # After SIGTERM, readiness answers 503 for this long while requests are still served,
+    # so load balancers stop sending traffic before the listener closes.
+    shutdown_delay_seconds: float = 0.0
     # The production loop on PostgreSQL (unset DATABASE_URL = models from TIMBRAL_MODEL_DIR only).
-    database_url: str | None = dataclasses.field(default=None, repr=False)  # holds a password: never printed
+    database_url: str | None = None  # redacted when printed, like every URL field
     db_migrate: bool = False  # apply schema migrations at start
     registry_poll_seconds: float = 10.0  # fallback check when a NOTIFY is missed
     database_timeout_seconds: float = 5.0
     model_cache_dir: Path | None = None  # where registry models are downloaded (default: a temp dir)
-    ingest_token: str | None = dataclasses.field(default=None, repr=False)  # POST /api/v1/interactions
+    ingest_token: str | None = None  # bearer token of POST /api/v1/interactions
     ingest_max_events: int = 1000  # per request
     ingest_queue_events: int = 50_000  # waiting for their COPY; beyond: 429
     ingest_batch_events: int = 5000  # per COPY
@@ -73,6 +80,10 @@ class Config:
         problems = _check(self)
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={redact(f.name, getattr(self, f.name))!r}" for f in fields(self))
+        return f"Config({shown})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -94,10 +105,41 @@ class Config:
             try:
                 values[field.name] = _PARSERS[field.name](raw)
             except ValueError as exc:
-                problems.append(f"{name}={raw!r}: {exc}")
+                problems.append(f"{name}={redact(field.name, raw)!r}: {exc}")
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
         return cls(**values)
+
+
+_SECRET_FIELDS = {"admin_token", "ingest_token"}
+_URL_FIELDS = {"redis_url", "database_url"}
+_URL_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_URL_PASSWORD_PARAM = re.compile(r"(?P<name>[?&]password=)[^&#]*", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its user info and any ``password=`` query value replaced by a marker.
+
+    Works on malformed values too (they are the ones printed in errors): everything up
+    to the last ``@`` after the scheme goes, since an unencoded password may hold an ``@``.
+    """
+    head, at, tail = url.rpartition("@")
+    if at:
+        scheme = _URL_SCHEME.match(head)
+        url = f"{scheme.group(0) if scheme else ''}{REDACTED}@{tail}"
+    return _URL_PASSWORD_PARAM.sub(rf"\g<name>{REDACTED}", url)
+
+
+def redact(field: str, value: Any) -> Any:
+    """``value`` as it may be printed or logged: tokens hidden, URL credentials removed."""
+    if value is None:
+        return None
+    if field in _SECRET_FIELDS:
+        return f"{REDACTED} ({len(str(value))} characters)"
+    if field in _URL_FIELDS:
+        return redact_url(str(value))
+    return value
 
 
 def _parse_bool(raw: str) -> bool:
@@ -125,7 +167,8 @@ def _check(config: Config) -> list[str]:
 
     def need(ok: bool, field: str, expected: str) -> None:
         if not ok:
-            problems.append(f"{ENV_NAMES[field]}={getattr(config, field)!r}: expected {expected}")
+            problems.append(f"{ENV_NAMES[field]}={redact(field, getattr(config, field))!r}: "
+                            f"expected {expected}")
 
     need(0 <= config.api_port <= 65535, "api_port", "a port number in 0..65535")
     need(config.redis_db >= 0, "redis_db", "a database index >= 0")
@@ -137,13 +180,15 @@ def _check(config: Config) -> list[str]:
     need(config.nmf_n_components >= 1, "nmf_n_components", "an integer >= 1")
     need(config.cache_ttl_seconds > 0, "cache_ttl_seconds", "a number of seconds > 0")
     need(config.log_level in LOG_LEVELS, "log_level", f"one of {', '.join(LOG_LEVELS)}")
+    need(config.log_format in LOG_FORMATS, "log_format", f"one of {', '.join(LOG_FORMATS)}")
     need(config.admin_token is None or len(config.admin_token) >= 16, "admin_token",
          "at least 16 characters (or unset to disable model reload)")
     need(config.max_batch_users >= 1, "max_batch_users", "an integer >= 1")
+    need(config.max_batch_items >= 1, "max_batch_items", "an integer >= 1 (users × k per batch)")
     need(config.max_body_bytes >= 1024, "max_body_bytes", "at least 1024 bytes")
     need(config.max_id_length >= 1, "max_id_length", "an integer >= 1")
     need(config.executor_threads >= 0, "executor_threads", "an integer >= 0 (0 = one per core)")
-    need(config.tier1_max_entries >= 0, "tier1_max_entries", "an integer >= 0 (0 = no tier 1)")
+    need(config.tier1_max_bytes >= 0, "tier1_max_bytes", "a number of bytes >= 0 (0 = no tier 1)")
     need(config.redis_timeout_seconds > 0, "redis_timeout_seconds", "a number of seconds > 0")
     need(config.redis_connect_timeout_seconds > 0, "redis_connect_timeout_seconds",
          "a number of seconds > 0")
@@ -151,13 +196,13 @@ def _check(config: Config) -> list[str]:
     need(config.breaker_failures >= 1, "breaker_failures", "an integer >= 1")
     need(config.breaker_cooldown_seconds > 0, "breaker_cooldown_seconds", "a number of seconds > 0")
     need(config.shutdown_timeout_seconds >= 0, "shutdown_timeout_seconds", "a number of seconds >= 0")
-    if config.database_url is not None and not config.database_url.startswith(("postgresql://", "postgres://")):
-        problems.append(f"DATABASE_URL={config.database_url.partition('://')[0]!r}://...: expected a URL "
-                        "starting with postgresql:// (or unset to serve TIMBRAL_MODEL_DIR only)")
+    need(config.shutdown_delay_seconds >= 0, "shutdown_delay_seconds", "a number of seconds >= 0")
+    need(config.database_url is None or config.database_url.startswith(("postgresql://", "postgres://")),
+         "database_url", "a URL starting with postgresql:// (or unset to serve TIMBRAL_MODEL_DIR only)")
     need(config.registry_poll_seconds > 0, "registry_poll_seconds", "a number of seconds > 0")
     need(config.database_timeout_seconds > 0, "database_timeout_seconds", "a number of seconds > 0")
-    if config.ingest_token is not None and len(config.ingest_token) < 16:
-        problems.append("TIMBRAL_INGEST_TOKEN: expected at least 16 characters (or unset to disable ingestion)")
+    need(config.ingest_token is None or len(config.ingest_token) >= 16, "ingest_token",
+         "at least 16 characters (or unset to disable ingestion)")
     if config.ingest_token is not None and config.database_url is None:
         problems.append("TIMBRAL_INGEST_TOKEN is set but DATABASE_URL is not: ingestion writes to PostgreSQL; "
                         "set DATABASE_URL or unset TIMBRAL_INGEST_TOKEN")
@@ -181,17 +226,20 @@ ENV_NAMES: dict[str, str] = {
     "cache_ttl_seconds": "CACHE_TTL_SECONDS",
     "admin_token": "TIMBRAL_ADMIN_TOKEN",
     "log_level": "LOG_LEVEL",
+    "log_format": "LOG_FORMAT",
     "max_batch_users": "TIMBRAL_MAX_BATCH_USERS",
+    "max_batch_items": "TIMBRAL_MAX_BATCH_ITEMS",
     "max_body_bytes": "TIMBRAL_MAX_BODY_BYTES",
     "max_id_length": "TIMBRAL_MAX_ID_LENGTH",
     "executor_threads": "TIMBRAL_EXECUTOR_THREADS",
-    "tier1_max_entries": "TIMBRAL_CACHE_MAX_ENTRIES",
+    "tier1_max_bytes": "TIMBRAL_CACHE_MAX_BYTES",
     "redis_timeout_seconds": "TIMBRAL_REDIS_TIMEOUT_SECONDS",
     "redis_connect_timeout_seconds": "TIMBRAL_REDIS_CONNECT_TIMEOUT_SECONDS",
     "redis_max_connections": "TIMBRAL_REDIS_MAX_CONNECTIONS",
     "breaker_failures": "TIMBRAL_REDIS_BREAKER_FAILURES",
     "breaker_cooldown_seconds": "TIMBRAL_REDIS_BREAKER_COOLDOWN_SECONDS",
     "shutdown_timeout_seconds": "TIMBRAL_SHUTDOWN_TIMEOUT_SECONDS",
+    "shutdown_delay_seconds": "TIMBRAL_SHUTDOWN_DELAY_SECONDS",
     "database_url": "DATABASE_URL",
     "db_migrate": "TIMBRAL_DB_MIGRATE",
     "registry_poll_seconds": "TIMBRAL_REGISTRY_POLL_SECONDS",
@@ -218,25 +266,28 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "nmf_random_state": _parse_number(int),
     "model_dir": Path,
     "cache_ttl_seconds": _parse_number(float),
-    "admin_token": str,
+    "admin_token": str.strip,  # a secret file's trailing newline is not part of the token
     "log_level": lambda raw: raw.strip().upper(),
+    "log_format": lambda raw: raw.strip().lower(),
     "max_batch_users": _parse_number(int),
+    "max_batch_items": _parse_number(int),
     "max_body_bytes": _parse_number(int),
     "max_id_length": _parse_number(int),
     "executor_threads": _parse_number(int),
-    "tier1_max_entries": _parse_number(int),
+    "tier1_max_bytes": _parse_number(int),
     "redis_timeout_seconds": _parse_number(float),
     "redis_connect_timeout_seconds": _parse_number(float),
     "redis_max_connections": _parse_number(int),
     "breaker_failures": _parse_number(int),
     "breaker_cooldown_seconds": _parse_number(float),
     "shutdown_timeout_seconds": _parse_number(float),
+    "shutdown_delay_seconds": _parse_number(float),
     "database_url": str.strip,
     "db_migrate": _parse_bool,
     "registry_poll_seconds": _parse_number(float),
     "database_timeout_seconds": _parse_number(float),
     "model_cache_dir": Path,
-    "ingest_token": str,
+    "ingest_token": str.strip,
     "ingest_max_events": _parse_number(int),
     "ingest_queue_events": _parse_number(int),
     "ingest_batch_events": _parse_number(int),

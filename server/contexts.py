@@ -18,16 +18,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-from server.batching import RecommendBatcher
-from server.cache import CircuitBreaker, RedisCache
-from server.ingest import IngestQueue
-from server.keys import (
-    BATCHER, CACHE, CONFIG, EXECUTOR, FOLLOWER, INGEST, METRICS, MODEL, RELOADER, SCORING_THREADS)
-from server.registry_follower import RegistryFollower
-from server.state import load_model
 from timbral._threads import available_cpus, pin_blas_to_one_thread
 
-log = logging.getLogger("server")
+from .batching import RecommendBatcher
+from .cache import CircuitBreaker, RedisCache
+from .ingest import IngestQueue
+from .keys import BATCHER, CACHE, CONFIG, EXECUTOR, FOLLOWER, INGEST, METRICS, MODEL, RELOADER, SCORING_THREADS
+from .registry_follower import RegistryFollower
+from .state import load_model
+
+log = logging.getLogger("timbral.server")
 
 
 

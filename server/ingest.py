@@ -39,10 +39,10 @@ from typing import Any
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
-from server.errors import ApiError
-from server.metrics import LATENCY_BUCKETS, Metrics
+from .errors import ApiError
+from .metrics import LATENCY_BUCKETS, Metrics
 
-log = logging.getLogger("server.ingest")
+log = logging.getLogger("timbral.server.ingest")
 
 INTERACTIONS_CHANNEL = "timbral_interactions"  # replicas refresh these users' recent plays
 MAX_NOTIFY_BYTES = 7000  # PostgreSQL caps a NOTIFY payload just under 8000 bytes

@@ -6,18 +6,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from server.access_log import AccessLog
-from server.batching import RecommendBatcher
-from server.cache import TieredCache
-from server.config import Config
-from server.ingest import IngestQueue
-from server.metrics import Metrics
-from server.registry_follower import RegistryFollower
-from server.state import ModelSlot, Reloader
+from .access_log import AccessLog
+from .batching import RecommendBatcher
+from .cache import TieredCache
+from .config import Config
+from .ingest import IngestQueue
+from .metrics import Metrics
+from .registry_follower import RegistryFollower
+from .state import Lifecycle, ModelSlot, Reloader
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 MODEL = web.AppKey("model", ModelSlot)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 SCORING_THREADS = web.AppKey("scoring_threads", int)  # the executor's size
 BATCHER = web.AppKey("batcher", RecommendBatcher)

@@ -38,14 +38,14 @@ from typing import Any
 import orjson
 from prometheus_client import Counter, Gauge
 
-from server.config import Config
-from server.ingest import INTERACTIONS_CHANNEL
-from server.metrics import Metrics
-from server.recent import RecentEvents
-from server.state import LoadedModel, Reloader
+from .config import Config
+from .ingest import INTERACTIONS_CHANNEL
+from .metrics import Metrics
+from .recent import RecentEvents
+from .state import LoadedModel, Reloader
 from timbral.exceptions import ArtifactError, RegistryError
 
-log = logging.getLogger("server.registry")
+log = logging.getLogger("timbral.server.registry")
 
 _QUERY = "SELECT version FROM timbral_model_versions WHERE status = 'production'"
 # Plays since the model's creation, per user and item; to_regclass: the table may not exist yet.

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis
-
 from redis_server import RedisProcess, redis_executable
 
 if TYPE_CHECKING:

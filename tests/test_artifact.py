@@ -29,6 +29,9 @@ def make_artifact(n_users=7, n_items=5, k=3, ids="int"):
         "user_items_indices": rng.integers(0, n_items, nnz),
         "user_items_data": rng.random(nnz, dtype=np.float32),
         "item_popularity": rng.random(n_items),
+        "seen_indptr": indptr,
+        "seen_indices": rng.integers(0, n_items, nnz),
+        "seen_data": np.ones(nnz, np.float32),
     }
     return ModelArtifact(arrays, {"model_version": "v1", "metrics": {"ndcg@10": 0.25}})
 
@@ -52,7 +55,10 @@ def test_round_trip(tmp_path, ids):
     assert meta["metrics"] == {"ndcg@10": 0.25}
     assert (meta["n_users"], meta["n_items"], meta["n_components"], meta["nnz"]) == (7, 5, 3, 9)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["arrays.npz", "metadata.json"]
-    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary left behind
+    # no temporary left behind: the name and the one version directory it points to
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[1] == "m" and names[0].startswith(".m.version-")
+    assert (tmp_path / "m").resolve() == tmp_path / names[0]
 
 
 def test_overwrite_replaces_and_refuses_foreign_directories(tmp_path, model_dir):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from server_support import config
 
-from server.app import create_app
-from server.ingest import MAX_NOTIFY_BYTES, announcements
-from server.recent import RecentEvents
+from timbral.server.app import create_app
+from timbral.server.ingest import MAX_NOTIFY_BYTES, announcements
+from timbral.server.recent import RecentEvents
 from timbral.recommender import Recommender
 from timbral.registry import Registry
 

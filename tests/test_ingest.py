@@ -17,8 +17,8 @@ from redis_server import free_port
 from server_support import config
 from test_server_shutdown import ROOT, wait_until_up
 
-from server.app import create_app
-from server.config import Config, ConfigError
+from timbral.server.app import create_app
+from timbral.server.config import Config, ConfigError
 from timbral.registry import Registry
 
 TOKEN = "test-ingest-token-0123456789"
@@ -155,7 +155,7 @@ async def test_the_ingest_token_guards_the_endpoint(aiohttp_client, db, model_di
 def test_ingestion_needs_a_database_and_a_long_token():
     with pytest.raises(ConfigError, match="TIMBRAL_INGEST_TOKEN is set but DATABASE_URL is not"):
         Config.from_env({"TIMBRAL_INGEST_TOKEN": TOKEN})
-    with pytest.raises(ConfigError, match="TIMBRAL_INGEST_TOKEN: expected at least 16 characters") as caught:
+    with pytest.raises(ConfigError, match=r"TIMBRAL_INGEST_TOKEN='<redacted> \(12 characters\)': expected at least 16") as caught:
         Config.from_env({"TIMBRAL_INGEST_TOKEN": "short-secret", "DATABASE_URL": "postgresql://h/db"})
     assert "short-secret" not in str(caught.value)
 
@@ -178,7 +178,7 @@ async def test_sigterm_flushes_the_queue_and_loses_no_acknowledged_event(db, mod
            "TIMBRAL_INGEST_FLUSH_SECONDS": "1.0", "TIMBRAL_SHUTDOWN_TIMEOUT_SECONDS": "10"}
     env.pop("REDIS_URL", None)
     cwd = None if os.environ.get("TIMBRAL_TEST_INSTALLED") else ROOT
-    process = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=cwd,
+    process = subprocess.Popen([sys.executable, "-m", "timbral.server"], env=env, cwd=cwd,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         await wait_until_up(port, process)

@@ -129,7 +129,7 @@ def test_ranking_metrics_guards():
     train = matrix([[0], [1], [2]])
     with pytest.raises(ValidationError, match="fit it on train"):
         ranking_metrics(TableModel(REC, matrix([[0, 1], [1], [2]])), train, TEST)
-    with pytest.raises(ValidationError, match="k must be a positive integer, got 0"):
+    with pytest.raises(ValidationError, match="`k` must be a positive integer; got 0"):
         ranking_metrics(TableModel(REC, train), train, TEST, k=0)
     with pytest.raises(ValidationError, match=r"train has shape \(2, 6\) but test \(3, 6\)"):
         ranking_metrics(TableModel(REC, None), matrix([[0], [1]]), TEST)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from timbral import NMFModel
+from timbral import NMFModel, Recommender
 from timbral._reference import top_k as reference_top_k
 from timbral.exceptions import ArtifactError, ConvergenceWarning, NotFittedError, ValidationError
+from timbral.nmf import FittedState
 
 # Most fits here run a fixed number of epochs on purpose (tol=0).
 pytestmark = pytest.mark.filterwarnings("ignore::timbral.exceptions.ConvergenceWarning")
@@ -256,10 +257,21 @@ def test_fit_releases_the_gil():
 
 def test_recommend_batch_releases_the_gil_and_is_thread_safe():
     rng = np.random.default_rng(0)
-    model = NMFModel(n_components=32, max_iter=1, n_threads=1).fit(play_counts(n_users=2000, n_items=3000))
-    model.item_factors_ = rng.random((3000, 32), dtype=np.float32)
-    model.user_factors_ = rng.random((2000, 32), dtype=np.float32)
-    model._reset_caches()
+    fitted = NMFModel(n_components=32, max_iter=1, n_threads=1).fit(play_counts(n_users=2000, n_items=3000))
+    model = NMFModel.from_fitted(
+        fitted.get_params(),
+        FittedState(
+            user_factors=rng.random((2000, 32), dtype=np.float32),
+            item_factors=rng.random((3000, 32), dtype=np.float32),
+            user_bias=fitted.user_bias_,
+            item_bias=fitted.item_bias_,
+            global_mean=0.0,
+            regularization=fitted.regularization_,
+            n_iter=1,
+            loss_history=fitted.loss_history_,
+            user_items=fitted.user_items_,
+        ),
+    )
     expected = model.recommend_batch(np.arange(2000), k=10)
     count, switches, got = _count_while(lambda: [model.recommend_batch(np.arange(2000), k=10) for _ in range(5)])
     assert count > 20 * switches, f"the main thread ran {count} times in {switches:.0f} switch intervals"
@@ -286,7 +298,7 @@ def test_recommend_batch_releases_the_gil_and_is_thread_safe():
 
 def test_save_load_round_trip(tmp_path, fitted):
     path = fitted.save(tmp_path / "model")
-    assert path.name == "model.npz"
+    assert path == tmp_path / "model" and (path / "metadata.json").is_file()
     loaded = NMFModel.load(path)
     for name in ("user_factors_", "item_factors_", "user_bias_", "item_bias_"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(fitted, name))
@@ -294,34 +306,35 @@ def test_save_load_round_trip(tmp_path, fitted):
     assert loaded.loss_history_ == fitted.loss_history_
     assert (loaded.user_items_ != fitted.user_items_).nnz == 0
     np.testing.assert_array_equal(loaded.recommend(3)[0], fitted.recommend(3)[0])
+    assert Recommender.load(path).recommend(3).items[0][0] == int(fitted.recommend(3)[0][0])  # ids 0..n-1
 
 
 def test_truncated_file_is_refused(tmp_path, fitted):
-    path = fitted.save(tmp_path / "model.npz")
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ArtifactError, match=r"not a readable model file"):
+    path = fitted.save(tmp_path / "model")
+    data = (path / "arrays.npz").read_bytes()
+    (path / "arrays.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match=r"arrays.npz' does not match its sha256 checksum"):
         NMFModel.load(path)
 
 
 def test_tampered_array_is_refused(tmp_path, fitted):
-    path = fitted.save(tmp_path / "model.npz")
-    with np.load(path) as npz:
+    path = fitted.save(tmp_path / "model")
+    with np.load(path / "arrays.npz") as npz:
         arrays = {name: npz[name] for name in npz.files}
     arrays["item_factors"] = arrays["item_factors"] * 1.01
-    np.savez(path, **arrays)
-    with pytest.raises(ArtifactError, match=r"array 'item_factors' does not match its recorded sha256"):
+    np.savez(path / "arrays.npz", **arrays)
+    with pytest.raises(ArtifactError, match=r"arrays.npz' does not match its sha256 checksum"):
         NMFModel.load(path)
 
 
 def test_missing_and_foreign_files_are_refused(tmp_path):
-    with pytest.raises(ArtifactError, match=r"no model file at .*nothing.npz"):
-        NMFModel.load(tmp_path / "nothing.npz")
+    with pytest.raises(ArtifactError, match=r"nothing' does not exist or is not a directory"):
+        NMFModel.load(tmp_path / "nothing")
     np.savez(tmp_path / "other.npz", x=np.arange(3))
-    with pytest.raises(ArtifactError, match=r"lacks array\(s\) metadata"):
+    with pytest.raises(ArtifactError, match=r"format version unknown\) written by timbral 0.1"):
         NMFModel.load(tmp_path / "other.npz")
     (tmp_path / "text.npz").write_text("hello")
-    with pytest.raises(ArtifactError, match=r"not a readable model file"):
+    with pytest.raises(ArtifactError, match=r"text.npz' does not exist or is not a directory"):
         NMFModel.load(tmp_path / "text.npz")
     assert not zipfile.is_zipfile(tmp_path / "text.npz")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ENV_NAMES, Config
+from timbral.server.config import ENV_NAMES, Config
 
 yaml = pytest.importorskip("yaml")
 

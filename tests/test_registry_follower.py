@@ -15,11 +15,11 @@ import psycopg
 import pytest
 from postgres_server import fresh_database
 from redis_server import free_port
-from server_support import config
+from server_support import ADMIN_TOKEN, config
 from test_server_shutdown import ROOT, wait_until_up
 
-from server.app import create_app
-from server.config import Config, ConfigError
+from timbral.server.app import create_app
+from timbral.server.config import Config, ConfigError
 from timbral.recommender import Recommender
 from timbral.registry import Registry
 
@@ -33,6 +33,9 @@ def registry(database_url, model_dir, other_model_dir):
         reg.register(other_model_dir)
         reg.promote(1)
         yield reg
+
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # health details are for the admin only
 
 
 def model_version(directory: Path) -> str:
@@ -61,7 +64,8 @@ async def test_serves_production_and_follows_a_promotion(aiohttp_client, registr
     app = create_app(database_config(registry.url, tmp_path))
     client = await aiohttp_client(app)
     assert await served_version(client) == model_version(model_dir)
-    health = await (await client.get("/api/v1/health")).json()
+    assert (await (await client.get("/api/v1/health")).json())["components"]["database"] == {"status": "ok"}
+    health = await (await client.get("/api/v1/health", headers=ADMIN)).json()
     assert health["status"] == "ok"
     assert health["components"]["database"] | {"last_contact": None} == {
         "status": "ok", "production_version": 1, "serving_version": 1, "last_contact": None}
@@ -123,7 +127,7 @@ async def test_a_corrupted_model_is_refused_and_the_old_one_keeps_serving(
     await eventually(refused, within=5.0)
     response = await client.get("/api/v1/recommendations/u1")
     assert response.status == 200 and (await response.json())["model_version"] == old
-    health = await (await client.get("/api/v1/health")).json()
+    health = await (await client.get("/api/v1/health", headers=ADMIN)).json()
     database = health["components"]["database"]
     assert health["status"] == "degraded" and database["status"] == "degraded"
     assert database["serving_version"] == 1 and database["production_version"] == 2
@@ -152,7 +156,7 @@ async def test_database_down_keeps_serving_says_degraded_and_recovers(
             return await database_status() == "degraded"
 
         await eventually(degraded, within=5.0)
-        health = await (await client.get("/api/v1/health")).json()
+        health = await (await client.get("/api/v1/health", headers=ADMIN)).json()
         assert health["status"] == "degraded" and "unreachable" in health["components"]["database"]["reason"]
         for user in ("u1", "u2", "nobody"):
             response = await client.get(f"/api/v1/recommendations/{user}")
@@ -179,7 +183,7 @@ async def test_start_with_the_database_down_serves_the_configured_directory(
     url = f"postgresql://timbral:pw@127.0.0.1:{free_port()}/nowhere"
     client = await aiohttp_client(create_app(config(model_dir, database_url=url,
                                                     model_cache_dir=tmp_path / "cache")))
-    health = await (await client.get("/api/v1/health")).json()
+    health = await (await client.get("/api/v1/health", headers=ADMIN)).json()
     assert health["status"] == "degraded"
     assert health["components"]["model"]["status"] == "ok"
     assert health["components"]["database"]["status"] == "degraded"
@@ -211,7 +215,7 @@ def start_replica(url: str, cache: Path) -> tuple[subprocess.Popen, int]:
     env.pop("TIMBRAL_MODEL_DIR", None)
     env.pop("REDIS_URL", None)
     cwd = None if os.environ.get("TIMBRAL_TEST_INSTALLED") else ROOT
-    process = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=cwd,
+    process = subprocess.Popen([sys.executable, "-m", "timbral.server"], env=env, cwd=cwd,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return process, port
 

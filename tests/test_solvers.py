@@ -10,17 +10,10 @@ import scipy.sparse as sp
 from scipy.optimize import nnls
 
 from timbral import _reference
-from timbral._solvers import (
-    _confidence_data,
-    _half_step,
-    _init_factors,
-    _triplet,
-    _weights,
-    bm25_stats,
-    fit_nmf,
-    fold_in,
-)
 from timbral.exceptions import ConvergenceWarning, ValidationError
+from timbral.nmf.fit import SolveSettings, fit_nmf, fold_in, half_step, triplet
+from timbral.nmf.init import init_factors
+from timbral.nmf.objective import bm25_stats, confidence_data, weights_of
 
 
 def _counts(n_users=40, n_items=30, density=0.25, seed=0, dtype=np.float64):
@@ -44,9 +37,9 @@ def _fit(R, **kw):
 
 def _reference_objective(R, res, feedback, alpha, confidence, l2, l1):
     """The full objective from _reference.objective on the kernel's (r', p) data."""
-    w = _weights(feedback, alpha)
+    w = weights_of(feedback, alpha)
     if feedback == "implicit":
-        data = _confidence_data(R, confidence, R.dtype, bm25_stats(R))
+        data = confidence_data(R, confidence, R.dtype, bm25_stats(R))
     elif feedback == "explicit":
         rows = np.repeat(np.arange(R.shape[0]), np.diff(R.indptr))
         data = R.data - res.global_mean - res.user_bias[rows] - res.item_bias[R.indices]
@@ -144,7 +137,7 @@ def test_frobenius_fits_at_least_as_well_as_scikit_learn_cd(init):
     NMF = pytest.importorskip("sklearn.decomposition").NMF
     R = _counts(n_users=60, n_items=45, density=0.2)
     k, n_iter = 5, 25
-    W0, H0 = _init_factors(R, k, init, np.random.default_rng(3), np.dtype(np.float64))
+    W0, H0 = init_factors(R, k, init, np.random.default_rng(3), np.dtype(np.float64))
     res = _fit(R, feedback="frobenius", n_components=k, max_iter=n_iter, l2=0.0, init=init,
                rng=np.random.default_rng(3), n_sweeps=1)
     sk = NMF(n_components=k, solver="cd", init="custom", max_iter=n_iter, tol=0.0,
@@ -165,7 +158,7 @@ def test_explicit_half_step_solves_each_row_by_nnls():
     Y = rng.random((15, 4))
     l2 = 0.3
     X = np.zeros((12, 4))
-    _half_step(_triplet(R, R.data), X, Y, l2 * np.eye(4), _weights("explicit", 1.0), 0.0, 400, 2)
+    half_step(triplet(R, R.data), X, Y, l2 * np.eye(4), SolveSettings(weights_of("explicit", 1.0), 0.0, 400), 2)
     for u in range(12):
         cols = R.indices[R.indptr[u]:R.indptr[u + 1]]
         p = R.data[R.indptr[u]:R.indptr[u + 1]]
@@ -185,17 +178,17 @@ def test_fold_in_equals_one_row_of_a_half_step(feedback, confidence):
     H = rng.random((R.shape[1], 4))
     item_bias = rng.normal(size=R.shape[1])
     mu, l2, l1 = 2.5, 0.2, 0.1
-    w = _weights(feedback, 3.0)
+    w = weights_of(feedback, 3.0)
     stats = bm25_stats(R)
     if feedback == "implicit":
-        data = _confidence_data(R, confidence, R.dtype, stats)
+        data = confidence_data(R, confidence, R.dtype, stats)
     elif feedback == "explicit":
         data = R.data - mu - item_bias[R.indices]
     else:
         data = R.data
     X = np.zeros((R.shape[0], 4))
     gram = w.beta * H.T @ H + l2 * np.eye(4)
-    _half_step(_triplet(R, data), X, H, gram, w, l1, 30, 2)
+    half_step(triplet(R, data), X, H, gram, SolveSettings(w, l1, 30), 2)
     for u in (0, 7, 21):
         row = R[u]
         x = fold_in(H, row.indices, row.data, feedback=feedback, alpha=3.0, confidence=confidence,
@@ -236,8 +229,9 @@ def test_non_finite_loss_raises_with_a_fix():
 
 @pytest.mark.parametrize(
     "kw, match",
-    [({"feedback": "ratings"}, "feedback must be one of"),
-     ({"confidence": "sqrt"}, "confidence must be one of"),
+    [({"feedback": "ratings"}, "`feedback` must be one of 'implicit', 'explicit', 'frobenius'; got 'ratings'"),
+     ({"confidence": "sqrt"}, "`confidence` must be one of 'linear', 'log', 'bm25'; got 'sqrt'"),
+     ({"init": "svd"}, "`init` must be one of 'random', 'nndsvd'; got 'svd'"),
      ({"init": "nndsvd", "n_components": 40}, "n_components < min")],
 )
 def test_bad_arguments_name_the_argument(kw, match):

@@ -1,4 +1,4 @@
-"""The top-K kernel and ``timbral._scoring.top_k`` against ``_reference.top_k``."""
+"""The top-K kernel and ``timbral.scoring.top_k`` against ``_reference.top_k``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from threadpoolctl import threadpool_info
 
 from timbral import _reference
 from timbral._core._topk import top_k as top_k_kernel
-from timbral._scoring import CHUNK_ITEMS, top_k
 from timbral.exceptions import ValidationError
+from timbral.scoring import CHUNK_ITEMS, top_k
 
 DTYPES = [np.float32, np.float64]
 
@@ -99,8 +99,8 @@ def test_k_larger_than_the_candidates_is_padded(n_threads):
     items = rng.random((30, 6)).astype(np.float32)
     item_mask = np.zeros(30, dtype=bool)
     item_mask[::3] = True  # 20 candidates left
-    ids, scores = top_k(query, items, 50, item_mask=item_mask, n_threads=n_threads)
-    ref = _reference.top_k(query, items, 50, item_mask=item_mask)
+    ids, scores = top_k(query, items, 25, item_mask=item_mask, n_threads=n_threads)
+    ref = _reference.top_k(query, items, 25, item_mask=item_mask)
     assert_same_top_k((ids, scores), ref, np.float32)
     assert (ids[:, 20:] == -1).all() and np.isneginf(scores[:, 20:]).all()
     assert (ids[:, :20] >= 0).all()
@@ -148,10 +148,12 @@ def test_unsorted_exclude_is_sorted_without_touching_the_caller():
     assert_same_top_k(got, ref, np.float64)
 
 
-def test_k_zero_and_dtypes():
+def test_k_is_checked_once_and_clamped_and_dtypes():
     query = np.ones((3, 2), dtype=np.float32)
-    ids, scores = top_k(query, np.ones((4, 2), dtype=np.float32), 0)
-    assert ids.shape == scores.shape == (3, 0)
+    with pytest.raises(ValidationError, match=r"`k` must be a positive integer; got 0. Pass e.g. k=10"):
+        top_k(query, np.ones((4, 2), dtype=np.float32), 0)  # issue 8: 0 used to pass here only
+    ids, scores = top_k(query, np.ones((4, 2), dtype=np.float32), 10**9)
+    assert ids.shape == scores.shape == (3, 4)  # issue 10.15: never wider than the catalogue
     _, scores = top_k(query, np.ones((4, 2), dtype=np.float64), 2)
     assert scores.dtype == np.float64  # mixed inputs are scored in the wider dtype
 
@@ -195,7 +197,7 @@ def test_two_threads_calling_at_once_get_reference_results():
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [pool.submit(top_k, q, h, 10, n_threads=2) for q, h in inputs]
         results = [f.result() for f in futures]
-    for (query, items), got in zip(inputs, results):
+    for (query, items), got in zip(inputs, results, strict=True):
         assert_same_top_k(got, _reference.top_k(query, items, 10), np.float32)
     blas_after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
     assert blas_after == blas_before  # the single-threaded BLAS limit is restored
@@ -204,8 +206,8 @@ def test_two_threads_calling_at_once_get_reference_results():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"k": -1}, r"`k` must be >= 0, got -1"),
-        ({"k": 2.5}, r"`k` must be an integer, got 2\.5"),
+        ({"k": -1}, r"`k` must be a positive integer; got -1"),
+        ({"k": 2.5}, r"`k` must be a positive integer; got 2\.5"),
         ({"items": np.ones((10, 3))}, r"`query` has 4 factors per row but `items` has 3"),
         ({"query": np.ones(4)}, r"`query` must be a 2-D array .* got shape \(4,\)"),
         ({"exclude": sp.csr_matrix((3, 10))}, r"`exclude` must have shape .* \(2, 10\), got \(3, 10\)"),

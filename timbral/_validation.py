@@ -93,7 +93,8 @@ def check_user_items(user_items: Any, *, name: str = "user_items") -> sp.csr_mat
     """A users × items CSR matrix with finite, non-negative values, sorted and deduplicated.
 
     Dense arrays and other sparse formats are converted (a copy); float64 is kept,
-    anything else becomes float32.
+    anything else becomes float32. Explicitly stored zeros are dropped (a copy; the
+    caller's matrix is untouched), as the loader drops them.
     """
     if isinstance(user_items, (list, tuple)):
         user_items = np.asarray(user_items)
@@ -119,6 +120,11 @@ def check_user_items(user_items: Any, *, name: str = "user_items") -> sp.csr_mat
     if not csr.has_canonical_format:
         csr = csr.copy()
         csr.sum_duplicates()
+    if csr.nnz and np.any(csr.data == 0):
+        # A stored zero is not an observation (the loader drops them too); kept, it
+        # would become a positive with confidence 1 under implicit feedback.
+        csr = csr.copy()  # may share the caller's arrays
+        csr.eliminate_zeros()
     if not np.all(np.isfinite(csr.data)):
         bad = int(np.count_nonzero(~np.isfinite(csr.data)))
         raise ValidationError(
@@ -158,8 +164,32 @@ def check_indices(values: Any, size: int, *, name: str) -> NDArray[np.int64]:
     return arr
 
 
-def check_k(k: Any, *, name: str = "k") -> int:
-    """A positive number of results."""
+def check_k(k: Any, *, name: str = "k", limit: int | None = None) -> int:
+    """A positive number of results, clamped to ``limit`` (e.g. the number of items).
+
+    The clamp keeps a huge ``k`` (``-k 100000000``) from allocating that many result
+    slots when only ``limit`` candidates exist.
+    """
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (numbers.Integral, np.integer)) or k < 1:
-        raise ValidationError(f"`{name}` must be a positive integer; got {k!r}.")
-    return int(k)
+        raise ValidationError(f"`{name}` must be a positive integer; got {k!r}. Pass e.g. {name}=10.")
+    return int(k) if limit is None else min(int(k), int(limit))
+
+
+#: The one default seed (``NMF_RANDOM_STATE`` documents 42): splits, fits and generators.
+DEFAULT_SEED = 42
+
+
+def check_random_state(random_state: Any, *, name: str = "random_state") -> np.random.Generator:
+    """A NumPy Generator from a seed (int ≥ 0), a Generator (used as is) or None (fresh entropy)."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if random_state is None or (
+        isinstance(random_state, (numbers.Integral, np.integer))
+        and not isinstance(random_state, (bool, np.bool_))
+        and random_state >= 0
+    ):
+        return np.random.default_rng(random_state)
+    raise ValidationError(
+        f"`{name}` must be a non-negative integer seed, a numpy.random.Generator or None; "
+        f"got {random_state!r}. Pass e.g. {name}={DEFAULT_SEED}."
+    )

@@ -2,8 +2,9 @@
 
 Exit status: 0 on success, 2 for bad usage or bad input (one line on stderr,
 ``timbral: error: ...``, saying what to do; never a traceback), 130 on Ctrl-C.
-Progress bars appear only when stderr is a terminal; JSON-lines logs go to stderr
-(level INFO when stderr is not a terminal, else WARNING; ``--log-level`` overrides).
+Progress bars appear only when stderr is a terminal. Logs go to stderr: short text
+lines on a terminal, JSON lines otherwise (``--log-format`` or ``LOG_FORMAT``
+overrides); level INFO when stderr is not a terminal, else WARNING (``--log-level``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import socket
 import sys
 import tempfile
 import warnings
@@ -21,9 +23,11 @@ from typing import Any, NoReturn
 
 import orjson
 
+from timbral._validation import DEFAULT_SEED
 from timbral._version import __version__
 from timbral.exceptions import ConvergenceWarning, TimbralError
-from timbral.logs import configure_logging
+from timbral.logs import LOG_FORMATS, configure_logging
+from timbral.nmf.objective import CONFIDENCE_SCALINGS, DEFAULT_CONFIDENCE, DEFAULT_FEEDBACK, FEEDBACK_KINDS
 from timbral.registry import cli as registry_cli
 
 __all__ = ["main"]
@@ -72,7 +76,8 @@ def _training_defaults_from_env(args: argparse.Namespace) -> None:
     if getattr(args, "components", 0) is None:
         args.components = _env_int("NMF_N_COMPONENTS", _positive_int)
     if getattr(args, "seed", 0) is None:
-        args.seed = _env_int("NMF_RANDOM_STATE", _non_negative_int) or 0
+        seed = _env_int("NMF_RANDOM_STATE", _non_negative_int)
+        args.seed = DEFAULT_SEED if seed is None else seed
 
 
 def _non_negative_int(text: str) -> int:
@@ -113,20 +118,20 @@ def _port(text: str) -> int:
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    """The options DESIGN.md §3 calls common: model parameters and how to read the data."""
+    """The options every training command shares: model parameters and how to read the data."""
     model = parser.add_argument_group("model (unset options keep the library defaults)")
     model.add_argument("--components", type=_positive_int, metavar="K",
                        help="latent factors (default: $NMF_N_COMPONENTS, else the model's 50)")
-    model.add_argument("--feedback", choices=["implicit", "explicit", "frobenius"], default="implicit",
+    model.add_argument("--feedback", choices=FEEDBACK_KINDS, default=DEFAULT_FEEDBACK,
                        help="implicit (play counts, default), explicit (ratings) or frobenius")
     model.add_argument("--alpha", type=_non_negative_float, help="confidence slope of implicit feedback")
-    model.add_argument("--confidence", choices=["linear", "log", "bm25"],
-                       help="scaling of play counts before the confidence (default: log)")
+    model.add_argument("--confidence", choices=CONFIDENCE_SCALINGS,
+                       help=f"scaling of play counts before the confidence (default: {DEFAULT_CONFIDENCE})")
     model.add_argument("--regularization", type=_regularization, metavar="LAMBDA",
                        help="penalty weight, or 'auto' to follow the data (default: auto)")
     model.add_argument("--iterations", type=_positive_int, metavar="N", help="maximum epochs")
     model.add_argument("--seed", type=_non_negative_int,
-                       help="seed of the split and the model (default: $NMF_RANDOM_STATE, else 0)")
+                       help=f"seed of the split and the model (default: $NMF_RANDOM_STATE, else {DEFAULT_SEED})")
     model.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
                        help="kernel threads, 0 = all available cores (default)")
     data = parser.add_argument_group("data (columns are matched by common names unless given)")
@@ -150,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="timbral", description="Music recommendations from non-negative matrix factorization.")
     parser.add_argument("--version", action="version", version=f"timbral {__version__}")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
-                        help="JSON log level on stderr (INFO when not a terminal, else WARNING)")
+                        help="log level on stderr (INFO when not a terminal, else WARNING)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, type=str.lower,
+                        help="log lines on stderr: text or json (default: $LOG_FORMAT, else text "
+                             "on a terminal and json otherwise)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
@@ -198,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--items", type=_positive_int, default=QUICKSTART_SIZE["items"])
     quick.add_argument("--interactions", type=_positive_int, default=QUICKSTART_SIZE["interactions"])
     quick.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1)")
-    quick.add_argument("--port", type=_port, default=8001)
+    quick.add_argument("--port", type=_port, default=8001, help="port (8001; 0 picks a free one)")
     quick.add_argument("--no-serve", action="store_true", help="stop after training")
     _model_options(quick)
     registry_cli.add_commands(commands)
@@ -227,19 +235,25 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace, data: str | Path, output: str | Path | None, *,
            test_fraction: float | None, k: int, refit: bool, progress: bool) -> Any:
+    from timbral.nmf import NMFModel
     from timbral.train import train
 
+    given = {
+        "n_components": args.components,
+        "alpha": args.alpha,
+        "confidence": args.confidence,
+        "regularization": args.regularization,
+        "max_iter": args.iterations,
+        "random_state": args.seed,
+    }
+    model = NMFModel(  # unset options keep the model's defaults
+        feedback=args.feedback, n_threads=args.threads, **{k: v for k, v in given.items() if v is not None}
+    )
     return train(
         data,
         output,
-        n_components=args.components,
-        feedback=args.feedback,
-        alpha=args.alpha,
-        confidence=args.confidence,
-        regularization=args.regularization,
-        max_iter=args.iterations,
+        model=model,
         seed=args.seed,
-        n_threads=args.threads,
         test_fraction=test_fraction,
         k=k,
         refit=refit,
@@ -353,16 +367,23 @@ def _cmd_generate(args: argparse.Namespace, progress: bool) -> int:
 
 
 def _server() -> tuple[Any, Any]:
-    """``server.config.Config`` and ``server.__main__.run``, imported on first use."""
+    """``timbral.server.config.Config`` and ``timbral.server.__main__.run``, imported on first use."""
     try:
-        from server.__main__ import run
-        from server.config import Config
+        from timbral.server.__main__ import run
+        from timbral.server.config import Config
     except ImportError as exc:
         raise _UsageError(
             f"the HTTP server is not available ({exc}); install timbral with its service "
             "dependencies (pip install timbral) from a full source tree"
         ) from None
     return Config, run
+
+
+def _free_port(host: str) -> int:
+    """A port the OS reports free on ``host`` now (for ``--port 0``)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 def _server_config(overrides: dict[str, Any], *, no_redis: bool = False) -> Any:
@@ -374,7 +395,7 @@ def _server_config(overrides: dict[str, Any], *, no_redis: bool = False) -> Any:
     try:
         config = config_type.from_env(env)
         return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:  # server.config.ConfigError
+    except ValueError as exc:  # timbral.server.config.ConfigError
         raise _UsageError(" ".join(str(exc).split())) from None
 
 
@@ -384,7 +405,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model = Path(args.model)
         if not model.is_dir():
             raise _UsageError(f"--model {args.model!r} is not a directory; pass the --output of `timbral train`")
-    config = _server_config({"model_dir": model, "api_host": args.host, "api_port": args.port})
+    config = _server_config({"model_dir": model, "api_host": args.host, "api_port": args.port,
+                             "log_format": args.log_format})
     _, run = _server()
     run(config)
     return 0
@@ -411,7 +433,8 @@ def _cmd_quickstart(args: argparse.Namespace, progress: bool) -> int:
     print("2. " + _describe_training(result).replace("\n", "\n   "))
     rec = result.recommender
     user, item = rec.user_ids[0].item(), rec.item_ids[int(rec.item_popularity.argmax())].item()
-    base = f"http://{'localhost' if args.host in ('0.0.0.0', '127.0.0.1') else args.host}:{args.port}"
+    port = args.port or _free_port(args.host)
+    base = f"http://{'localhost' if args.host in ('0.0.0.0', '127.0.0.1') else args.host}:{port}"
     print(
         "3. Try it (in another terminal) once the server below is up:\n"
         f"   curl '{base}/api/v1/recommendations/{user}?k=5'\n"
@@ -425,8 +448,8 @@ def _cmd_quickstart(args: argparse.Namespace, progress: bool) -> int:
     if args.no_serve:
         print(f"   Serve it later with: timbral serve --model {model_dir}")
         return 0
-    config = _server_config({"model_dir": model_dir, "api_host": args.host, "api_port": args.port},
-                            no_redis=True)
+    config = _server_config({"model_dir": model_dir, "api_host": args.host, "api_port": port,
+                             "log_format": args.log_format}, no_redis=True)
     print(f"4. Serving on {base} with the in-process cache (no Redis); Ctrl-C stops.", flush=True)
     _, run = _server()
     run(config)
@@ -452,7 +475,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return int(exc.code or 0)
     interactive = sys.stderr.isatty()
-    handler = configure_logging(args.log_level or ("WARNING" if interactive else "INFO"))
+    args.log_format = args.log_format or os.environ.get("LOG_FORMAT", "").strip().lower() or (
+        "text" if interactive else "json")
+    try:
+        handler = configure_logging(args.log_level or ("WARNING" if interactive else "INFO"),
+                                    log_format=args.log_format)
+    except TimbralError as exc:  # LOG_FORMAT names no format
+        print(f"timbral: error: environment variable LOG_FORMAT: {exc}; fix or unset it", file=sys.stderr)
+        return 2
     try:
         with warnings.catch_warnings():
             # A model that hit max_iter is still a model: report it, don't fail the command.

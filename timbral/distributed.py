@@ -1,30 +1,30 @@
-"""Training beyond one machine: the same row solver, sharded over a Dask cluster.
+"""Training beyond one machine: the one fit loop, with its row solves on a Dask cluster.
 
-Rows of ``R`` (users) and of ``Rᵀ`` (items) are cut into contiguous shards that
-live on the workers for the whole fit. Each half-step broadcasts the fixed factor
-matrix and its k × k Gram matrix, every worker solves its own rows with the Cython
-kernel (``timbral._core._nmf.solve_rows``, GIL released), and the client reduces the
-shards' Gram matrices ``Σ_s X_sᵀ X_s`` for the next half-step. Row solves are
-independent, so the result equals a single-machine ``NMFModel.fit`` from the same
-start up to floating-point summation order.
+:class:`DaskBackend` is a half-step backend of :func:`timbral.nmf.fit.fit_nmf`. Rows of
+``R`` (users) and of ``Rᵀ`` (items) are cut into contiguous shards that live on the
+workers for the whole fit. Each half-step broadcasts the fixed factor matrix and its
+regularised k × k Gram matrix, every worker solves its own rows with the Cython kernel
+(``timbral.nmf.fit.half_step``, GIL released), and the client sums the shards'
+Gram matrices ``Σ_s X_sᵀ X_s`` for the next half-step. Row solves are independent, so
+the result equals a single-machine ``NMFModel.fit`` from the same start up to
+floating-point summation order. Epochs, loss, convergence and warnings are the fit
+loop's, not copied here.
 
 Only factors (k per row) travel; the interaction shards are sent once.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
-from numpy.typing import NDArray
 
-from timbral import _solvers
-from timbral._validation import check_params, check_user_items
-from timbral.exceptions import ConvergenceWarning, ValidationError
-from timbral.model import NMFModel
+from timbral.exceptions import ValidationError
+from timbral.nmf import NMFModel
+from timbral.nmf.fit import Factors, Solved, SolveSettings, Triplet, half_step
+from timbral.nmf.objective import check_feedback
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -38,7 +38,56 @@ class _Shard:
 
     start: int
     stop: int
-    rows: Any  # a Future of a _solvers._Triplet
+    rows: Any  # a Future of a Triplet
+
+
+class DaskBackend:
+    """Row solves on a Dask cluster's workers, in shards of about equal entries.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    n_shards : int
+        Row blocks per side.
+    threads_per_shard : int
+        Kernel threads each shard task uses.
+    """
+
+    supports_biases = False  # the explicit residuals are updated in place on the client
+
+    def __init__(self, client: Client, n_shards: int, threads_per_shard: int = 1) -> None:
+        self.client = client
+        self.n_shards = n_shards
+        self.threads_per_shard = threads_per_shard
+        self._sides: tuple[list[_Shard], list[_Shard]] = ([], [])
+
+    def place(self, user_rows: Triplet, item_rows: Triplet, settings: SolveSettings) -> None:
+        self._sides = (self._scatter(user_rows), self._scatter(item_rows))
+        self._settings = settings
+
+    def _scatter(self, rows: Triplet) -> list[_Shard]:
+        """Send ``rows`` to the workers as ≤ ``n_shards`` row blocks of about equal entries."""
+        nnz = int(rows.indptr[-1])
+        cuts = np.searchsorted(rows.indptr, np.linspace(0, nnz, self.n_shards + 1)[1:-1])
+        bounds = np.unique(np.concatenate([[0], cuts, [rows.shape[0]]]))
+        return [
+            _Shard(start, stop, self.client.scatter(rows.rows(start, stop), hash=False))
+            for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
+        ]
+
+    def solve(self, side: int, X: Factors, Y: Factors, gram: Factors, row_loss: bool) -> Solved:
+        fixed = self.client.scatter(Y, broadcast=True, hash=False)
+        futures = [
+            self.client.submit(
+                _solve_shard, s.rows, X[s.start : s.stop], fixed, gram, self._settings,
+                self.threads_per_shard, pure=False,
+            )
+            for s in self._sides[side]
+        ]
+        parts = self.client.gather(futures)
+        X_new = np.ascontiguousarray(np.concatenate([block for block, _, _ in parts]))
+        loss = np.concatenate([part for _, _, part in parts]) if row_loss else None
+        return X_new, sum(gram_part for _, gram_part, _ in parts), loss
 
 
 def fit_distributed(
@@ -69,133 +118,24 @@ def fit_distributed(
     model : NMFModel
         Fitted in place, exactly like ``model.fit(user_items)`` would leave it.
     """
-    check_params(model.get_params(), model._parameter_constraints)
-    if model.feedback not in SUPPORTED_FEEDBACK:
+    model.check_params()
+    if check_feedback(model.feedback) not in SUPPORTED_FEEDBACK:
         raise ValidationError(
             f"fit_distributed supports feedback {SUPPORTED_FEEDBACK}; got {model.feedback!r}. "
             "Fit explicit (rating) models with NMFModel.fit on one machine."
         )
-    csr = check_user_items(user_items)
     if n_shards is None:
         n_shards = max(1, sum(client.nthreads().values()))
-    if not isinstance(n_shards, int) or n_shards < 1:
+    if isinstance(n_shards, bool) or not isinstance(n_shards, int) or n_shards < 1:
         raise ValidationError(f"`n_shards` must be a positive integer; got {n_shards!r}.")
-
-    dtype = np.dtype(np.float64 if csr.dtype == np.float64 else np.float32)
-    model.regularization_ = model._resolve_regularization(csr)
-    params = model._solver_params()
-    weights = _solvers._weights(model.feedback, params["alpha"])
-    l1, l2 = params["l1"], params["l2"]
-    sweeps = _solvers.FIT_SWEEPS[model.feedback]
-    rng = (
-        model.random_state
-        if isinstance(model.random_state, np.random.Generator)
-        else np.random.default_rng(model.random_state)
-    )
-
-    stats = _solvers.bm25_stats(csr) if model.feedback == "implicit" and model.confidence == "bm25" else None
-    if model.feedback == "implicit":
-        data = _solvers._confidence_data(csr, model.confidence, dtype, stats)
-        target = sp.csr_matrix((np.ones_like(data), csr.indices, csr.indptr), csr.shape)
-    else:
-        data = csr.data.astype(dtype, copy=False)
-        target = sp.csr_matrix((np.abs(data), csr.indices, csr.indptr), csr.shape)
-    W, H = _solvers._init_factors(target, model.n_components, model.init, rng, dtype)
-    scaled = sp.csr_matrix((data, csr.indices, csr.indptr), csr.shape)
-    user_shards = _shards(client, scaled, n_shards)
-    item_shards = _shards(client, scaled.T.tocsr(), n_shards)
-    del scaled, target
-
-    history: list[float] = []
-    change, converged = np.inf, False
-    for iteration in range(1, model.max_iter + 1):
-        W, WtW, _ = _distributed_half_step(
-            client, user_shards, W, H, H.T @ H, weights, l1, l2, sweeps, threads_per_shard
-        )
-        H, HtH, observed = _distributed_half_step(
-            client, item_shards, H, W, WtW, weights, l1, l2, sweeps, threads_per_shard
-        )
-        loss = _solvers._loss(W, H, WtW, HtH, weights, l2, l1, observed)
-        _solvers._check_finite(loss, iteration, model.feedback, params["alpha"], l2)
-        if history:
-            change = abs(history[-1] - loss) / max(abs(history[-1]), np.finfo(float).tiny)
-        history.append(loss)
-        if change < model.tol:
-            converged = True
-            break
-    if not converged:
-        warnings.warn(
-            f"fit_distributed stopped at max_iter={model.max_iter} before the loss settled: the "
-            f"last relative change {change:.3g} is above tol={model.tol:g}. Raise max_iter, or "
-            "raise tol to accept a looser fit.",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    model.user_factors_, model.item_factors_ = W, H
-    model.user_bias_ = np.zeros(W.shape[0], dtype)
-    model.item_bias_ = np.zeros(H.shape[0], dtype)
-    model.global_mean_ = 0.0
-    model.n_iter_ = len(history)
-    model.loss_history_ = history
-    model.user_items_ = csr
-    model._reset_caches()
-    return model
-
-
-def _shards(client: Client, matrix: sp.csr_matrix, n_shards: int) -> list[_Shard]:
-    """Send ``matrix`` to the workers as ≤ ``n_shards`` row blocks of about equal entries."""
-    cuts = np.searchsorted(matrix.indptr, np.linspace(0, matrix.nnz, n_shards + 1)[1:-1])
-    bounds = np.unique(np.concatenate([[0], cuts, [matrix.shape[0]]]))
-    shards = []
-    for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        block = matrix[start:stop]
-        rows = client.scatter(_solvers._triplet(block, block.data), hash=False)
-        shards.append(_Shard(start, stop, rows))
-    return shards
-
-
-def _distributed_half_step(
-    client: Client,
-    shards: list[_Shard],
-    X: NDArray[np.floating],
-    Y: NDArray[np.floating],
-    YtY: NDArray[np.floating],
-    weights: _solvers._Weights,
-    l1: float,
-    l2: float,
-    sweeps: int,
-    n_threads: int,
-) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.float64]]:
-    """Solve every shard's rows of X against Y.
-
-    Returns the new X, ``Σ_s X_sᵀX_s`` and each row's observed loss at its new value.
-    """
-    gram = _solvers._gram(YtY, weights.beta, l2)
-    fixed = client.scatter(Y, broadcast=True, hash=False)
-    futures = [
-        client.submit(
-            _solve_shard, s.rows, X[s.start : s.stop], fixed, gram, weights, l1, sweeps, n_threads, pure=False
-        )
-        for s in shards
-    ]
-    parts = client.gather(futures)
-    X_new = np.ascontiguousarray(np.concatenate([block for block, _, _ in parts]))
-    observed = np.concatenate([loss for _, _, loss in parts])
-    return X_new, sum(gram_part for _, gram_part, _ in parts), observed
+    return model.fit(user_items, backend=DaskBackend(client, n_shards, threads_per_shard))
 
 
 def _solve_shard(
-    rows: _solvers._Triplet,
-    X_part: NDArray[np.floating],
-    Y: NDArray[np.floating],
-    gram: NDArray[np.floating],
-    weights: _solvers._Weights,
-    l1: float,
-    sweeps: int,
-    n_threads: int,
-) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.float64]]:
+    rows: Triplet, X_part: Factors, Y: Factors, gram: Factors, settings: SolveSettings, n_threads: int
+) -> Solved:
     """Runs on a worker: the kernel's row solve for one shard, its Gram and row losses."""
     X_part = np.array(X_part, order="C")  # our own copy: inputs may be shared
     row_loss = np.empty(X_part.shape[0])
-    _solvers._half_step(rows, X_part, Y, gram, weights, l1, sweeps, n_threads, row_loss)
+    half_step(rows, X_part, Y, gram, settings, n_threads, row_loss)
     return X_part, X_part.T @ X_part, row_loss

@@ -1,10 +1,15 @@
-"""JSON-lines logging shared by the library, the command line and the server.
+"""Logging shared by the library, the command line and the server, in two formats.
 
-Every record becomes one line of JSON::
+``json`` (for machines: the server's default, and the CLI's when stderr is not a
+terminal) writes every record as one line of JSON::
 
     {"timestamp": "2024-05-01T12:00:00.123456Z", "level": "INFO",
      "service": "timbral-ml", "logger": "timbral.train", "message": "fitted model",
      "n_iter": 15, "seconds": 1.2}
+
+``text`` (for people at a terminal) writes the same record as one short line::
+
+    12:00:00 INFO  fitted model n_iter=15 seconds=1.2
 
 Fields passed with ``extra=`` are added as they are; values orjson cannot encode
 (paths, NumPy scalars, ...) are written as their ``str``.
@@ -21,9 +26,10 @@ import orjson
 
 from timbral.exceptions import ValidationError
 
-__all__ = ["SERVICE", "JsonFormatter", "configure_logging"]
+__all__ = ["LOG_FORMATS", "SERVICE", "JsonFormatter", "TextFormatter", "configure_logging"]
 
 SERVICE = "timbral-ml"
+LOG_FORMATS = ("json", "text")
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -31,6 +37,11 @@ _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "asctime",
     "taskName",
 }
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """What the caller passed with ``extra=``."""
+    return {key: value for key, value in vars(record).items() if key not in _RESERVED}
 
 
 def _default(value: Any) -> Any:
@@ -60,9 +71,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _RESERVED and key not in entry:
-                entry[key] = value
+        for key, value in _fields(record).items():
+            entry.setdefault(key, value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
@@ -72,10 +82,29 @@ class JsonFormatter(logging.Formatter):
         ).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """Format a record as one short line for a person: time, level, message, key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        parts = [stamp, f"{record.levelname:<5}", record.getMessage()]
+        for key, value in _fields(record).items():
+            text = str(_default(value))
+            parts.append(f"{key}={text!r}" if not text or " " in text else f"{key}={text}")
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
 def configure_logging(
-    level: int | str = "INFO", stream: IO[str] | None = None, *, service: str = SERVICE
+    level: int | str = "INFO",
+    stream: IO[str] | None = None,
+    *,
+    service: str = SERVICE,
+    log_format: str = "json",
 ) -> logging.Handler:
-    """Send the root logger's records to ``stream`` as JSON lines.
+    """Send the root logger's records to ``stream`` as JSON lines or as text lines.
 
     Replaces a handler installed by an earlier call (so calling it twice does not
     double every line) and leaves other handlers alone.
@@ -88,6 +117,8 @@ def configure_logging(
         Where lines go; default ``sys.stderr`` (resolved at call time).
     service : str, default="timbral-ml"
         Value of the ``service`` field.
+    log_format : {"json", "text"}, default="json"
+        JSON lines for log collectors, or short lines for a person at a terminal.
 
     Returns
     -------
@@ -101,12 +132,14 @@ def configure_logging(
                 f"level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL; got {level!r}"
             )
         level = resolved
+    if log_format not in LOG_FORMATS:
+        raise ValidationError(f"log_format must be one of {', '.join(LOG_FORMATS)}; got {log_format!r}")
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_timbral_json", False):
             root.removeHandler(handler)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter(service))
+    handler.setFormatter(JsonFormatter(service) if log_format == "json" else TextFormatter())
     handler._timbral_json = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)

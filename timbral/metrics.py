@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
+from timbral._validation import check_k
 from timbral.exceptions import ValidationError
 
 __all__ = [
@@ -153,8 +154,7 @@ def ranking_metrics(
     dict
         As :func:`ranking_scores`.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValidationError(f"k must be a positive integer, got {k!r}")
+    k = check_k(k)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValidationError(f"batch_size must be a positive integer, got {batch_size!r}")
     test = _csr(test, "test")

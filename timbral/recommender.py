@@ -21,10 +21,12 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
-from timbral._version import __version__
-from timbral.artifact import ModelArtifact, read_model_dir, write_model_dir
-from timbral.exceptions import ArtifactError, UnknownIdError, ValidationError
-from timbral.model import NMFModel
+from timbral._validation import check_k
+from timbral.artifact import model_artifact, model_from_artifact, read_model_dir, write_model_dir
+from timbral.exceptions import UnknownIdError, ValidationError
+from timbral.ids import IdMap
+from timbral.nmf import Explanation, NMFModel
+from timbral.scoring import item_mask
 
 __all__ = ["Recommendations", "Recommender"]
 
@@ -59,84 +61,6 @@ class Recommendations:
         }
 
 
-def _as_id_array(ids: ArrayLike, name: str) -> NDArray[Any]:
-    """External ids as int64 or fixed-width unicode (never object), checked unique."""
-    array = np.asarray(ids)
-    if array.ndim != 1:
-        raise ValidationError(f"`{name}` must be one-dimensional; got shape {array.shape}")
-    if array.dtype.kind in "iu":
-        if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
-            raise ValidationError(f"`{name}` has ids above the int64 range; pass them as strings")
-        array = array.astype(np.int64)
-    elif array.dtype.kind == "O" and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in array
-    ):
-        array = array.astype(np.int64)
-    elif array.dtype.kind in "OUS":
-        array = array.astype(str)
-    else:
-        raise ValidationError(
-            f"`{name}` must hold integer or string ids; got dtype {array.dtype}. "
-            "Convert float ids to int or str first"
-        )
-    return array
-
-
-class _IdIndex:
-    """External id -> internal index through a sorted copy of the ids (np.searchsorted)."""
-
-    def __init__(self, ids: NDArray[Any], name: str) -> None:
-        self.ids = ids
-        self.name = name
-        self._order = np.argsort(ids, kind="stable")
-        self._sorted = ids[self._order]
-        duplicated = self._sorted[1:][self._sorted[1:] == self._sorted[:-1]]
-        if duplicated.size:
-            raise ValidationError(
-                f"`{name}s` must be unique; {duplicated[:3].tolist()} appear more than once"
-            )
-
-    def _coerce(self, values: Sequence[Any]) -> tuple[NDArray[Any], NDArray[np.bool_]]:
-        """``values`` in the ids' dtype, and which of them could be converted at all."""
-        if self.ids.dtype.kind == "U":
-            return np.asarray([str(v) for v in values], dtype=str), np.ones(len(values), bool)
-        array = np.asarray(values) if len(values) else np.empty(0, np.int64)
-        if array.dtype.kind in "iu" and array.ndim == 1:
-            return array.astype(np.int64, copy=False), np.ones(array.size, bool)
-        out = np.zeros(len(values), dtype=np.int64)
-        ok = np.zeros(len(values), dtype=bool)
-        for j, value in enumerate(values):  # mixed or string input (e.g. "42" from a URL)
-            if isinstance(value, bool):
-                continue
-            try:
-                out[j] = int(value) if isinstance(value, (int, np.integer)) else int(str(value).strip())
-                ok[j] = True
-            except (ValueError, OverflowError):
-                pass
-        return out, ok
-
-    def lookup(self, values: Iterable[Any]) -> NDArray[np.int64]:
-        """Internal index of each value, ``-1`` where unknown."""
-        values = values if isinstance(values, (list, tuple, np.ndarray)) else list(values)
-        keys, ok = self._coerce(values)
-        if not self._sorted.size:
-            return np.full(keys.shape[0], -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self._sorted, keys), self._sorted.size - 1)
-        found = ok & (self._sorted[pos] == keys)
-        return np.where(found, self._order[pos], -1).astype(np.int64)
-
-    def index(self, value: Any) -> int:
-        """Internal index of one id; UnknownIdError if the model does not know it."""
-        found = int(self.lookup([value])[0])
-        if found < 0:
-            raise UnknownIdError(f"{self.name} {value!r} is not known to the model")
-        return found
-
-    def external(self, indices: Any) -> Any:
-        """External id(s) of internal index or indices, as Python ints or strs."""
-        return self.ids[indices].tolist()
-
-
 def _item_popularity(user_items: sp.csr_matrix) -> NDArray[np.float64]:
     """Number of users who interacted with each item."""
     return np.bincount(user_items.indices, minlength=user_items.shape[1]).astype(np.float64)
@@ -156,12 +80,15 @@ class Recommender:
     ----------
     model : NMFModel
         A fitted model.
-    user_ids : array-like of shape (n_users,)
-        External id of each model row (int or str), unique.
-    item_ids : array-like of shape (n_items,)
+    user_ids : array-like of shape (n_users,) or IdMap
+        External id of each model row (exact int64 or str), unique; see :mod:`timbral.ids`.
+    item_ids : array-like of shape (n_items,) or IdMap
         External id of each model column, unique.
     user_items : scipy.sparse.csr_matrix of shape (n_users, n_items), optional
-        Interactions whose items count as seen (default: ``model.user_items_``).
+        Interactions whose items count as seen (default: ``model.user_items_``):
+        ``exclude_seen`` leaves these out, and they are saved with the model. Pass
+        all of a user's interactions when the model was fitted on only part of them
+        (``train(refit=False)``), so held-out items are never recommended.
     metadata : dict, optional
         JSON-serialisable facts about the model (data report, metrics, timings...),
         saved with it. ``model_version`` and ``created_at`` are set when missing.
@@ -177,21 +104,23 @@ class Recommender:
     def __init__(
         self,
         model: NMFModel,
-        user_ids: ArrayLike,
-        item_ids: ArrayLike,
+        user_ids: ArrayLike | IdMap,
+        item_ids: ArrayLike | IdMap,
         user_items: sp.csr_matrix | None = None,
         metadata: Mapping[str, Any] | None = None,
         item_popularity: ArrayLike | None = None,
     ) -> None:
-        if not hasattr(model, "user_factors_"):
-            raise ValidationError("`model` must be a fitted NMFModel; call model.fit(user_items) first")
-        self.model = model
-        self._users = _IdIndex(_as_id_array(user_ids, "user_ids"), "user_id")
-        self._items = _IdIndex(_as_id_array(item_ids, "item_ids"), "item_id")
-        n_users, n_items = model.user_factors_.shape[0], model.item_factors_.shape[0]
-        if self._users.ids.shape[0] != n_users or self._items.ids.shape[0] != n_items:
+        if not isinstance(model, NMFModel) or not hasattr(model, "user_factors_"):
             raise ValidationError(
-                f"`user_ids` ({self._users.ids.shape[0]}) and `item_ids` ({self._items.ids.shape[0]}) "
+                f"`model` must be a fitted NMFModel; got {type(model).__name__}. Call model.fit(user_items) first"
+            )
+        self.model = model
+        self._users = user_ids if isinstance(user_ids, IdMap) else IdMap.from_ids(user_ids, name="user_id")
+        self._items = item_ids if isinstance(item_ids, IdMap) else IdMap.from_ids(item_ids, name="item_id")
+        n_users, n_items = model.user_factors_.shape[0], model.item_factors_.shape[0]
+        if len(self._users) != n_users or len(self._items) != n_items:
+            raise ValidationError(
+                f"`user_ids` ({len(self._users)}) and `item_ids` ({len(self._items)}) "
                 f"must match the model's {n_users} users and {n_items} items"
             )
         seen = model.user_items_ if user_items is None else sp.csr_matrix(user_items)
@@ -224,24 +153,34 @@ class Recommender:
 
     @property
     def n_users(self) -> int:
-        return int(self._users.ids.shape[0])
+        return len(self._users)
 
     @property
     def n_items(self) -> int:
-        return int(self._items.ids.shape[0])
+        return len(self._items)
+
+    @property
+    def user_map(self) -> IdMap:
+        """The user id map (parse ids received as text with ``user_map.parse``)."""
+        return self._users
+
+    @property
+    def item_map(self) -> IdMap:
+        """The item id map."""
+        return self._items
 
     @property
     def user_ids(self) -> NDArray[Any]:
-        """External user ids, in model row order (int64 or str)."""
+        """External user ids, in model row order (int64, or an object array of str)."""
         return self._users.ids
 
     @property
     def item_ids(self) -> NDArray[Any]:
-        """External item ids, in model column order (int64 or str)."""
+        """External item ids, in model column order (int64, or an object array of str)."""
         return self._items.ids
 
     def known_user(self, user_id: Any) -> bool:
-        """Whether the model was trained on this user (``"42"`` matches int id 42)."""
+        """Whether the model was trained on this user (``"42"`` matches int id 42, ``"042"`` does not)."""
         return bool(self._users.lookup([user_id])[0] >= 0)
 
     def known_item(self, item_id: Any) -> bool:
@@ -281,20 +220,15 @@ class Recommender:
         ``exclude_items`` (deny list) and ``items`` (allow list) take external ids;
         unknown ids in them are ignored.
         """
-        k = _check_k(k)
+        k = check_k(k, limit=self.n_items)
         return self._popular(k, self._known_items(exclude_items), self._known_items(items))
 
     def _popular(
         self, k: int, exclude: NDArray[np.int64] | None, allow: NDArray[np.int64] | None
     ) -> list[tuple[ExternalId, float]]:
         order = self._popular_order
-        if exclude is not None or allow is not None:
-            banned = np.zeros(self.n_items, dtype=bool)
-            if allow is not None:
-                banned[:] = True
-                banned[allow] = False
-            if exclude is not None:
-                banned[exclude] = True
+        banned = item_mask(self.n_items, allow=allow, deny=exclude)
+        if banned is not None:
             order = order[~banned[order]]
         top = order[:k]
         return self._pairs(top, self.item_popularity[top])
@@ -314,7 +248,8 @@ class Recommender:
         Parameters
         ----------
         user_id : int or str
-            External user id. ``"42"`` and ``42`` are the same id for integer ids.
+            External user id, matched exactly: ``"42"`` and ``42`` are the same id for
+            integer ids, ``"042"``, ``" 42"`` and ``"+42"`` are not (:mod:`timbral.ids`).
         k : int, default=10
         exclude_seen : bool, default=True
             Leave out the user's training items (and ``recent_items``).
@@ -333,7 +268,7 @@ class Recommender:
             Strategy ``nmf`` for a known user, ``fold_in`` for an unseen user with
             at least one known recent item, else ``popularity``.
         """
-        k = _check_k(k)
+        k = check_k(k, limit=self.n_items)
         if not isinstance(exclude_seen, (bool, np.bool_)):
             raise ValidationError(f"`exclude_seen` must be true or false; got {exclude_seen!r}")
         deny = self._known_items(exclude_items)
@@ -344,7 +279,8 @@ class Recommender:
         user = int(self._users.lookup([user_id])[0])
         if user >= 0:
             ids, scores = self.model.recommend(
-                user, k, exclude_seen=exclude_seen, exclude_items=deny, items=allow
+                user, k, exclude_seen=exclude_seen, exclude_items=deny, items=allow,
+                user_items=self.user_items,
             )
             return Recommendations(self._users.external(user), "nmf", self._pairs(ids, scores))
         if recent.size:
@@ -375,7 +311,7 @@ class Recommender:
         recent, weights = self._recent(recent_items)
         if user < 0 or not recent.size:
             return self.recommend(user_id, k, exclude_seen=exclude_seen, recent_items=recent_items)
-        k = _check_k(k)
+        k = check_k(k, limit=self.n_items)
         row = self.user_items[user]
         added = np.ones(recent.size) if weights is None else weights
         items, inverse = np.unique(np.concatenate([row.indices, recent]), return_inverse=True)
@@ -423,7 +359,7 @@ class Recommender:
         items: Iterable[Any] | None = None,
     ) -> list[Recommendations]:
         """:meth:`recommend` for many users at once; known users are scored in one batch."""
-        k = _check_k(k)
+        k = check_k(k, limit=self.n_items)
         if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, Iterable):
             raise ValidationError(f"`user_ids` must be a list of user ids; got {user_ids!r}")
         user_ids = list(user_ids)
@@ -434,7 +370,8 @@ class Recommender:
         out: list[Recommendations | None] = [None] * len(user_ids)
         if known.size:
             ids, scores = self.model.recommend_batch(
-                rows[known], k, exclude_seen=exclude_seen, exclude_items=deny, items=allow
+                rows[known], k, exclude_seen=exclude_seen, exclude_items=deny, items=allow,
+                user_items=self.user_items,
             )
             for j, position in enumerate(known.tolist()):
                 out[position] = Recommendations(
@@ -454,21 +391,19 @@ class Recommender:
         UnknownIdError
             If the model does not know ``item_id``.
         """
-        ids, scores = self.model.similar_items(self._items.index(item_id), _check_k(k))
+        ids, scores = self.model.similar_items(self._items.index(item_id), k)
         return self._pairs(ids, scores)
 
-    def explain(
-        self, user_id: Any, item_id: Any, *, n_factors: int = 5, n_items: int = 5
-    ) -> dict[str, Any]:
+    def explain(self, user_id: Any, item_id: Any, *, n_factors: int = 5, n_items: int = 5) -> Explanation:
         """Why the model scores ``item_id`` for ``user_id`` as it does.
 
         Returns
         -------
-        dict
-            ``user_id``, ``item_id``, ``score``, ``bias`` (explicit feedback), ``factors``
-            (``[{"factor", "contribution"}]``, largest first) and ``items``
-            (``[{"item_id", "contribution"}]``: the user's history items that push
-            the score up most).
+        Explanation
+            The model's explanation (``NMFModel.explain``) in external ids: ``user``,
+            ``item``, ``score``, ``bias`` (explicit feedback), ``factors`` (largest
+            first) and ``items`` (the user's history items that push the score up
+            most, as ``(item_id, contribution)``); ``to_dict()`` gives the HTTP shape.
 
         Raises
         ------
@@ -480,17 +415,7 @@ class Recommender:
         item = self._items.index(item_id)
         why = self.model.explain(user, item, n_factors=n_factors, n_items=n_items)
         history = np.asarray([j for j, _ in why.items], dtype=np.int64)
-        return {
-            "user_id": self._users.external(user),
-            "item_id": self._items.external(item),
-            "score": why.score,
-            "bias": why.bias,
-            "factors": [{"factor": f, "contribution": c} for f, c in why.factors],
-            "items": [
-                {"item_id": external, "contribution": c}
-                for external, (_, c) in zip(self._items.external(history), why.items, strict=True)
-            ],
-        }
+        return why.with_ids(self._users.external(user), self._items.external(item), self._items.external(history))
 
     # -- persistence -------------------------------------------------------------------
 
@@ -501,17 +426,15 @@ class Recommender:
         -------
         pathlib.Path
         """
-        state, fields = self.model._state()
-        arrays = state | {
-            "user_ids": self._users.ids,
-            "item_ids": self._items.ids,
-            "item_popularity": self.item_popularity,
-        }
-        metadata = dict(self.metadata)
-        metadata["timbral_version"] = __version__
-        metadata["params"] = fields["params"]
-        metadata["fit"] = fields
-        return write_model_dir(directory, ModelArtifact(arrays, metadata), overwrite=overwrite)
+        artifact = model_artifact(
+            self.model,
+            users=self._users,
+            items=self._items,
+            seen=self.user_items,
+            item_popularity=self.item_popularity,
+            metadata=self.metadata,
+        )
+        return write_model_dir(directory, artifact, overwrite=overwrite)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Recommender:
@@ -520,29 +443,12 @@ class Recommender:
         Raises
         ------
         ArtifactError
-            If a file is missing, damaged or edited, shapes disagree, or the format
-            is newer than this library.
+            If a file is missing, damaged or edited, shapes or parameters are invalid,
+            or the format is newer than this library.
         """
         artifact = read_model_dir(directory)
-        a, meta = artifact.arrays, artifact.metadata
-        where = f"model directory {str(directory)!r}"
-        try:
-            fields = meta["fit"]
-            if (fields.get("shape") or [None, None]) != [meta["n_users"], meta["n_items"]]:
-                raise ArtifactError(
-                    f"{where}: metadata.json records {meta['n_users']} users × {meta['n_items']} items "
-                    f"but the model was fitted on shape {fields.get('shape')}; retrain the model"
-                )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ArtifactError(
-                f"{where}: metadata.json does not describe a valid model ({type(exc).__name__}: {exc}); "
-                "retrain the model"
-            ) from None
-        model = NMFModel._from_state(a, fields, source=where)
-        return cls(model, a["user_ids"], a["item_ids"], model.user_items_, meta, a["item_popularity"])
-
-
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValidationError(f"`k` must be a positive integer; got {k!r}")
-    return int(k)
+        model, seen = model_from_artifact(artifact, source=f"model directory {str(directory)!r}")
+        a = artifact.arrays
+        users = IdMap.from_arrays(a, "user", name="user_id")
+        items = IdMap.from_arrays(a, "item", name="item_id")
+        return cls(model, users, items, seen, artifact.metadata, a["item_popularity"])

@@ -3,7 +3,7 @@
 From Python, in three lines::
 
     from timbral.train import train
-    result = train("plays.csv", "model/")
+    result = train("plays.csv", "model/", model=NMFModel(n_components=64))
     print(result.metrics)
 
 Protocol. With ``test_fraction`` set, a per-user random holdout is taken, a model
@@ -11,7 +11,8 @@ is fitted on the rest and ranking metrics (and rating metrics for explicit
 feedback) are measured on the held-out part. The model that is returned and saved
 is then refitted on *all* the data with the same parameters (``refit=True``), so
 serving loses nothing to the evaluation; the metadata records that the metrics
-come from the holdout model. ``refit=False`` returns (and saves) the holdout model.
+come from the holdout model. ``refit=False`` returns (and saves) the holdout model;
+all of the data still counts as seen, so held-out items are never recommended back.
 
 Every step logs one JSON event (logger ``timbral.train``) with its counts and timings.
 """
@@ -26,12 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from timbral._validation import check_params
-from timbral.data import Interactions, ValidationReport, load_interactions
+from timbral._validation import DEFAULT_SEED, check_k
+from timbral.cleaning import ValidationReport
+from timbral.interactions import Interactions, load_interactions
 from timbral.exceptions import ValidationError
-from timbral.model import NMFModel
+from timbral.nmf import NMFModel
 from timbral.recommender import Recommender
 
 __all__ = ["TrainResult", "train"]
@@ -65,33 +65,8 @@ class TrainResult:
     path: Path | None = None
 
 
-def _model_params(
-    n_components: int | None,
-    feedback: str,
-    alpha: float | None,
-    confidence: str | None,
-    regularization: float | None,
-    l1_ratio: float | None,
-    max_iter: int | None,
-    tol: float | None,
-    seed: int | None,
-    n_threads: int,
-) -> dict[str, Any]:
-    """NMFModel parameters; ``None`` leaves the model's (measured) default in place."""
-    given = {
-        "n_components": n_components,
-        "alpha": alpha,
-        "confidence": confidence,
-        "regularization": regularization,
-        "l1_ratio": l1_ratio,
-        "max_iter": max_iter,
-        "tol": tol,
-        "random_state": seed,
-    }
-    return {"feedback": feedback, "n_threads": n_threads} | {k: v for k, v in given.items() if v is not None}
-
-
 def _fit(params: Mapping[str, Any], user_items: Any, progress: bool, phase: str) -> NMFModel:
+    """A fresh model with ``params`` fitted on ``user_items``, logged as one event."""
     start = time.perf_counter()
     model = NMFModel(**params).fit(user_items, show_progress=progress)
     log.info(
@@ -114,18 +89,10 @@ def train(
     data: str | os.PathLike[str] | Interactions,
     output: str | os.PathLike[str] | None = None,
     *,
-    n_components: int | None = None,
-    feedback: str = "implicit",
-    alpha: float | None = None,
-    confidence: str | None = None,
-    regularization: float | None = None,
-    l1_ratio: float | None = None,
-    max_iter: int | None = None,
-    tol: float | None = None,
-    seed: int | None = 0,
-    n_threads: int = 0,
+    model: NMFModel | None = None,
     test_fraction: float | None = 0.2,
     k: int = 10,
+    seed: int | None = DEFAULT_SEED,
     refit: bool = True,
     load_options: Mapping[str, Any] | None = None,
     progress: bool = False,
@@ -136,23 +103,21 @@ def train(
     Parameters
     ----------
     data : path-like or Interactions
-        An interaction file (anything :func:`timbral.data.load_interactions` reads)
+        An interaction file (anything :func:`timbral.load_interactions` reads)
         or already loaded interactions.
     output : path-like, optional
         Model directory to write (atomically). Nothing is written when omitted.
-    n_components, alpha, confidence, regularization, l1_ratio, max_iter, tol : optional
-        :class:`~timbral.model.NMFModel` parameters; ``None`` keeps its defaults.
-    feedback : {"implicit", "explicit", "frobenius"}, default="implicit"
-        Used both to load (how duplicates merge) and to fit.
-    seed : int or None, default=0
-        Seeds the split and the model's initialisation.
-    n_threads : int, default=0
-        Kernel threads (0 = all available cores).
+    model : NMFModel, optional
+        The estimator whose parameters are used (default ``NMFModel()``); it is
+        not modified: every fit starts from a fresh copy of its parameters. Its
+        ``feedback`` also says how the loader merges duplicate rows.
     test_fraction : float in (0, 1) or None, default=0.2
         Share of each user's interactions held out for evaluation; ``None`` skips
         the split and the metrics.
     k : int, default=10
         Cut-off of the ranking metrics.
+    seed : int or None, default=42
+        Seeds the split (the model's ``random_state`` seeds its initial factors).
     refit : bool, default=True
         After evaluating, refit on all the data and return/save that model.
     load_options : mapping, optional
@@ -176,12 +141,18 @@ def train(
     ArtifactError
         ``output`` cannot be written.
     """
+    if model is None:
+        model = NMFModel()
+    if not isinstance(model, NMFModel):
+        raise ValidationError(f"`model` must be an NMFModel; got {type(model).__name__}. Pass model=NMFModel(...).")
+    model.check_params()  # before any I/O
+    params = model.get_params()
+    feedback = model.feedback
     if test_fraction is not None and not (
         isinstance(test_fraction, (int, float)) and not isinstance(test_fraction, bool) and 0 < test_fraction < 1
     ):
         raise ValidationError(f"`test_fraction` must be a number in (0, 1) or None; got {test_fraction!r}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValidationError(f"`k` must be a positive integer; got {k!r}")
+    k = check_k(k)
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -189,11 +160,6 @@ def train(
         now = time.perf_counter()
         timings[name] = round(now - since, 4)
         return now
-
-    params = _model_params(
-        n_components, feedback, alpha, confidence, regularization, l1_ratio, max_iter, tol, seed, n_threads
-    )
-    check_params(NMFModel(**params).get_params(), NMFModel._parameter_constraints)  # before any I/O
 
     t = time.perf_counter()
     if isinstance(data, Interactions):
@@ -218,26 +184,26 @@ def train(
     metrics: dict[str, float] = {}
     evaluation: dict[str, Any] | None = None
     if test_fraction is None:
-        model = _fit(params, interactions.user_items, progress, "final")
+        fitted = _fit(params, interactions.user_items, progress, "final")
         lap("fit", t)
     else:
         from timbral.metrics import ranking_metrics, rating_metrics
         from timbral.split import random_split
 
-        train_part, test_part = random_split(interactions, test_fraction=test_fraction, seed=seed or 0)
+        train_part, test_part = random_split(interactions, test_fraction=test_fraction, seed=seed)
         t = lap("split", t)
         log.info(
             "split interactions",
             extra={"event": "split", "train_nnz": int(train_part.nnz), "test_nnz": int(test_part.nnz),
                    "test_fraction": test_fraction, "seconds": timings["split"]},
         )
-        model = _fit(params, train_part, progress, "evaluation")
+        fitted = _fit(params, train_part, progress, "evaluation")
         t = lap("fit", t)
-        raw = dict(ranking_metrics(model, train_part, test_part, k=k))
+        raw = dict(ranking_metrics(fitted, train_part, test_part, k=k))
         evaluated_users = int(raw.pop("n_users"))
         raw.pop("k")
         if feedback == "explicit":
-            raw |= rating_metrics(model, test_part)
+            raw |= rating_metrics(fitted, test_part)
         metrics = {
             (name if name in ("rmse", "mae") or "@" in name else f"{name}@{k}"): float(value)
             for name, value in raw.items()
@@ -255,7 +221,7 @@ def train(
             "final_model": "refitted on all data" if refit else "fitted on the training part",
         }
         if refit:
-            model = _fit(params, interactions.user_items, progress, "final")
+            fitted = _fit(params, interactions.user_items, progress, "final")
             t = lap("refit", t)
 
     metadata = {
@@ -264,8 +230,9 @@ def train(
         "evaluation": evaluation,
         "timings": dict(timings),
     }
+    # All interactions count as seen, also when the model saw only the training part.
     recommender = Recommender(
-        model, interactions.user_ids, interactions.item_ids, interactions.user_items, metadata
+        fitted, interactions.user_ids, interactions.item_ids, interactions.user_items, metadata
     )
     path = None
     if output is not None:

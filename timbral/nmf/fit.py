@@ -1,24 +1,19 @@
-"""Fit loops for weighted NMF: Gram matrices with BLAS, row solves in ``_core._nmf``.
+"""The one fit loop of weighted NMF, with a pluggable half-step.
 
-The objective (DESIGN.md §2), with ``s = W Hᵀ``::
+Each epoch is one W half-step (every row of R solved against H), one H half-step
+(every row of Rᵀ against W) and, for ``explicit`` feedback, one closed-form update
+of each bias vector. Every block update minimises the objective
+(:mod:`timbral.nmf.objective`) over that block, so the loss never increases.
 
-    Σ_all β s²  +  Σ_obs [c (p − s)² − β s²]  +  l2 (‖W‖² + ‖H‖²)  +  l1 (Σ W + Σ H)
-
-    feedback     β   c                       p
-    implicit     1   1 + alpha · r'          1           r' = r, log1p(r / LOG_EPSILON) or BM25(r)
-    explicit     0   1                       r − μ − b_u − b_i   (+ l2 (‖b_u‖² + ‖b_i‖²))
-    frobenius    1   1                       r
-
-Each iteration is one W half-step (``solve_rows`` on R against H), one H
-half-step (on the transposed copy of R against W) and, for ``explicit``, one
-closed-form update of each bias vector. Every block update minimises the
-objective over that block, so the loss never increases.
+Where the row solves run is the backend's business (:class:`HalfStepBackend`):
+:class:`LocalBackend` calls the GIL-free kernel ``timbral._core.nmf.solve_rows`` on
+this machine; :mod:`timbral.distributed` provides a Dask backend that runs the same
+kernel on row shards held by workers. Epochs, loss, the finite check, convergence and
+the ``ConvergenceWarning`` live here only.
 
 References
 ----------
-Hu, Koren, Volinsky. Collaborative Filtering for Implicit Feedback Datasets. ICDM 2008.
 Cichocki, Phan. Fast local algorithms for large scale NMF and NTF. IEICE 2009 (HALS).
-Boutsidis, Gallopoulos. SVD based initialization: a head start for NMF. 2008 (NNDSVD).
 """
 
 from __future__ import annotations
@@ -26,46 +21,61 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
-from scipy.sparse.linalg import svds
 
 from timbral._core import nmf as _nmf
 from timbral._threads import effective_n_threads, single_threaded_blas
 from timbral.exceptions import ConvergenceWarning, ValidationError
+from timbral.nmf.init import init_factors
+from timbral.nmf.objective import (
+    DEFAULT_ALPHA,
+    DEFAULT_CONFIDENCE,
+    DEFAULT_FEEDBACK,
+    FIT_SWEEPS,
+    FOLD_IN_SWEEPS,
+    BM25Stats,
+    Weights,
+    bm25_stats,
+    check_confidence,
+    check_feedback,
+    confidence_data,
+    kernel_data,
+    weights_of,
+)
 
-FEEDBACK_KINDS = ("implicit", "explicit", "frobenius")
-CONFIDENCE_KINDS = ("linear", "log", "bm25")
-INIT_KINDS = ("random", "nndsvd")
-#: ``confidence="log"``: r' = log1p(r / LOG_EPSILON); a play count of 1 gives r' = log 2.
-LOG_EPSILON = 1.0
-#: ``confidence="bm25"``: implicit's ``bm25_weight`` defaults.
-BM25_K1, BM25_B = 100.0, 0.8
-#: Coordinate-descent sweeps per row in each half-step of ``fit_nmf``. Implicit does
-#: one, like HALS: on Last.fm (k=64, converged) 1 sweep reaches NDCG@10 0.2295 in
-#: 0.52 s and 3 sweeps 0.2318 in 0.80 s; per epoch a sweep costs about 40 % of the
-#: fixed gather, so 3 sweeps made an epoch slower than implicit's ALS on 1M entries
-#: (0.23 vs 0.14 s) while 1 sweep is faster (0.13 s). Frobenius rows are cheap to re-sweep (no
-#: observed-entry weights): on Last.fm (k=64) 8 sweeps reach scikit-learn cd's
-#: 200-iteration error in 30 iterations (1 sweep, i.e. sklearn's cd, needs 200; the
-#: count is path-dependent: 4 sweeps took 35, 16 took 147).
-FIT_SWEEPS = {"implicit": 1, "explicit": 3, "frobenius": 8}
-#: Sweeps for ``fold_in`` (one row from zero, so run it close to the exact solve).
-FOLD_IN_SWEEPS = 30
+
+@dataclass
+class Triplet:
+    """CSR arrays as the kernel takes them (one index dtype, data in the factor dtype)."""
+
+    indptr: NDArray[np.integer]
+    indices: NDArray[np.integer]
+    data: NDArray[np.floating]
+    shape: tuple[int, int]
+
+    def rows(self, start: int, stop: int) -> Triplet:
+        """Rows ``start:stop`` (views of the index arrays, a copy of nothing else)."""
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        return Triplet(
+            self.indptr[start : stop + 1] - self.indptr[start],
+            self.indices[lo:hi],
+            self.data[lo:hi],
+            (stop - start, self.shape[1]),
+        )
 
 
 @dataclass(frozen=True)
-class BM25Stats:
-    """Corpus statistics BM25 needs to weight a new user's row exactly like the fit did.
+class SolveSettings:
+    """What every row solve of one fit shares: the entry weights, the objective's L1
+    coefficient and the coordinate-descent sweeps per row."""
 
-    ``idf[i] = max(0, log(n_users) − log1p(n_users_of_item_i))``; ``average_length`` is
-    the mean row sum of the raw matrix.
-    """
-
-    idf: NDArray[np.float64]
-    average_length: float
+    weights: Weights
+    l1: float
+    n_sweeps: int
 
 
 @dataclass
@@ -88,43 +98,51 @@ class FitResult:
     bm25: BM25Stats | None = None
 
 
-@dataclass(frozen=True)
-class _Weights:
-    """c = conf_offset + conf_scale · r', p = 1 if target_one else r', β = beta."""
-
-    conf_offset: float
-    conf_scale: float
-    target_one: bool
-    beta: float
+Factors = NDArray[np.floating]
+#: What ``HalfStepBackend.solve`` returns: the new X, XᵀX and the per-row observed loss (or None).
+Solved = tuple[Factors, Factors, NDArray[np.float64] | None]
 
 
-@dataclass
-class _Triplet:
-    """CSR arrays as the kernel takes them (one index dtype, data in the factor dtype)."""
+class HalfStepBackend(Protocol):
+    """Where the row solves of a fit run.
 
-    indptr: NDArray[np.integer]
-    indices: NDArray[np.integer]
-    data: NDArray[np.floating]
-    shape: tuple[int, int]
+    ``place`` receives R (users × items), Rᵀ (items × users) in kernel form and the
+    solve settings once per fit; ``solve`` then updates every row of ``X`` (side 0: W
+    against H, side 1: H against W) given the regularised Gram matrix of ``Y``, and
+    returns the new ``X``, ``XᵀX`` and, when ``row_loss``, each row's observed loss at
+    its new value. ``supports_biases`` says whether the backend sees in-place changes
+    of the placed data (explicit feedback needs it).
+    """
 
+    supports_biases: bool
 
-def _weights(feedback: str, alpha: float) -> _Weights:
-    if feedback == "implicit":
-        return _Weights(1.0, float(alpha), True, 1.0)
-    if feedback == "explicit":
-        return _Weights(1.0, 0.0, False, 0.0)
-    return _Weights(1.0, 0.0, False, 1.0)
+    def place(self, user_rows: Triplet, item_rows: Triplet, settings: SolveSettings) -> None: ...
 
-
-def _check_choice(name: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ValidationError(f"{name} must be one of {options}, got {value!r}.")
+    def solve(self, side: int, X: Factors, Y: Factors, gram: Factors, row_loss: bool) -> Solved: ...
 
 
-def _triplet(matrix: sp.spmatrix | sp.sparray, data: NDArray[np.floating]) -> _Triplet:
+class LocalBackend:
+    """Row solves on this machine's cores, in place."""
+
+    supports_biases = True
+
+    def __init__(self, n_threads: int = 0) -> None:
+        self.n_threads = effective_n_threads(n_threads)
+
+    def place(self, user_rows: Triplet, item_rows: Triplet, settings: SolveSettings) -> None:
+        self._sides = (user_rows, item_rows)
+        self._settings = settings
+
+    def solve(self, side: int, X: Factors, Y: Factors, gram: Factors, row_loss: bool) -> Solved:
+        loss = np.empty(X.shape[0]) if row_loss else None
+        half_step(self._sides[side], X, Y, gram, self._settings, self.n_threads, loss)
+        return X, X.T @ X, loss
+
+
+def triplet(matrix: sp.spmatrix | sp.sparray, data: NDArray[np.floating]) -> Triplet:
     """The CSR arrays of a CSR matrix, or of the transpose of a CSC matrix."""
     index_dtype = np.promote_types(matrix.indptr.dtype, matrix.indices.dtype)
-    return _Triplet(
+    return Triplet(
         matrix.indptr.astype(index_dtype, copy=False),
         matrix.indices.astype(index_dtype, copy=False),
         data,
@@ -132,115 +150,30 @@ def _triplet(matrix: sp.spmatrix | sp.sparray, data: NDArray[np.floating]) -> _T
     )
 
 
-def bm25_stats(user_items: sp.csr_matrix) -> BM25Stats:
-    """Item idf and mean user length of ``user_items`` (implicit's ``bm25_weight``).
-
-        idf_i          = max(0, log(n_users) − log1p(df_i))     df_i = users of item i
-        average_length = mean_u Σ_i r_ui
-    """
-    n_users, n_items = user_items.shape
-    df = np.bincount(user_items.indices, minlength=n_items)
-    idf = np.maximum(0.0, np.log(n_users) - np.log1p(df))
-    return BM25Stats(idf=idf, average_length=float(user_items.sum() / max(n_users, 1)))
-
-
-def _bm25(
-    values: NDArray[np.floating],
-    row_length: NDArray[np.floating] | float,
-    items: NDArray[np.integer],
-    stats: BM25Stats,
-) -> NDArray[np.floating]:
-    """BM25 weight of each entry: r (K1 + 1) / (K1 · norm + r) · idf_i,
-    norm = (1 − B) + B · length_u / average_length."""
-    norm = (1.0 - BM25_B) + BM25_B * row_length / max(stats.average_length, np.finfo(float).tiny)
-    out = values * (BM25_K1 + 1.0) / (BM25_K1 * norm + values)
-    out *= stats.idf[items]
-    return out.astype(values.dtype, copy=False)
-
-
-def _confidence_data(
-    user_items: sp.csr_matrix, confidence: str, dtype: np.dtype, stats: BM25Stats | None
-) -> NDArray[np.floating]:
-    """r' for each stored entry, in CSR order (shares R's data when nothing changes)."""
-    data = user_items.data.astype(dtype, copy=False)
-    if confidence == "log":
-        return np.log1p(data / dtype.type(LOG_EPSILON))
-    if confidence == "bm25":
-        lengths = np.asarray(user_items.sum(axis=1), dtype=dtype).ravel()
-        row_length = np.repeat(lengths, np.diff(user_items.indptr))
-        return _bm25(data, row_length, user_items.indices, stats)
-    return data
-
-
-def _init_factors(
-    target: sp.csr_matrix, k: int, init: str, rng: np.random.Generator, dtype: np.dtype
-) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
-    """Non-negative starting factors for the zero-filled ``target`` matrix.
-
-    ``random``: sqrt(mean(target) / k) · U[0, 1) (scikit-learn's scale; the mean of
-    the product is then ~ mean(target) / 4), W drawn before H. ``nndsvd``: Boutsidis &
-    Gallopoulos on a truncated SVD whose ARPACK start vector comes from ``rng``.
-    """
-    n_users, n_items = target.shape
-    if init == "random":
-        scale = dtype.type(np.sqrt(abs(target.sum()) / (n_users * n_items) / k))
-        # Drawn in float32 for either dtype: float32 and float64 fits start alike.
-        W = rng.random((n_users, k), dtype=np.float32).astype(dtype, copy=False)
-        H = rng.random((n_items, k), dtype=np.float32).astype(dtype, copy=False)
-        W *= scale
-        H *= scale
-        return W, H
-    if k >= min(n_users, n_items):
-        raise ValidationError(
-            f"init='nndsvd' needs n_components < min(n_users, n_items) = "
-            f"{min(n_users, n_items)}, got {k}; use init='random' or fewer components."
-        )
-    v0 = rng.uniform(-1.0, 1.0, min(n_users, n_items))
-    U, S, Vt = svds(target.astype(np.float64), k=k, v0=v0, solver="arpack")
-    order = np.argsort(S)[::-1]
-    U, S, V = U[:, order], S[order], Vt[order].T
-    W = np.zeros((n_users, k), dtype=dtype)
-    H = np.zeros((n_items, k), dtype=dtype)
-    W[:, 0] = np.sqrt(S[0]) * np.abs(U[:, 0])
-    H[:, 0] = np.sqrt(S[0]) * np.abs(V[:, 0])
-    for j in range(1, k):
-        x, y = U[:, j], V[:, j]
-        parts = [(np.maximum(x, 0), np.maximum(y, 0)), (np.maximum(-x, 0), np.maximum(-y, 0))]
-        norms = [(np.linalg.norm(a), np.linalg.norm(b)) for a, b in parts]
-        best = int(norms[1][0] * norms[1][1] > norms[0][0] * norms[0][1])
-        (a, b), (na, nb) = parts[best], norms[best]
-        if na * nb > 0:  # else the component has no usable sign pattern: leave it zero
-            lam = np.sqrt(S[j] * na * nb)
-            W[:, j] = lam * a / na
-            H[:, j] = lam * b / nb
-    return W, H
-
-
-def _gram(FtF: NDArray[np.floating], beta: float, l2: float) -> NDArray[np.floating]:
+def regularized_gram(FtF: NDArray[np.floating], beta: float, l2: float) -> NDArray[np.floating]:
     """beta · FᵀF + l2 · I from FᵀF (symmetric: NumPy computes FᵀF with syrk)."""
-    gram = FtF * FtF.dtype.type(beta)
-    gram[np.diag_indices_from(gram)] += l2
-    return gram
+    out = FtF * FtF.dtype.type(beta)
+    out[np.diag_indices_from(out)] += l2
+    return out
 
 
-def _half_step(
-    R: _Triplet,
-    X: NDArray[np.floating],
-    Y: NDArray[np.floating],
-    gram: NDArray[np.floating],
-    w: _Weights,
-    l1: float,
-    n_sweeps: int,
+def half_step(
+    R: Triplet,
+    X: Factors,
+    Y: Factors,
+    gram: Factors,
+    settings: SolveSettings,
     n_threads: int,
     row_loss: NDArray[np.float64] | None = None,
 ) -> None:
-    """Update every row of X against fixed Y; ``l1`` is the objective's coefficient.
+    """Update every row of X against fixed Y (``gram`` = β YᵀY + l2 I).
 
     ``row_loss`` (n_rows,) receives each row's observed loss at its new value.
     """
+    w = settings.weights
     _nmf.solve_rows(
         R.indptr, R.indices, R.data, X, Y, gram, w.conf_offset, w.conf_scale, w.target_one,
-        w.beta, 0.5 * l1, n_sweeps, n_threads, row_loss,
+        w.beta, 0.5 * settings.l1, settings.n_sweeps, n_threads, row_loss,
     )
 
 
@@ -256,7 +189,7 @@ def _row_sums(values: NDArray[np.floating], indptr: NDArray[np.integer]) -> NDAr
 
 def _residual(
     raw: NDArray[np.floating],
-    R: _Triplet,
+    R: Triplet,
     mu: float,
     row_bias: NDArray[np.floating],
     col_bias: NDArray[np.floating],
@@ -268,7 +201,7 @@ def _residual(
 
 
 def _update_bias(
-    R: _Triplet,
+    R: Triplet,
     raw: NDArray[np.floating],
     X: NDArray[np.floating],
     Y: NDArray[np.floating],
@@ -294,7 +227,7 @@ def _loss(
     H: NDArray[np.floating],
     WtW: NDArray[np.floating],
     HtH: NDArray[np.floating],
-    w: _Weights,
+    w: Weights,
     l2: float,
     l1: float,
     observed: NDArray[np.float64],
@@ -311,6 +244,7 @@ def _loss(
 
 
 def _check_finite(loss: float, iteration: int, feedback: str, alpha: float, l2: float) -> None:
+    """Stop a diverging fit with advice on what to change (lightfm's per-epoch check)."""
     if not np.isfinite(loss):
         raise ValidationError(
             f"fit diverged at iteration {iteration}: the loss is {loss}. "
@@ -327,9 +261,9 @@ def fit_nmf(
     user_items: sp.csr_matrix,
     *,
     n_components: int,
-    feedback: str = "implicit",
-    alpha: float = 1.0,
-    confidence: str = "linear",
+    feedback: str = DEFAULT_FEEDBACK,
+    alpha: float = DEFAULT_ALPHA,
+    confidence: str = DEFAULT_CONFIDENCE,
     l2: float = 0.01,
     l1: float = 0.0,
     max_iter: int = 200,
@@ -340,6 +274,7 @@ def fit_nmf(
     dtype: np.dtype | type = np.float32,
     callback: Callable[[int, float], None] | None = None,
     n_sweeps: int | None = None,
+    backend: HalfStepBackend | None = None,
 ) -> FitResult:
     """Fit W (users × k) ≥ 0 and H (items × k) ≥ 0 by alternating row-wise NNLS.
 
@@ -350,7 +285,7 @@ def fit_nmf(
     n_components : int
         k, the number of factors.
     feedback : {"implicit", "explicit", "frobenius"}
-        Weights of the objective (module docstring).
+        Weights of the objective (:mod:`timbral.nmf.objective`).
     alpha : float
         Implicit confidence slope: c = 1 + alpha · r'.
     confidence : {"linear", "log", "bm25"}
@@ -363,37 +298,39 @@ def fit_nmf(
         Source of the initial factors: same seed and thread count ⇒ same factors.
     init : {"random", "nndsvd"}
     n_threads : int
-        0 means every available core (``effective_n_threads``).
+        0 means every available core (``effective_n_threads``); for the local backend.
     dtype : float32 or float64
         Dtype of the factors and of the kernel arithmetic on them.
     callback : callable(iteration, loss), optional
         Called after every iteration (1-based).
     n_sweeps : int, optional
         Coordinate-descent sweeps per row per half-step (default ``FIT_SWEEPS[feedback]``).
+    backend : HalfStepBackend, optional
+        Where the row solves run (default: ``LocalBackend(n_threads)``).
 
     Returns
     -------
     FitResult
     """
-    _check_choice("feedback", feedback, FEEDBACK_KINDS)
-    _check_choice("confidence", confidence, CONFIDENCE_KINDS)
-    _check_choice("init", init, INIT_KINDS)
+    check_feedback(feedback)
+    check_confidence(confidence)
     dtype = np.dtype(dtype)
-    n_threads = effective_n_threads(n_threads)
+    backend = LocalBackend(n_threads) if backend is None else backend
+    if feedback == "explicit" and not backend.supports_biases:
+        raise ValidationError(
+            f"the {type(backend).__name__} backend cannot fit feedback='explicit' (its biases "
+            "need the residuals in place); fit explicit (rating) models on one machine."
+        )
     sweeps = FIT_SWEEPS[feedback] if n_sweeps is None else n_sweeps
-    w = _weights(feedback, alpha)
+    w = weights_of(feedback, alpha)
     n_users, n_items = user_items.shape
-    k = n_components
 
     stats = bm25_stats(user_items) if feedback == "implicit" and confidence == "bm25" else None
-    if feedback == "implicit":
-        data = _confidence_data(user_items, confidence, dtype, stats)
-    else:
-        data = user_items.data.astype(dtype, copy=False)
-    R = _triplet(user_items, data)
+    data = kernel_data(user_items, feedback, confidence, dtype, stats)
+    R = triplet(user_items, data)
     Rt_matrix = sp.csr_matrix((data, user_items.indices, user_items.indptr), user_items.shape)
     Rt_matrix = Rt_matrix.tocsc()  # the transposed CSR: items × users
-    Rt = _triplet(Rt_matrix, Rt_matrix.data)
+    Rt = triplet(Rt_matrix, Rt_matrix.data)
     del Rt_matrix
 
     mu = 0.0
@@ -403,6 +340,7 @@ def fit_nmf(
         mu = float(data.mean(dtype=np.float64)) if data.size else 0.0
         raw, raw_t = R.data, Rt.data
         R.data, Rt.data = np.empty_like(raw), np.empty_like(raw_t)
+    bias_threads = effective_n_threads(n_threads)
 
     with single_threaded_blas():
         # Init scales to the zero-filled target: the 0/1 pattern (implicit), |r − μ|
@@ -411,24 +349,22 @@ def fit_nmf(
             target = sp.csr_matrix((np.ones_like(data), R.indices, R.indptr), R.shape)
         else:
             target = sp.csr_matrix((np.abs(data - mu), R.indices, R.indptr), R.shape)
-        W, H = _init_factors(target, k, init, rng, dtype)
+        W, H = init_factors(target, n_components, init, rng, dtype)
         del target
+        backend.place(R, Rt, SolveSettings(w, l1, sweeps))
 
-        observed = np.empty(n_items)
         HtH = H.T @ H
         history: list[float] = []
         converged = False
         change = np.inf
         for iteration in range(1, max_iter + 1):
             if feedback == "explicit":
-                user_bias[:] = _update_bias(R, raw, W, H, mu, item_bias, l2, n_threads)
-                item_bias[:] = _update_bias(Rt, raw_t, H, W, mu, user_bias, l2, n_threads)
+                user_bias[:] = _update_bias(R, raw, W, H, mu, item_bias, l2, bias_threads)
+                item_bias[:] = _update_bias(Rt, raw_t, H, W, mu, user_bias, l2, bias_threads)
                 _residual(raw, R, mu, user_bias, item_bias)
                 _residual(raw_t, Rt, mu, item_bias, user_bias)
-            _half_step(R, W, H, _gram(HtH, w.beta, l2), w, l1, sweeps, n_threads)
-            WtW = W.T @ W
-            _half_step(Rt, H, W, _gram(WtW, w.beta, l2), w, l1, sweeps, n_threads, observed)
-            HtH = H.T @ H
+            W, WtW, _ = backend.solve(0, W, H, regularized_gram(HtH, w.beta, l2), False)
+            H, HtH, observed = backend.solve(1, H, W, regularized_gram(WtW, w.beta, l2), True)
 
             loss = _loss(W, H, WtW, HtH, w, l2, l1, observed)
             if feedback == "explicit":
@@ -462,16 +398,14 @@ def fit_nmf(
         item_bias=item_bias,
         bm25=stats,
     )
-
-
 def fold_in(
     item_factors: NDArray[np.floating],
     item_indices: NDArray[np.integer],
     weights: NDArray[np.floating] | None,
     *,
-    feedback: str = "implicit",
-    alpha: float = 1.0,
-    confidence: str = "linear",
+    feedback: str = DEFAULT_FEEDBACK,
+    alpha: float = DEFAULT_ALPHA,
+    confidence: str = DEFAULT_CONFIDENCE,
     l2: float = 0.01,
     l1: float = 0.0,
     global_mean: float = 0.0,
@@ -491,8 +425,8 @@ def fold_in(
     (a new user has no bias). ``gram`` = β HᵀH + l2 I may be passed to reuse it
     across calls; ``bm25`` (``FitResult.bm25``) is needed with ``confidence="bm25"``.
     """
-    _check_choice("feedback", feedback, FEEDBACK_KINDS)
-    _check_choice("confidence", confidence, CONFIDENCE_KINDS)
+    check_feedback(feedback)
+    check_confidence(confidence)
     dtype = item_factors.dtype
     n_items, k = item_factors.shape
     item_indices = np.asarray(item_indices, dtype=np.intp).ravel()
@@ -500,24 +434,24 @@ def fold_in(
     row = sp.csr_matrix(  # COO -> CSR sums repeated items
         (values, (np.zeros_like(item_indices), item_indices)), shape=(1, n_items), dtype=dtype
     )
-    w = _weights(feedback, alpha)
+    w = weights_of(feedback, alpha)
     if feedback == "implicit":
         if confidence == "bm25" and bm25 is None:
             raise ValidationError(
                 "fold_in with confidence='bm25' needs bm25=FitResult.bm25 (the corpus idf and "
                 "average length); got bm25=None."
             )
-        data = _confidence_data(row, confidence, dtype, bm25)
+        data = confidence_data(row, confidence, dtype, bm25)
     elif feedback == "explicit":
         bias = 0.0 if item_bias is None else np.asarray(item_bias)[row.indices]
         data = (row.data - global_mean - bias).astype(dtype)
     else:
         data = row.data
     if gram is None:
-        gram = _gram(item_factors.T @ item_factors, w.beta, l2)
+        gram = regularized_gram(item_factors.T @ item_factors, w.beta, l2)
     x = np.zeros((1, k), dtype)
-    _half_step(
-        _triplet(row, np.ascontiguousarray(data, dtype)), x,
-        np.ascontiguousarray(item_factors), np.ascontiguousarray(gram, dtype), w, l1, n_sweeps, 1,
+    half_step(
+        triplet(row, np.ascontiguousarray(data, dtype)), x,
+        np.ascontiguousarray(item_factors), np.ascontiguousarray(gram, dtype), SolveSettings(w, l1, n_sweeps), 1,
     )
     return x[0]

@@ -2,12 +2,11 @@
 
 ``top_k`` has exactly the semantics of ``timbral._reference.top_k`` (score
 descending, ties to the lower item index, padding with id -1 / score -inf) but
-scores items in bounded chunks, in parallel, with the GIL released.
+scores items in bounded chunks, in parallel, with the GIL released. It is the one
+place that checks ``k`` for top-K (positive, clamped to the number of items).
 """
 
 from __future__ import annotations
-
-import operator
 
 import numpy as np
 import scipy.sparse as sp
@@ -15,6 +14,7 @@ from numpy.typing import NDArray
 
 from timbral._core._topk import top_k as _top_k_kernel
 from timbral._threads import effective_n_threads, single_threaded_blas
+from timbral._validation import check_k
 from timbral.exceptions import ValidationError
 
 # Items scored per BLAS call and queries per work unit: the per-thread scratch is
@@ -30,6 +30,7 @@ _NO_EXCLUDE_INDPTR = np.empty(0, dtype=np.int64)
 _NO_EXCLUDE_INDICES = np.empty(0, dtype=np.int32)
 _NO_MASK = np.empty(0, dtype=np.uint8)
 
+
 def _as_factors(name: str, array: NDArray[np.floating], dtype: np.dtype) -> NDArray:
     """``array`` as a C-contiguous 2-D array of ``dtype`` (a copy only when needed)."""
     out = np.asarray(array)
@@ -39,6 +40,24 @@ def _as_factors(name: str, array: NDArray[np.floating], dtype: np.dtype) -> NDAr
             f"reshape a single factor vector with `{name}.reshape(1, -1)`."
         )
     return np.ascontiguousarray(out, dtype=dtype)
+
+
+def item_mask(
+    n_items: int, *, allow: NDArray[np.integer] | None = None, deny: NDArray[np.integer] | None = None
+) -> NDArray[np.bool_] | None:
+    """``top_k``'s ``item_mask`` (True = never recommend) from an allow list and a deny list.
+
+    Both hold item indices already checked to be in range; ``None`` for neither.
+    """
+    if allow is None and deny is None:
+        return None
+    mask = np.zeros(n_items, dtype=bool)
+    if allow is not None:
+        mask[:] = True
+        mask[allow] = False
+    if deny is not None:
+        mask[deny] = True
+    return mask
 
 
 def exclude_rows(
@@ -113,7 +132,8 @@ def top_k(
         Item factors. Both are scored in their common float dtype (float32 stays
         float32); C-contiguous inputs of that dtype are not copied.
     k : int
-        Number of items to return per query, ``k >= 0``.
+        Number of items to return per query, ``k >= 1``; more than ``n_items`` is
+        clamped to ``n_items`` (results are never wider than the catalogue).
     exclude : scipy.sparse CSR of shape (n_queries, n_items), or (indptr, indices), optional
         Items to drop per query row (e.g. the user's seen items); values are ignored.
         The pair form (from ``exclude_rows``, indices sorted per row) skips scipy.
@@ -126,21 +146,13 @@ def top_k(
 
     Returns
     -------
-    ids : int32 ndarray of shape (n_queries, k)
+    ids : int32 ndarray of shape (n_queries, min(k, n_items))
         Item indices, best first; ties go to the lower index; -1 pads rows with
         fewer than ``k`` candidates.
-    scores : ndarray of shape (n_queries, k)
+    scores : ndarray of shape (n_queries, min(k, n_items))
         Their scores, ``-inf`` where ``ids`` is -1. Items whose score is NaN are
         never returned.
     """
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise ValidationError(
-            f"`k` must be an integer, got {k!r} ({type(k).__name__}); pass e.g. k=10."
-        ) from None
-    if k < 0:
-        raise ValidationError(f"`k` must be >= 0, got {k}; pass the number of items wanted.")
     dtype = np.result_type(np.asarray(query).dtype, np.asarray(items).dtype, np.float32)
     if dtype not in (np.float32, np.float64):
         dtype = np.dtype(np.float64)
@@ -156,6 +168,7 @@ def top_k(
         raise ValidationError(
             f"`items` has {n_items} rows; item ids are int32, so at most 2**31 - 2 items."
         )
+    k = check_k(k, limit=n_items)
     indptr, indices = _NO_EXCLUDE_INDPTR, _NO_EXCLUDE_INDICES
     if exclude is not None:
         indptr, indices = _exclude_arrays(exclude, n_queries, n_items)

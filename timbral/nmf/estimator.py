@@ -1,0 +1,714 @@
+"""NMFModel: non-negative matrix factorization for recommendation, scikit-learn style.
+
+The estimator validates, keeps the fitted state and speaks in internal indices; the
+fit loop is :mod:`timbral.nmf.fit`, top-K is :mod:`timbral.scoring`, explanations
+are :mod:`timbral.nmf.explain` and the file format is :mod:`timbral.artifact`.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import ArrayLike, NDArray
+
+from timbral._validation import (
+    DEFAULT_SEED,
+    NONE,
+    Interval,
+    Options,
+    check_index,
+    check_indices,
+    check_k,
+    check_params,
+    check_random_state,
+    check_user_items,
+)
+from timbral.exceptions import NotFittedError, ValidationError
+from timbral.nmf.explain import Explainer, Explanation
+from timbral.nmf.fit import HalfStepBackend, fit_nmf, fold_in, regularized_gram
+from timbral.nmf.init import INIT_KINDS
+from timbral.nmf.objective import (
+    CONFIDENCE_SCALINGS,
+    DEFAULT_ALPHA,
+    DEFAULT_CONFIDENCE,
+    DEFAULT_FEEDBACK,
+    FEEDBACK_KINDS,
+    BM25Stats,
+    auto_regularization,
+    bm25_stats,
+    weights_of,
+)
+from timbral.scoring import exclude_rows, item_mask, top_k
+
+#: Each constructor parameter's allowed values, checked at ``fit`` and at load.
+PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {
+    "n_components": [Interval(numbers.Integral, 1, None)],
+    "feedback": [Options(FEEDBACK_KINDS)],
+    "alpha": [Interval(numbers.Real, 0, None)],
+    "confidence": [Options(CONFIDENCE_SCALINGS)],
+    "regularization": [Interval(numbers.Real, 0, None), Options(("auto",))],
+    "l1_ratio": [Interval(numbers.Real, 0, 1)],
+    "max_iter": [Interval(numbers.Integral, 1, None)],
+    "tol": [Interval(numbers.Real, 0, None)],
+    "random_state": [Interval(numbers.Integral, 0, None), np.random.Generator, NONE],
+    "n_threads": [Interval(numbers.Integral, 0, None)],
+    "init": [Options(INIT_KINDS)],
+}
+
+
+@dataclass(frozen=True)
+class FittedState:
+    """Everything ``fit`` learns, as one value: what a saved model must hand back.
+
+    ``user_factors`` (n_users, k), ``item_factors`` (n_items, k), ``user_bias``
+    (n_users,), ``item_bias`` (n_items,), ``global_mean`` (zero unless explicit), the
+    λ used (``regularization``), ``n_iter``, ``loss_history`` and ``user_items`` (the
+    CSR matrix fitted on).
+    """
+
+    user_factors: NDArray[np.floating]
+    item_factors: NDArray[np.floating]
+    user_bias: NDArray[np.floating]
+    item_bias: NDArray[np.floating]
+    global_mean: float
+    regularization: float
+    n_iter: int
+    loss_history: list[float]
+    user_items: sp.csr_matrix
+
+
+class NMFModel:
+    """Collaborative filtering by weighted non-negative matrix factorization.
+
+    Factor a users × items matrix ``R`` into ``W`` (users × k) ≥ 0 and
+    ``H`` (items × k) ≥ 0 by minimising
+
+        Σ_all β (w_u·h_i)² + Σ_obs [c_ui (p_ui − w_u·h_i)² − β (w_u·h_i)²]
+        + λ₂ (‖W‖² + ‖H‖²) + λ₁ (Σ W + Σ H)
+
+    with alternating projected coordinate descent over rows
+    (:mod:`timbral.nmf.objective` has the weights of each feedback kind).
+
+    Parameters
+    ----------
+    n_components : int, default=50
+        Number of latent factors ``k``.
+    feedback : {"implicit", "explicit", "frobenius"}, default="implicit"
+        ``implicit``: play counts or likes (β=1, c=1+α·r', p=1) for top-K.
+        ``explicit``: ratings (β=0, c=1, p=r−μ−b_u−b_i) with fitted biases.
+        ``frobenius``: plain NMF of the zero-filled matrix (scikit-learn's objective).
+    alpha : float, default=1.0
+        Confidence slope for implicit feedback.
+    confidence : {"linear", "log", "bm25"}, default="log"
+        How raw implicit values become ``r'`` before ``c = 1 + α·r'``: ``r``,
+        ``log(1 + r)`` or BM25 weights. ``log`` tames heavy-tailed play counts
+        (measured best on Last.fm and MovieLens; see benchmarks/quality.py).
+    regularization : float or "auto", default="auto"
+        Total penalty weight λ, split into L2 and L1 by ``l1_ratio``. "auto"
+        follows the data (``timbral.nmf.objective.auto_regularization``). The
+        value used is ``regularization_``.
+    l1_ratio : float in [0, 1], default=0.0
+        Share of ``regularization`` given to the L1 (sparsity) term.
+    max_iter : int, default=200
+        Maximum number of epochs (a W half-step and an H half-step each).
+    tol : float, default=1e-4
+        Stop when the relative decrease of the objective falls below ``tol``.
+    random_state : int, numpy Generator or None, default=42
+        Seed of the initial factors.
+    n_threads : int, default=0
+        Kernel threads; 0 uses every available core.
+    init : {"random", "nndsvd"}, default="random"
+        Initial factors.
+
+    Attributes
+    ----------
+    user_factors_ : ndarray of shape (n_users, n_components)
+    item_factors_ : ndarray of shape (n_items, n_components)
+    user_bias_, item_bias_ : ndarray of shape (n_users,), (n_items,)
+        Zero except for explicit feedback.
+    global_mean_ : float
+        μ for explicit feedback, else 0.
+    regularization_ : float
+        The λ used.
+    n_iter_ : int
+    loss_history_ : list of float
+        The objective after every epoch.
+    user_items_ : scipy.sparse.csr_matrix
+        The matrix the model was fitted on (stored zeros dropped): seen items and
+        explanations come from it.
+    """
+
+    _parameter_constraints = PARAMETER_CONSTRAINTS
+
+    def __init__(
+        self,
+        *,
+        n_components: int = 50,
+        feedback: str = DEFAULT_FEEDBACK,
+        alpha: float = DEFAULT_ALPHA,
+        confidence: str = DEFAULT_CONFIDENCE,
+        regularization: float | str = "auto",
+        l1_ratio: float = 0.0,
+        max_iter: int = 200,
+        tol: float = 1e-4,
+        random_state: int | np.random.Generator | None = DEFAULT_SEED,
+        n_threads: int = 0,
+        init: str = "random",
+    ) -> None:
+        self.n_components = n_components
+        self.feedback = feedback
+        self.alpha = alpha
+        self.confidence = confidence
+        self.regularization = regularization
+        self.l1_ratio = l1_ratio
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.n_threads = n_threads
+        self.init = init
+
+    # -- scikit-learn estimator protocol ------------------------------------------------
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters, by name."""
+        return {name: getattr(self, name) for name in PARAMETER_CONSTRAINTS}
+
+    def set_params(self, **params: Any) -> NMFModel:
+        """Set constructor parameters; they are checked at the next ``fit``."""
+        for name, value in params.items():
+            if name not in PARAMETER_CONSTRAINTS:
+                raise ValidationError(
+                    f"NMFModel has no parameter {name!r}; valid ones are "
+                    + ", ".join(PARAMETER_CONSTRAINTS)
+                    + "."
+                )
+            setattr(self, name, value)
+        return self
+
+    def check_params(self) -> None:
+        """Raise ValidationError naming the first parameter out of its range (``fit`` does this)."""
+        check_params(self.get_params(), PARAMETER_CONSTRAINTS)
+
+    def __repr__(self) -> str:
+        defaults = NMFModel().get_params()
+        changed = {k: v for k, v in self.get_params().items() if not _same(v, defaults[k])}
+        return "NMFModel(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
+
+    # -- fitting ----------------------------------------------------------------------
+
+    def fit(
+        self,
+        user_items: sp.spmatrix | sp.sparray | NDArray[np.floating],
+        *,
+        show_progress: bool = False,
+        callback: Callable[[int, float], None] | None = None,
+        backend: HalfStepBackend | None = None,
+    ) -> NMFModel:
+        """Learn user and item factors from a users × items matrix.
+
+        Parameters
+        ----------
+        user_items : sparse matrix of shape (n_users, n_items)
+            Play counts, likes or ratings; only stored entries are observed, and
+            explicitly stored zeros are dropped (a zero is not an interaction; the
+            loader drops them too). Dense arrays and other sparse formats are
+            converted to CSR (a copy).
+        show_progress : bool, default=False
+            Show a progress bar (tqdm) over epochs.
+        callback : callable(iteration, loss), optional
+            Called after every epoch.
+        backend : HalfStepBackend, optional
+            Where the row solves run; default this machine
+            (``timbral.distributed.fit_distributed`` passes a Dask backend).
+
+        Returns
+        -------
+        self
+        """
+        self.check_params()
+        csr = check_user_items(user_items)
+        rng = check_random_state(self.random_state)
+        regularization = self._resolve_regularization(csr)
+        l1, l2 = _penalties(regularization, self.l1_ratio)
+        progress = _progress_bar(self.max_iter) if show_progress else None
+
+        def on_epoch(iteration: int, loss: float) -> None:
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.5g}")
+            if callback is not None:
+                callback(iteration, loss)
+
+        try:
+            result = fit_nmf(
+                csr,
+                n_components=self.n_components,
+                feedback=self.feedback,
+                alpha=float(self.alpha),
+                confidence=self.confidence,
+                l2=l2,
+                l1=l1,
+                max_iter=self.max_iter,
+                tol=float(self.tol),
+                rng=rng,
+                init=self.init,
+                n_threads=self.n_threads,
+                dtype=np.float64 if csr.dtype == np.float64 else np.float32,
+                callback=on_epoch,
+                backend=backend,
+            )
+        finally:
+            if progress is not None:
+                progress.close()
+        self._set_fitted(
+            FittedState(
+                result.user_factors, result.item_factors, result.user_bias, result.item_bias,
+                result.global_mean, regularization, result.n_iter, result.loss_history, csr,
+            )
+        )
+        return self
+
+    @classmethod
+    def from_fitted(cls, params: Mapping[str, Any], state: FittedState) -> NMFModel:
+        """A fitted model from its parameters and state (what ``timbral.artifact`` reads back).
+
+        Every part is checked against the parameters and the others: shapes agree,
+        factors and biases are finite, factors are non-negative, ``global_mean`` and
+        the biases are zero unless ``feedback="explicit"``, λ is finite and ≥ 0.
+
+        Raises
+        ------
+        ValidationError
+            Naming the first part that does not fit.
+        """
+        unknown = sorted(set(params) - set(PARAMETER_CONSTRAINTS))
+        if unknown:
+            raise ValidationError(
+                f"`params` has unknown parameter(s) {unknown}; valid ones are {list(PARAMETER_CONSTRAINTS)}."
+            )
+        model = cls(**params)
+        model.check_params()
+        W, H = np.asarray(state.user_factors), np.asarray(state.item_factors)
+        b_u, b_i = np.asarray(state.user_bias), np.asarray(state.item_bias)
+        if W.ndim != 2 or H.ndim != 2 or W.shape[1] != H.shape[1] or W.shape[1] != model.n_components:
+            raise ValidationError(
+                f"factor shapes {W.shape} and {H.shape} do not match n_components={model.n_components}."
+            )
+        if b_u.shape != (W.shape[0],) or b_i.shape != (H.shape[0],):
+            raise ValidationError(
+                f"bias shapes {b_u.shape}, {b_i.shape} do not match {W.shape[0]} users × {H.shape[0]} items."
+            )
+        user_items = state.user_items
+        if not sp.issparse(user_items) or user_items.shape != (W.shape[0], H.shape[0]):
+            raise ValidationError(
+                f"`user_items` must be a sparse matrix of shape {(W.shape[0], H.shape[0])} (users × items); "
+                f"got {type(user_items).__name__} of shape {getattr(user_items, 'shape', None)}."
+            )
+        user_items = sp.csr_matrix(user_items)
+        try:
+            user_items.check_format(full_check=True)
+        except ValueError as exc:
+            raise ValidationError(f"`user_items` is not a valid CSR matrix ({exc}).") from None
+        for name, array in (("user_factors", W), ("item_factors", H), ("user_bias", b_u), ("item_bias", b_i)):
+            if array.dtype.kind != "f" or not np.all(np.isfinite(array)):
+                raise ValidationError(
+                    f"`{name}` must hold finite floats; got dtype {array.dtype} or non-finite values."
+                )
+        if (W.size and W.min() < 0) or (H.size and H.min() < 0):
+            raise ValidationError("the factors must be non-negative; got negative entries.")
+        mu = state.global_mean
+        if not np.isfinite(mu) or (model.feedback != "explicit" and (mu != 0 or np.any(b_u) or np.any(b_i))):
+            raise ValidationError(
+                f"global_mean={mu!r} and non-zero biases belong to feedback='explicit' only; "
+                f"this model has feedback={model.feedback!r}."
+            )
+        lam = state.regularization
+        if isinstance(lam, bool) or not np.isfinite(lam) or lam < 0:
+            raise ValidationError(f"`regularization` must be a finite number ≥ 0; got {lam!r}.")
+        model._set_fitted(
+            FittedState(W, H, b_u, b_i, mu, lam, state.n_iter, state.loss_history, user_items)
+        )
+        return model
+
+    def _set_fitted(self, state: FittedState) -> None:
+        """The one place the fitted state is assigned (and the per-model caches reset)."""
+        self.user_factors_ = state.user_factors
+        self.item_factors_ = state.item_factors
+        self.user_bias_ = np.asarray(state.user_bias, dtype=state.user_factors.dtype)
+        self.item_bias_ = np.asarray(state.item_bias, dtype=state.item_factors.dtype)
+        self.global_mean_ = float(state.global_mean)
+        self.regularization_ = float(state.regularization)
+        self.n_iter_ = int(state.n_iter)
+        self.loss_history_ = [float(x) for x in state.loss_history]
+        user_items = state.user_items
+        if not user_items.has_sorted_indices:
+            user_items = user_items.sorted_indices()  # top-K walks each row's seen items in order
+        self.user_items_ = user_items
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def n_users_(self) -> int:
+        self._check_fitted()
+        return self.user_factors_.shape[0]
+
+    @property
+    def n_items_(self) -> int:
+        self._check_fitted()
+        return self.item_factors_.shape[0]
+
+    @property
+    def n_components_(self) -> int:
+        self._check_fitted()
+        return self.item_factors_.shape[1]
+
+    # -- scoring ----------------------------------------------------------------------
+
+    def predict(self, users: ArrayLike, items: ArrayLike) -> NDArray[np.floating]:
+        """Scores (predicted ratings for explicit feedback) of (user, item) pairs.
+
+        ``users`` and ``items`` broadcast against each other.
+        """
+        self._check_fitted()
+        u = check_indices(users, self.n_users_, name="users")
+        i = check_indices(items, self.n_items_, name="items")
+        try:
+            u, i = np.broadcast_arrays(u, i)
+        except ValueError:
+            raise ValidationError(
+                f"`users` (length {u.size}) and `items` (length {i.size}) must have the same "
+                "length, or one of them length 1."
+            ) from None
+        scores = np.einsum("ij,ij->i", self.user_factors_[u], self.item_factors_[i])
+        return scores + self._bias(u, i)
+
+    def recommend(
+        self,
+        user: int,
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        exclude_items: ArrayLike | None = None,
+        items: ArrayLike | None = None,
+        user_items: sp.csr_matrix | None = None,
+    ) -> tuple[NDArray[np.int32], NDArray[np.floating]]:
+        """The ``k`` best items for one user, best first.
+
+        Parameters
+        ----------
+        user : int
+            Internal user index.
+        k : int, default=10
+            At most the number of items (a larger ``k`` is clamped).
+        exclude_seen : bool, default=True
+            Leave out the items the user has in ``user_items``.
+        exclude_items : array-like of int, optional
+            Items never to recommend (a deny list).
+        items : array-like of int, optional
+            Recommend only among these items (an allow list).
+        user_items : sparse matrix of shape (n_users, n_items), optional
+            The interactions that count as seen (default: the training matrix
+            ``user_items_``); rows must have sorted indices.
+
+        Returns
+        -------
+        ids : ndarray of int32, scores : ndarray
+            At most ``k`` each (fewer when fewer items are eligible).
+        """
+        self._check_fitted()
+        user = check_index(user, self.n_users_, name="user")
+        ids, scores = self.recommend_batch(
+            [user], k, exclude_seen=exclude_seen, exclude_items=exclude_items, items=items,
+            user_items=user_items,
+        )
+        keep = ids[0] >= 0
+        return ids[0][keep], scores[0][keep]
+
+    def recommend_batch(
+        self,
+        users: ArrayLike,
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        exclude_items: ArrayLike | None = None,
+        items: ArrayLike | None = None,
+        user_items: sp.csr_matrix | None = None,
+    ) -> tuple[NDArray[np.int32], NDArray[np.floating]]:
+        """The ``k`` best items for each of ``users`` (parameters as :meth:`recommend`).
+
+        Returns
+        -------
+        ids : ndarray of int32, shape (n_users, min(k, n_items))
+        scores : ndarray, shape (n_users, min(k, n_items))
+            Best first; rows with fewer eligible items are padded with id ``-1``
+            and score ``-inf``.
+        """
+        self._check_fitted()
+        users = check_indices(users, self.n_users_, name="users")
+        exclude = None
+        if exclude_seen:
+            seen = self.user_items_ if user_items is None else self._seen(user_items)
+            exclude = exclude_rows(seen, users)
+        return self._top_k(
+            self.user_factors_[users], users, k, exclude=exclude, exclude_items=exclude_items, items=items
+        )
+
+    def recommend_from_factors(
+        self,
+        factors: ArrayLike,
+        k: int = 10,
+        *,
+        exclude: sp.spmatrix | ArrayLike | None = None,
+        exclude_items: ArrayLike | None = None,
+        items: ArrayLike | None = None,
+    ) -> tuple[NDArray[np.int32], NDArray[np.floating]]:
+        """Top-K for factor rows that are not in the model (e.g. from ``fold_in``).
+
+        ``factors`` of shape (k,) gives 1-D results like ``recommend`` (``exclude`` is
+        then a list of item indices); shape (n, k) gives padded 2-D results like
+        ``recommend_batch`` (``exclude`` is then a CSR matrix with n rows).
+        """
+        self._check_fitted()
+        query = np.asarray(factors, dtype=self.item_factors_.dtype)
+        one = query.ndim == 1
+        query = np.atleast_2d(query)
+        if query.ndim != 2 or query.shape[1] != self.n_components_:
+            raise ValidationError(
+                f"`factors` must have shape (n_components,) or (n, n_components) with "
+                f"n_components={self.n_components_}; got shape {np.shape(factors)}."
+            )
+        if one and exclude is not None and not sp.issparse(exclude):
+            cols = check_indices(exclude, self.n_items_, name="exclude")
+            exclude = sp.csr_matrix(
+                (np.ones(cols.size, np.float32), (np.zeros(cols.size, np.int64), cols)),
+                shape=(1, self.n_items_),
+            )
+        ids, scores = self._top_k(
+            query, None, k, exclude=exclude, exclude_items=exclude_items, items=items
+        )
+        if not one:
+            return ids, scores
+        keep = ids[0] >= 0
+        return ids[0][keep], scores[0][keep]
+
+    def similar_items(self, item: int, k: int = 10) -> tuple[NDArray[np.int32], NDArray[np.floating]]:
+        """The ``k`` items whose factors are closest in cosine similarity; never ``item`` itself."""
+        self._check_fitted()
+        item = check_index(item, self.n_items_, name="item")
+        normalized = self._normalized_items()
+        exclude = sp.csr_matrix(([1.0], ([0], [item])), shape=(1, self.n_items_))
+        ids, scores = top_k(
+            normalized[item : item + 1], normalized, k, exclude=exclude, n_threads=self.n_threads
+        )
+        keep = ids[0] >= 0
+        return ids[0][keep], scores[0][keep]
+
+    def fold_in(self, item_indices: ArrayLike, weights: ArrayLike | None = None) -> NDArray[np.floating]:
+        """The factor row of a user the model has never seen, from their interactions.
+
+        Solves the same non-negative least-squares problem as a training half-step
+        against the fixed item factors (reusing the model's cached β HᵀH + λ₂ I), so
+        the result is what ``fit`` would give this user. ``weights`` are play counts
+        or ratings (default 1 each).
+        """
+        self._check_fitted()
+        cols = check_indices(item_indices, self.n_items_, name="item_indices")
+        if weights is None:
+            values = np.ones(cols.size, dtype=np.float64)
+        else:
+            values = np.asarray(weights, dtype=np.float64).reshape(-1)
+            if values.shape != cols.shape:
+                raise ValidationError(
+                    f"`weights` must have one value per item; got {values.size} for {cols.size} items."
+                )
+            if not np.all(np.isfinite(values)) or (values.size and values.min() < 0):
+                raise ValidationError("`weights` must be finite and ≥ 0; got " f"{values.tolist()[:5]}.")
+        l1, l2 = _penalties(self.regularization_, self.l1_ratio)
+        return fold_in(
+            self.item_factors_,
+            cols,
+            values,
+            feedback=self.feedback,
+            alpha=float(self.alpha),
+            confidence=self.confidence,
+            l2=l2,
+            l1=l1,
+            global_mean=self.global_mean_,
+            item_bias=self.item_bias_,
+            gram=self._gram(),
+            bm25=self._bm25_stats(),
+        )
+
+    def explain(self, user: int, item: int, *, n_factors: int = 5, n_items: int = 5) -> Explanation:
+        """Split ``user``'s score for ``item`` into latent factors and history items.
+
+        Costs O(|history|·k² + k³): the user-independent part of the system is
+        computed once per model.
+        """
+        self._check_fitted()
+        user = check_index(user, self.n_users_, name="user")
+        item = check_index(item, self.n_items_, name="item")
+        n_factors = check_k(n_factors, name="n_factors")
+        n_items = check_k(n_items, name="n_items")
+        bias = float(np.sum(self._bias(np.array([user]), np.array([item]))))
+        return self._explainer().explain(
+            self.user_items_[user], user, item, self.user_factors_[user], bias, n_factors, n_items
+        )
+
+    # -- persistence ------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the fitted model as a model directory (``timbral.artifact``, ids 0..n-1).
+
+        Returns
+        -------
+        pathlib.Path
+        """
+        from timbral.artifact import save_model  # the file format depends on the estimator
+
+        return save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> NMFModel:
+        """Read a model directory written by ``save`` (or ``Recommender.save``); refuse a damaged one.
+
+        A single-file ``.npz`` written by timbral 0.1's ``NMFModel.save`` is refused
+        with its format version and what to do.
+        """
+        from timbral.artifact import load_model
+
+        return load_model(path)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "user_factors_"):
+            raise NotFittedError("This NMFModel is not fitted yet; call fit(user_items) first.")
+
+    def _seen(self, user_items: Any) -> sp.csr_matrix:
+        """``user_items`` as the exclusion matrix: CSR with sorted indices, this model's shape."""
+        seen = user_items if sp.isspmatrix_csr(user_items) else sp.csr_matrix(user_items)
+        if seen.shape != (self.n_users_, self.n_items_):
+            raise ValidationError(
+                f"`user_items` must have shape {(self.n_users_, self.n_items_)}; got {seen.shape}."
+            )
+        return seen if seen.has_sorted_indices else seen.sorted_indices()
+
+    def _resolve_regularization(self, user_items: sp.csr_matrix) -> float:
+        """λ: the given number, or for "auto" the data's rule (``auto_regularization``)."""
+        if self.regularization != "auto":
+            return float(self.regularization)
+        return auto_regularization(user_items, self.feedback, float(self.alpha), self.confidence)
+
+    def _cached(self, name: str, compute: Callable[[], Any]) -> Any:
+        """A per-model value computed once (racing threads at worst compute it twice)."""
+        if name not in self._cache:
+            self._cache[name] = compute()
+        return self._cache[name]
+
+    def _bm25_stats(self) -> BM25Stats | None:
+        """Corpus statistics for BM25 confidence, from the training matrix."""
+        if self.feedback != "implicit" or self.confidence != "bm25":
+            return None
+        return self._cached("bm25", lambda: bm25_stats(self.user_items_))
+
+    def _gram(self) -> NDArray[np.floating]:
+        """β HᵀH + λ₂ I in the factor dtype: every fold-in's system starts from it."""
+        l2 = _penalties(self.regularization_, self.l1_ratio)[1]
+        beta = weights_of(self.feedback, float(self.alpha)).beta
+        H = self.item_factors_
+        return self._cached("gram", lambda: regularized_gram(H.T @ H, beta, l2))
+
+    def _explainer(self) -> Explainer:
+        return self._cached(
+            "explainer",
+            lambda: Explainer(
+                self.item_factors_,
+                feedback=self.feedback,
+                alpha=float(self.alpha),
+                confidence=self.confidence,
+                l2=_penalties(self.regularization_, self.l1_ratio)[1],
+                bm25=self._bm25_stats(),
+                global_mean=self.global_mean_,
+                user_bias=self.user_bias_,
+                item_bias=self.item_bias_,
+            ),
+        )
+
+    def _bias(self, users: NDArray[np.int64], items: NDArray[np.int64]) -> NDArray[np.floating] | float:
+        if self.feedback != "explicit":
+            return 0.0
+        return self.global_mean_ + self.user_bias_[users] + self.item_bias_[items]
+
+    def _normalized_items(self) -> NDArray[np.floating]:
+        def normalize() -> NDArray[np.floating]:
+            norms = np.linalg.norm(self.item_factors_, axis=1, keepdims=True)
+            tiny = np.finfo(self.item_factors_.dtype).tiny
+            return np.ascontiguousarray(self.item_factors_ / np.maximum(norms, tiny))
+
+        return self._cached("normalized", normalize)
+
+    def _scoring_items(self) -> NDArray[np.floating]:
+        """Item factors, extended by the item bias for explicit feedback (score = w·h + b_i)."""
+        def extend() -> NDArray[np.floating]:
+            if self.feedback != "explicit":
+                return np.ascontiguousarray(self.item_factors_)
+            return np.ascontiguousarray(np.hstack([self.item_factors_, self.item_bias_[:, None]]))
+
+        return self._cached("items", extend)
+
+    def _top_k(
+        self,
+        query: NDArray[np.floating],
+        users: NDArray[np.int64] | None,
+        k: int,
+        *,
+        exclude: sp.spmatrix | tuple[NDArray[np.int64], NDArray[np.int32]] | None,
+        exclude_items: ArrayLike | None,
+        items: ArrayLike | None,
+    ) -> tuple[NDArray[np.int32], NDArray[np.floating]]:
+        mask = item_mask(
+            self.n_items_,
+            allow=None if items is None else check_indices(items, self.n_items_, name="items"),
+            deny=None if exclude_items is None else check_indices(exclude_items, self.n_items_, name="exclude_items"),
+        )
+        if exclude is not None and not isinstance(exclude, tuple):
+            exclude = sp.csr_matrix(exclude)
+        if self.feedback == "explicit":
+            query = np.hstack([query, np.ones((query.shape[0], 1), dtype=query.dtype)])
+        ids, scores = top_k(
+            np.ascontiguousarray(query, dtype=self.item_factors_.dtype),
+            self._scoring_items(),
+            k,
+            exclude=exclude,
+            item_mask=mask,
+            n_threads=self.n_threads,
+        )
+        if self.feedback == "explicit":
+            offset = self.global_mean_ + (self.user_bias_[users] if users is not None else 0.0)
+            scores = scores + np.asarray(offset, dtype=scores.dtype).reshape(-1, 1)
+        return ids, scores
+
+
+def _penalties(regularization: float, l1_ratio: float) -> tuple[float, float]:
+    """(l1, l2) from the resolved λ and ``l1_ratio``."""
+    return float(regularization * l1_ratio), float(regularization * (1.0 - l1_ratio))
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+def _progress_bar(total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="fit", unit="epoch", leave=False)
