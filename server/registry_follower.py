@@ -38,12 +38,13 @@ from typing import Any
 import orjson
 from prometheus_client import Counter, Gauge
 
+from timbral.exceptions import ArtifactError, RegistryError
+
 from .config import Config
 from .ingest import INTERACTIONS_CHANNEL
 from .metrics import Metrics
 from .recent import RecentEvents
 from .state import LoadedModel, Reloader
-from timbral.exceptions import ArtifactError, RegistryError
 
 log = logging.getLogger("timbral.server.registry")
 

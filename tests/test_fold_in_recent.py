@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from server_support import config
 
+from timbral.recommender import Recommender
+from timbral.registry import Registry
 from timbral.server.app import create_app
 from timbral.server.ingest import MAX_NOTIFY_BYTES, announcements
 from timbral.server.recent import RecentEvents
-from timbral.recommender import Recommender
-from timbral.registry import Registry
 
 TOKEN = "test-ingest-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

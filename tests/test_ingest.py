@@ -17,9 +17,9 @@ from redis_server import free_port
 from server_support import config
 from test_server_shutdown import ROOT, wait_until_up
 
+from timbral.registry import Registry
 from timbral.server.app import create_app
 from timbral.server.config import Config, ConfigError
-from timbral.registry import Registry
 
 TOKEN = "test-ingest-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -155,7 +155,8 @@ async def test_the_ingest_token_guards_the_endpoint(aiohttp_client, db, model_di
 def test_ingestion_needs_a_database_and_a_long_token():
     with pytest.raises(ConfigError, match="TIMBRAL_INGEST_TOKEN is set but DATABASE_URL is not"):
         Config.from_env({"TIMBRAL_INGEST_TOKEN": TOKEN})
-    with pytest.raises(ConfigError, match=r"TIMBRAL_INGEST_TOKEN='<redacted> \(12 characters\)': expected at least 16") as caught:
+    message = r"TIMBRAL_INGEST_TOKEN='<redacted> \(12 characters\)': expected at least 16"
+    with pytest.raises(ConfigError, match=message) as caught:
         Config.from_env({"TIMBRAL_INGEST_TOKEN": "short-secret", "DATABASE_URL": "postgresql://h/db"})
     assert "short-secret" not in str(caught.value)
 

@@ -18,10 +18,10 @@ from redis_server import free_port
 from server_support import ADMIN_TOKEN, config
 from test_server_shutdown import ROOT, wait_until_up
 
-from timbral.server.app import create_app
-from timbral.server.config import Config, ConfigError
 from timbral.recommender import Recommender
 from timbral.registry import Registry
+from timbral.server.app import create_app
+from timbral.server.config import Config, ConfigError
 
 
 @pytest.fixture
