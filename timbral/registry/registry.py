@@ -59,7 +59,7 @@ def redact(url: str) -> str:
         return url
     netloc = parts.netloc.rpartition("@")[2]
     user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    return urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, parts.fragment))
 
 
 def connect(url: str, *, autocommit: bool = False, timeout: float = 10.0) -> psycopg.Connection:
