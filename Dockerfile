@@ -30,4 +30,4 @@ EXPOSE 8001
 HEALTHCHECK --interval=10s --timeout=2s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/ping' % os.environ.get('API_PORT', '8001'), timeout=2)"]
 STOPSIGNAL SIGTERM
-CMD ["python", "-m", "server"]
+CMD ["python", "-m", "timbral.server"]

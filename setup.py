@@ -9,7 +9,6 @@ without OpenMP fails the build with an actionable message unless
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 CORE = Path("timbral") / "_core"
@@ -86,6 +85,10 @@ extensions = [
 ]
 
 setup(
+    # The service's code lives in the top-level server/ folder but installs as
+    # timbral.server, so the wheel adds exactly one top-level name: timbral.
+    packages=[*find_packages(include=["timbral", "timbral.*"]), "timbral.server"],
+    package_dir={"timbral.server": "server"},
     ext_modules=cythonize(
         extensions,
         compiler_directives={

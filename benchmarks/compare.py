@@ -6,7 +6,7 @@ then top-10 latency (``compare_topk``: one user and a 1000-user batch against Nu
 implicit) at 10K, 100K and 1M items. Every figure is printed with its ratio to the
 reference measured in the same run.
 
-    python benchmarks/compare.py ../shared/data/lastfm-2k/user_artists.dat
+    python benchmarks/compare.py path/to/lastfm-2k/user_artists.dat
     python benchmarks/compare.py --generate 50000 20000 1000000 --sizes 10000 100000
 """
 

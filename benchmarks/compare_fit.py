@@ -10,18 +10,29 @@ In one process, on 2 threads with k = 64:
   reconstruction error ‖R − W Hᵀ‖_F (target: ≥ 20× faster);
 * the fit's peak traced memory (tracemalloc; the kernels allocate scratch through
   ``PyMem_RawMalloc`` so it is traced too) relative to R CSR + both factors + one
-  transposed copy of R.
+  transposed copy of R;
+* ``--scale``: how both implicit-feedback fits grow with the data, on power-law
+  100K × 100K matrices of 1M, 8M and 27M interactions (``--sizes``): seconds per
+  iteration, their ratio (target: Timbral ≤ 0.6× ALS) and each fit's peak RSS (target:
+  ≤ 1.05× ALS). Every fit runs in a fresh process that loads the same saved matrix,
+  Timbral and ALS alternate, and medians over ``--repeats`` rounds are reported, with
+  the CPU-time ratio beside the wall-clock one (on a busy shared machine the CPU time
+  is the steadier of the two).
 
 Usage::
 
-    python benchmarks/compare_fit.py /work/shared/data/lastfm-2k/user_artists.dat
+    python benchmarks/compare_fit.py path/to/lastfm-2k/user_artists.dat
     python benchmarks/compare_fit.py --generate 50000 20000 1000000 --sklearn-max-iter 50
+    python benchmarks/compare_fit.py --scale [--sizes 1000000 8000000] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import resource
 import sys
+import tempfile
 import time
 import tracemalloc
 import warnings
@@ -171,14 +182,96 @@ def peak_memory(R: sp.csr_matrix, feedback: str = "implicit") -> dict[str, float
             "peak_over_baseline": (peak + csr_bytes) / baseline}
 
 
+SCALE_SIZES = (1_000_000, 8_000_000, 27_000_000)
+SCALE_SHAPE = (100_000, 100_000)
+
+
+def _fit_in_child(library: str, path: str, iterations: int, queue: multiprocessing.Queue) -> None:
+    """Fit one library on the saved matrix; put (wall s/iter, CPU s/iter, peak RSS bytes)."""
+    R = sp.load_npz(path).tocsr()
+    with threadpool_limits(1, "blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        wall, cpu = time.perf_counter(), time.process_time()
+        if library == "timbral":
+            from timbral import NMFModel
+
+            NMFModel(n_components=K, feedback="implicit", alpha=1.0, confidence="linear",
+                     regularization=0.05, max_iter=iterations, tol=0.0, random_state=0,
+                     n_threads=THREADS).fit(R)
+        else:
+            from implicit.cpu.als import AlternatingLeastSquares
+
+            AlternatingLeastSquares(factors=K, iterations=iterations, regularization=0.05,
+                                    calculate_training_loss=False, num_threads=THREADS,
+                                    random_state=0).fit(R, show_progress=False)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    queue.put((wall / iterations, cpu / iterations, peak))
+
+
+def _fit_fresh(library: str, path: str, iterations: int) -> tuple[float, float, int]:
+    """``_fit_in_child`` in a new interpreter, so its peak RSS is its own."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_fit_in_child, args=(library, path, iterations, queue))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
+
+
+def compare_scale(sizes: list[int], iterations: int, repeats: int) -> list[dict[str, float]]:
+    """One row per size: medians of Timbral's and ALS's s/iteration and peak RSS."""
+    rows = []
+    for nnz in sizes:
+        R = generate_power_law(*SCALE_SHAPE, nnz)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "user_items.npz")
+            sp.save_npz(path, R, compressed=False)
+            del R
+            runs: dict[str, list[tuple[float, float, int]]] = {"timbral": [], "als": []}
+            for _ in range(repeats):
+                for library in runs:
+                    runs[library].append(_fit_fresh(library, path, iterations))
+        ours, theirs = (np.median(np.array(runs[name], dtype=float), axis=0) for name in runs)
+        rows.append({"interactions": nnz, "timbral_s": ours[0], "als_s": theirs[0],
+                     "ratio": ours[0] / theirs[0], "cpu_ratio": ours[1] / theirs[1],
+                     "timbral_rss_gb": ours[2] / 1e9, "als_rss_gb": theirs[2] / 1e9})
+        print(f"  measured {nnz:,} interactions", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_scale(rows: list[dict[str, float]]) -> None:
+    print(f"k={K}, {THREADS} threads, power-law {SCALE_SHAPE[0]:,} × {SCALE_SHAPE[1]:,}, "
+          "implicit feedback; ratio = Timbral / ALS (target ≤ 0.6; RSS ≤ 1.05×)")
+    print("| interactions | Timbral s/epoch | implicit ALS s/iteration | ratio | CPU-time ratio "
+          "| peak RSS Timbral / implicit |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['interactions'] / 1e6:.1f}M | {row['timbral_s']:.3f} | {row['als_s']:.3f} "
+              f"| {row['ratio']:.2f}× | {row['cpu_ratio']:.2f}× "
+              f"| {row['timbral_rss_gb']:.2f} / {row['als_rss_gb']:.2f} GB |")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("path", nargs="?", help="lastfm user_artists.dat")
     parser.add_argument("--generate", nargs=3, type=int, metavar=("N_USERS", "N_ITEMS", "NNZ"))
     parser.add_argument("--sklearn-max-iter", type=int, default=200)
+    parser.add_argument("--scale", action="store_true",
+                        help="Timbral vs implicit ALS on growing power-law matrices")
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(SCALE_SIZES),
+                        metavar="NNZ", help="interactions per --scale matrix")
+    parser.add_argument("--iterations", type=int, default=ITERATIONS,
+                        help="iterations per --scale fit")
+    parser.add_argument("--repeats", type=int, default=3, help="--scale rounds (medians)")
     args = parser.parse_args(argv)
+    if args.scale:
+        print_scale(compare_scale(args.sizes, args.iterations, args.repeats))
+        return
     if (args.path is None) == (args.generate is None):
-        parser.error("give either a path to user_artists.dat or --generate N_USERS N_ITEMS NNZ")
+        parser.error("give a path to user_artists.dat, --generate N_USERS N_ITEMS NNZ, "
+                     "or --scale")
     R = load_lastfm(args.path) if args.path else generate_power_law(*args.generate)
     print(f"matrix: {R.shape[0]} users × {R.shape[1]} items, {R.nnz} stored; k={K}, "
           f"{THREADS} threads")

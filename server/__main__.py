@@ -1,23 +1,30 @@
-"""``python -m server``: read the environment, build the app, serve it on uvloop.
+"""``python -m timbral.server`` (or ``timbral serve``): read the environment, build
+the app, serve it on uvloop.
 
-SIGTERM/SIGINT stop accepting connections, let in-flight requests finish (up to
-``TIMBRAL_SHUTDOWN_TIMEOUT_SECONDS``), then close reloads, Redis and the executor.
+SIGTERM first turns readiness to 503 and keeps serving for
+``TIMBRAL_SHUTDOWN_DELAY_SECONDS`` (load balancers stop routing here meanwhile); then,
+as SIGINT does at once, it stops accepting connections, lets in-flight requests finish
+(up to ``TIMBRAL_SHUTDOWN_TIMEOUT_SECONDS``), and closes reloads, Redis and the executor.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import uvloop
 from aiohttp import web
 
-from server.app import create_app
-from server.config import Config, ConfigError
 from timbral.logs import configure_logging
 
-log = logging.getLogger("server")
+from .app import create_app
+from .config import Config, ConfigError
+from .keys import LIFECYCLE
+
+log = logging.getLogger("timbral.server")
 
 GIL_SWITCH_INTERVAL_SECONDS = 0.001
 
@@ -30,11 +37,13 @@ def run(config: Config) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     log.info("starting", extra={"host": config.api_host, "port": config.api_port,
                                 "model_dir": config.model_dir, "redis": config.redis_url is not None})
+    app = create_app(config)
+    app.on_startup.append(_drain_on_sigterm(config.shutdown_delay_seconds))
     loop = uvloop.new_event_loop()
     # DEBUG=true: asyncio's debug mode, which logs callbacks that block the loop > 100 ms
     loop.set_debug(config.debug)
     web.run_app(
-        create_app(config),
+        app,
         host=config.api_host,
         port=config.api_port,
         shutdown_timeout=config.shutdown_timeout_seconds,
@@ -44,11 +53,37 @@ def run(config: Config) -> None:
     )
 
 
+def _drain_on_sigterm(delay_seconds: float) -> Callable[[web.Application], Awaitable[None]]:
+    """A startup hook replacing aiohttp's SIGTERM handler: readiness 503, then shut down.
+
+    aiohttp installs its handler before the startup hooks run, so this one wins; SIGINT
+    keeps aiohttp's immediate graceful shutdown.
+    """
+    async def install(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_sigterm() -> None:
+            if app[LIFECYCLE].draining:
+                return
+            app[LIFECYCLE].draining = True
+            log.info("SIGTERM: readiness answers 503; closing the listener after the delay",
+                     extra={"delay_seconds": delay_seconds})
+            loop.call_later(delay_seconds, _graceful_exit)
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+
+    return install
+
+
+def _graceful_exit() -> None:
+    raise web.GracefulExit()  # how aiohttp's own signal handler ends run_app
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m server``; configuration comes from the environment only."""
+    """Entry point of ``python -m timbral.server``; configuration comes from the environment only."""
     if argv if argv is not None else sys.argv[1:]:
-        print("usage: python -m server  (configure with API_PORT, TIMBRAL_MODEL_DIR, REDIS_URL, "
-              "... see DESIGN.md §3)", file=sys.stderr)
+        print("usage: python -m timbral.server  (configure with API_PORT, TIMBRAL_MODEL_DIR, "
+              "REDIS_URL, ...: see the README's \"HTTP service\" section)", file=sys.stderr)
         return 2
     try:
         config = Config.from_env()

@@ -16,18 +16,19 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from server.state import LoadedModel
-from server.schemas import ExternalId
 from timbral.recommender import Recommendations
 
+from .drain import Batch, Drain
+from .schemas import ExternalId
+from .state import LoadedModel
 
-@dataclass(slots=True)
-class _Pending:
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
     model: LoadedModel
     user_id: ExternalId
     k: int
     exclude_seen: bool
-    future: asyncio.Future[Recommendations]
 
 
 class RecommendBatcher:
@@ -54,73 +55,42 @@ class RecommendBatcher:
         observe: Callable[[int, float], None] | None = None,
     ) -> None:
         self._executor = executor
-        self._max_in_flight = max(1, max_in_flight)
         self._max_batch = max(1, max_batch)
         self._observe = observe
-        self._queue: list[_Pending] = []
-        self._in_flight = 0
-        self._drains: set[asyncio.Task[None]] = set()
+        self._drain: Drain[_Ask, Recommendations] = Drain(
+            self._score, take=self._take_batch, max_tasks=max_in_flight)
 
     async def recommend(
         self, model: LoadedModel, user_id: ExternalId, k: int, exclude_seen: bool
     ) -> Recommendations:
         """What ``model.recommender.recommend(user_id, k, exclude_seen=...)`` returns."""
-        future: asyncio.Future[Recommendations] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(model, user_id, k, exclude_seen, future))
-        if self._in_flight < self._max_in_flight:
-            self._in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._drain())
-            self._drains.add(task)  # the loop keeps only weak references to tasks
-            task.add_done_callback(self._drains.discard)
-        return await future
+        return await self._drain.submit(_Ask(model, user_id, k, exclude_seen))
 
-    async def _drain(self) -> None:
-        """Score queued requests batch by batch until the queue is empty."""
-        try:
-            while self._queue:
-                batch = self._take_batch()
-                await self._score(batch)
-        finally:
-            self._in_flight -= 1
-
-    def _take_batch(self) -> list[_Pending]:
+    def _take_batch(self, queue: Batch[_Ask, Recommendations]
+                    ) -> tuple[Batch[_Ask, Recommendations], Batch[_Ask, Recommendations]]:
         """The oldest request and every queued one that can share its scoring call."""
-        first = self._queue[0]
+        first = queue[0].payload
         batch, rest = [], []
-        for pending in self._queue:
-            same_call = pending.model is first.model and pending.exclude_seen == first.exclude_seen
-            (batch if same_call and len(batch) < self._max_batch else rest).append(pending)
-        self._queue = rest
-        return batch
+        for waiting in queue:
+            ask = waiting.payload
+            same_call = ask.model is first.model and ask.exclude_seen == first.exclude_seen
+            (batch if same_call and len(batch) < self._max_batch else rest).append(waiting)
+        return batch, rest
 
-    async def _score(self, batch: list[_Pending]) -> None:
-        live = [p for p in batch if not p.future.done()]  # a client may have gone away
-        if not live:
-            return
-        model = live[0].model
-        k = max(p.k for p in live)  # a shorter list is a prefix of a longer one
+    async def _score(self, batch: Batch[_Ask, Recommendations]) -> None:
+        asks = [waiting.payload for waiting in batch]
+        k = max(ask.k for ask in asks)  # a shorter list is a prefix of a longer one
         start = time.perf_counter()
-        try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._executor,
-                _recommend_batch,
-                model,
-                [p.user_id for p in live],
-                k,
-                live[0].exclude_seen,
-            )
-        except Exception as exc:  # handed to every waiting request, which re-raises it
-            for pending in live:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
-            return
+        results = await asyncio.get_running_loop().run_in_executor(
+            self._executor, _recommend_batch, asks[0].model, [ask.user_id for ask in asks], k,
+            asks[0].exclude_seen)
         if self._observe is not None:
-            self._observe(len(live), time.perf_counter() - start)
-        for pending, result in zip(live, results):
-            if not pending.future.done():
-                pending.future.set_result(
-                    result if pending.k == k else Recommendations(result.user_id, result.strategy, result.items[: pending.k])
-                )
+            self._observe(len(asks), time.perf_counter() - start)
+        for waiting, result in zip(batch, results, strict=True):
+            if not waiting.future.done():
+                ask = waiting.payload
+                waiting.future.set_result(result if ask.k == k else Recommendations(
+                    result.user_id, result.strategy, result.items[: ask.k]))
 
 
 def _recommend_batch(

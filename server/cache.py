@@ -4,7 +4,7 @@ Tier 1 is a bounded in-process LRU with a TTL. Tier 2 is Redis through
 ``redis.asyncio`` with a connection pool and short timeouts. Redis is an
 optimisation, never a dependency: every Redis call is bounded by a deadline, errors
 become cache misses, and a circuit breaker stops calling Redis after repeated
-failures, then lets one probe through after a cool-down (DESIGN.md §4).
+failures, then lets one probe through after a cool-down (docs/architecture.md, "Caching and degradation").
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 import enum
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,7 +22,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from server.metrics import Metrics
+from .config import Config
+from .drain import Batch, Drain
+from .metrics import Metrics
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -36,42 +38,78 @@ def cache_key(model_version: str, kind: str, *parts: object) -> str:
     return f"timbral:{model_version}:{kind}:" + ":".join(repr(part) for part in parts)
 
 
-class LRUCache:
-    """A bounded mapping with least-recently-used eviction and a per-entry TTL.
+def redis_tls_options(config: Config) -> dict[str, Any]:
+    """redis-py's ``ssl_*`` arguments for a ``rediss://`` ``REDIS_URL`` (none otherwise).
 
-    Not thread-safe: it is only touched from the event loop.
+    The server's certificate is verified, and its host name checked, unless
+    ``REDIS_SSL_CERT_REQS=none``: redis-py before 6.0 does not check host names by itself.
+    """
+    if not (config.redis_url or "").startswith("rediss://"):
+        return {}
+    options: dict[str, Any] = {
+        "ssl_cert_reqs": config.redis_ssl_cert_reqs,
+        "ssl_check_hostname": config.redis_ssl_cert_reqs != "none",
+    }
+    for option, path in (("ssl_ca_certs", config.redis_ssl_ca_certs),
+                         ("ssl_certfile", config.redis_ssl_certfile),
+                         ("ssl_keyfile", config.redis_ssl_keyfile)):
+        if path is not None:
+            options[option] = str(path)
+    return options
+
+
+# What one entry costs beyond its key's and value's bytes: the str and bytes headers,
+# the (expiry, value, size) tuple, the float and the OrderedDict link (CPython 3.11, 64-bit).
+ENTRY_OVERHEAD_BYTES = 300
+
+
+class LRUCache:
+    """A mapping bounded by bytes, with least-recently-used eviction and a per-entry TTL.
+
+    An entry costs ``len(key) + len(value) + ENTRY_OVERHEAD_BYTES``; a value larger
+    than the whole budget is not stored. ``max_bytes=0`` disables the cache. Not
+    thread-safe: it is only touched from the event loop.
     """
 
-    def __init__(self, max_entries: int, ttl_seconds: float, clock: Clock = time.monotonic) -> None:
-        self.max_entries = max_entries
+    def __init__(self, max_bytes: int, ttl_seconds: float, clock: Clock = time.monotonic) -> None:
+        self.max_bytes = max_bytes
         self.ttl_seconds = ttl_seconds
+        self.nbytes = 0
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, bytes, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str) -> Any | None:
+    def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        expires, value = entry
+        expires, value, _ = entry
         if expires <= self._clock():
-            del self._entries[key]
+            self._remove(key)
             return None
         self._entries.move_to_end(key)
         return value
 
-    def set(self, key: str, value: Any) -> None:
-        if self.max_entries == 0:
+    def set(self, key: str, value: bytes) -> None:
+        size = len(key) + len(value) + ENTRY_OVERHEAD_BYTES
+        if key in self._entries:
+            self._remove(key)
+        if size > self.max_bytes:
             return
-        self._entries[key] = (self._clock() + self.ttl_seconds, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._entries[key] = (self._clock() + self.ttl_seconds, value, size)
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, (_, _, evicted) = self._entries.popitem(last=False)
+            self.nbytes -= evicted
+
+    def _remove(self, key: str) -> None:
+        self.nbytes -= self._entries.pop(key)[2]
 
     def clear(self) -> None:
         self._entries.clear()
+        self.nbytes = 0
 
 
 class BreakerState(enum.Enum):
@@ -142,14 +180,13 @@ class RedisCache:
         max_connections: int,
         breaker: CircuitBreaker,
         metrics: Metrics,
+        tls: Mapping[str, Any] | None = None,
     ) -> None:
         self.ttl_ms = max(1, round(ttl_seconds * 1000))
         self.timeout_seconds = timeout_seconds
         self.breaker = breaker
         self._metrics = metrics
-        self._waiting: dict[str, list[asyncio.Future[bytes | None]]] = {}
-        self._fetching = False
-        self._fetcher: asyncio.Task[None] | None = None  # held: the loop keeps only weak refs
+        self._lookups: Drain[str, bytes | None] = Drain(self._mget)
         self._client = aioredis.Redis.from_url(
             url,
             db=db,
@@ -158,6 +195,7 @@ class RedisCache:
             max_connections=max_connections,
             retry=Retry(NoBackoff(), 0),  # our deadline and breaker decide, not redis-py
             health_check_interval=0,
+            **(tls or {}),  # redis_tls_options(config) for a rediss:// URL
         )
 
     async def close(self) -> None:
@@ -196,31 +234,15 @@ class RedisCache:
         Lookups that arrive while one is in flight wait and go together in the next
         MGET: one round trip for many concurrent requests, under the same deadline.
         """
-        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(key, []).append(future)
-        if not self._fetching:
-            self._fetching = True
-            self._fetcher = asyncio.get_running_loop().create_task(self._fetch_waiting())
-        return await future
+        return await self._lookups.submit(key)
 
-    async def _fetch_waiting(self) -> None:
-        """Answer every waiting lookup, one MGET per batch, until none is left."""
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting, {}
-                keys = list(batch)
-                values = await self._call("get", lambda: self._client.mget(keys))
-                for key, value in zip(keys, values or [None] * len(keys)):
-                    for future in batch[key]:
-                        if not future.done():  # its request may have been cancelled
-                            future.set_result(value)
-        finally:
-            self._fetching = False
-            for futures in self._waiting.values():  # only left behind if we were cancelled
-                for future in futures:
-                    if not future.done():
-                        future.set_result(None)
-            self._waiting = {}
+    async def _mget(self, batch: Batch[str, bytes | None]) -> None:
+        keys = list({waiting.payload: None for waiting in batch})  # a key asked twice is sent once
+        values = await self._call("get", lambda: self._client.mget(keys))
+        found = dict(zip(keys, values or [None] * len(keys), strict=True))
+        for waiting in batch:
+            if not waiting.future.done():  # its request may have been cancelled
+                waiting.future.set_result(found[waiting.payload])
 
     async def set(self, key: str, value: bytes) -> None:
         await self._call("set", lambda: self._client.set(key, value, px=self.ttl_ms))

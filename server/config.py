@@ -1,13 +1,15 @@
 """Service configuration, read once from the environment and validated at start.
 
-The names are the ones operators already use (DESIGN.md §3). Every problem is
-collected and reported together, each naming the variable, the value received and
-what is expected, so a bad deployment fails at start with one clear message.
+The names are the ones operators already use. Every problem is collected and
+reported together, each naming the variable, the value received (secrets redacted:
+see :func:`redact`) and what is expected, so a bad deployment fails at start with one
+clear message.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any, TypeVar
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
+CERT_REQS = ("required", "optional", "none")  # REDIS_SSL_CERT_REQS, as redis-py spells them
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -37,6 +40,12 @@ class Config:
     debug: bool = False  # asyncio debug mode: slow callbacks are logged
     redis_url: str | None = None
     redis_db: int = 0
+    # TLS for a rediss:// REDIS_URL (managed Redis): the server certificate is verified
+    # against the system trust store or REDIS_SSL_CA_CERTS, and its host name is checked.
+    redis_ssl_ca_certs: Path | None = None
+    redis_ssl_certfile: Path | None = None  # client certificate, for servers that ask for one
+    redis_ssl_keyfile: Path | None = None
+    redis_ssl_cert_reqs: str = "required"
     # Training defaults of `timbral train`/`quickstart` (read there); validated here too so
     # a deployment with a bad value fails at start, with the rest of its configuration.
     nmf_n_components: int = 50
@@ -48,21 +57,29 @@ class Config:
     log_format: str = "json"  # under an orchestrator; `timbral serve` on a terminal picks text
     # Limits and tuning (TIMBRAL_* names).
     max_batch_users: int = 1000
+    max_batch_items: int = 100_000  # users × k in one batch request: bounds the answer's size
     max_body_bytes: int = 1 << 20
     max_id_length: int = 256
     executor_threads: int = 0  # 0 = one per available core
-    tier1_max_entries: int = 100_000
+    tier1_max_bytes: int = 128 << 20
     redis_timeout_seconds: float = 0.05
     redis_connect_timeout_seconds: float = 0.1
     redis_max_connections: int = 64
     breaker_failures: int = 3
     breaker_cooldown_seconds: float = 2.0
     shutdown_timeout_seconds: float = 10.0
+    # After SIGTERM, readiness answers 503 for this long while requests are still served,
+    # so load balancers stop sending traffic before the listener closes.
+    shutdown_delay_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         problems = _check(self)
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={redact(f.name, getattr(self, f.name))!r}" for f in fields(self))
+        return f"Config({shown})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -84,10 +101,41 @@ class Config:
             try:
                 values[field.name] = _PARSERS[field.name](raw)
             except ValueError as exc:
-                problems.append(f"{name}={raw!r}: {exc}")
+                problems.append(f"{name}={redact(field.name, raw)!r}: {exc}")
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
         return cls(**values)
+
+
+_SECRET_FIELDS = {"admin_token"}
+_URL_FIELDS = {"redis_url"}
+_URL_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_URL_PASSWORD_PARAM = re.compile(r"(?P<name>[?&]password=)[^&#]*", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its user info and any ``password=`` query value replaced by a marker.
+
+    Works on malformed values too (they are the ones printed in errors): everything up
+    to the last ``@`` after the scheme goes, since an unencoded password may hold an ``@``.
+    """
+    head, at, tail = url.rpartition("@")
+    if at:
+        scheme = _URL_SCHEME.match(head)
+        url = f"{scheme.group(0) if scheme else ''}{REDACTED}@{tail}"
+    return _URL_PASSWORD_PARAM.sub(rf"\g<name>{REDACTED}", url)
+
+
+def redact(field: str, value: Any) -> Any:
+    """``value`` as it may be printed or logged: tokens hidden, URL credentials removed."""
+    if value is None:
+        return None
+    if field in _SECRET_FIELDS:
+        return f"{REDACTED} ({len(str(value))} characters)"
+    if field in _URL_FIELDS:
+        return redact_url(str(value))
+    return value
 
 
 def _parse_bool(raw: str) -> bool:
@@ -115,7 +163,8 @@ def _check(config: Config) -> list[str]:
 
     def need(ok: bool, field: str, expected: str) -> None:
         if not ok:
-            problems.append(f"{ENV_NAMES[field]}={getattr(config, field)!r}: expected {expected}")
+            problems.append(f"{ENV_NAMES[field]}={redact(field, getattr(config, field))!r}: "
+                            f"expected {expected}")
 
     need(0 <= config.api_port <= 65535, "api_port", "a port number in 0..65535")
     need(config.redis_db >= 0, "redis_db", "a database index >= 0")
@@ -124,6 +173,7 @@ def _check(config: Config) -> list[str]:
         "redis_url",
         "a URL starting with redis://, rediss:// or unix:// (or unset for the in-process cache only)",
     )
+    problems.extend(_check_redis_tls(config))
     need(config.nmf_n_components >= 1, "nmf_n_components", "an integer >= 1")
     need(config.cache_ttl_seconds > 0, "cache_ttl_seconds", "a number of seconds > 0")
     need(config.log_level in LOG_LEVELS, "log_level", f"one of {', '.join(LOG_LEVELS)}")
@@ -131,10 +181,11 @@ def _check(config: Config) -> list[str]:
     need(config.admin_token is None or len(config.admin_token) >= 16, "admin_token",
          "at least 16 characters (or unset to disable model reload)")
     need(config.max_batch_users >= 1, "max_batch_users", "an integer >= 1")
+    need(config.max_batch_items >= 1, "max_batch_items", "an integer >= 1 (users × k per batch)")
     need(config.max_body_bytes >= 1024, "max_body_bytes", "at least 1024 bytes")
     need(config.max_id_length >= 1, "max_id_length", "an integer >= 1")
     need(config.executor_threads >= 0, "executor_threads", "an integer >= 0 (0 = one per core)")
-    need(config.tier1_max_entries >= 0, "tier1_max_entries", "an integer >= 0 (0 = no tier 1)")
+    need(config.tier1_max_bytes >= 0, "tier1_max_bytes", "a number of bytes >= 0 (0 = no tier 1)")
     need(config.redis_timeout_seconds > 0, "redis_timeout_seconds", "a number of seconds > 0")
     need(config.redis_connect_timeout_seconds > 0, "redis_connect_timeout_seconds",
          "a number of seconds > 0")
@@ -142,6 +193,30 @@ def _check(config: Config) -> list[str]:
     need(config.breaker_failures >= 1, "breaker_failures", "an integer >= 1")
     need(config.breaker_cooldown_seconds > 0, "breaker_cooldown_seconds", "a number of seconds > 0")
     need(config.shutdown_timeout_seconds >= 0, "shutdown_timeout_seconds", "a number of seconds >= 0")
+    need(config.shutdown_delay_seconds >= 0, "shutdown_delay_seconds", "a number of seconds >= 0")
+    return problems
+
+
+def _check_redis_tls(config: Config) -> list[str]:
+    """REDIS_SSL_* need a rediss:// URL, readable files and a known verification mode."""
+    problems = []
+    files = {name: getattr(config, name) for name in
+             ("redis_ssl_ca_certs", "redis_ssl_certfile", "redis_ssl_keyfile")}
+    given = [ENV_NAMES[name] for name, path in files.items() if path is not None]
+    if config.redis_ssl_cert_reqs != "required":
+        given.append(ENV_NAMES["redis_ssl_cert_reqs"])
+    if given and not (config.redis_url or "").startswith("rediss://"):
+        problems.append(f"{', '.join(given)} set, but REDIS_URL is not a rediss:// URL: "
+                        "use rediss:// (TLS) or unset the REDIS_SSL_* variables")
+    for name, path in files.items():
+        if path is not None and not path.is_file():
+            problems.append(f"{ENV_NAMES[name]}={str(path)!r}: no such file; expected a PEM file")
+    if (config.redis_ssl_certfile is None) != (config.redis_ssl_keyfile is None):
+        problems.append("REDIS_SSL_CERTFILE and REDIS_SSL_KEYFILE go together (a client "
+                        "certificate and its key): set both or neither")
+    if config.redis_ssl_cert_reqs not in CERT_REQS:
+        problems.append(f"REDIS_SSL_CERT_REQS={config.redis_ssl_cert_reqs!r}: expected one of "
+                        f"{', '.join(CERT_REQS)} (required verifies the server's certificate)")
     return problems
 
 
@@ -151,6 +226,10 @@ ENV_NAMES: dict[str, str] = {
     "debug": "DEBUG",
     "redis_url": "REDIS_URL",
     "redis_db": "REDIS_DB",
+    "redis_ssl_ca_certs": "REDIS_SSL_CA_CERTS",
+    "redis_ssl_certfile": "REDIS_SSL_CERTFILE",
+    "redis_ssl_keyfile": "REDIS_SSL_KEYFILE",
+    "redis_ssl_cert_reqs": "REDIS_SSL_CERT_REQS",
     "nmf_n_components": "NMF_N_COMPONENTS",
     "nmf_random_state": "NMF_RANDOM_STATE",
     "model_dir": "TIMBRAL_MODEL_DIR",
@@ -159,20 +238,23 @@ ENV_NAMES: dict[str, str] = {
     "log_level": "LOG_LEVEL",
     "log_format": "LOG_FORMAT",
     "max_batch_users": "TIMBRAL_MAX_BATCH_USERS",
+    "max_batch_items": "TIMBRAL_MAX_BATCH_ITEMS",
     "max_body_bytes": "TIMBRAL_MAX_BODY_BYTES",
     "max_id_length": "TIMBRAL_MAX_ID_LENGTH",
     "executor_threads": "TIMBRAL_EXECUTOR_THREADS",
-    "tier1_max_entries": "TIMBRAL_CACHE_MAX_ENTRIES",
+    "tier1_max_bytes": "TIMBRAL_CACHE_MAX_BYTES",
     "redis_timeout_seconds": "TIMBRAL_REDIS_TIMEOUT_SECONDS",
     "redis_connect_timeout_seconds": "TIMBRAL_REDIS_CONNECT_TIMEOUT_SECONDS",
     "redis_max_connections": "TIMBRAL_REDIS_MAX_CONNECTIONS",
     "breaker_failures": "TIMBRAL_REDIS_BREAKER_FAILURES",
     "breaker_cooldown_seconds": "TIMBRAL_REDIS_BREAKER_COOLDOWN_SECONDS",
     "shutdown_timeout_seconds": "TIMBRAL_SHUTDOWN_TIMEOUT_SECONDS",
+    "shutdown_delay_seconds": "TIMBRAL_SHUTDOWN_DELAY_SECONDS",
 }
 
 # Unset-able variables for which an empty value means "not set" (common in compose files).
-_EMPTY_IS_UNSET = {"redis_url", "model_dir", "admin_token"}
+_EMPTY_IS_UNSET = {"redis_url", "model_dir", "admin_token", "redis_ssl_ca_certs",
+                   "redis_ssl_certfile", "redis_ssl_keyfile"}
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_host": str.strip,
@@ -180,22 +262,28 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "debug": _parse_bool,
     "redis_url": str.strip,
     "redis_db": _parse_number(int),
+    "redis_ssl_ca_certs": Path,
+    "redis_ssl_certfile": Path,
+    "redis_ssl_keyfile": Path,
+    "redis_ssl_cert_reqs": lambda raw: raw.strip().lower(),
     "nmf_n_components": _parse_number(int),
     "nmf_random_state": _parse_number(int),
     "model_dir": Path,
     "cache_ttl_seconds": _parse_number(float),
-    "admin_token": str,
+    "admin_token": str.strip,  # a secret file's trailing newline is not part of the token
     "log_level": lambda raw: raw.strip().upper(),
     "log_format": lambda raw: raw.strip().lower(),
     "max_batch_users": _parse_number(int),
+    "max_batch_items": _parse_number(int),
     "max_body_bytes": _parse_number(int),
     "max_id_length": _parse_number(int),
     "executor_threads": _parse_number(int),
-    "tier1_max_entries": _parse_number(int),
+    "tier1_max_bytes": _parse_number(int),
     "redis_timeout_seconds": _parse_number(float),
     "redis_connect_timeout_seconds": _parse_number(float),
     "redis_max_connections": _parse_number(int),
     "breaker_failures": _parse_number(int),
     "breaker_cooldown_seconds": _parse_number(float),
     "shutdown_timeout_seconds": _parse_number(float),
+    "shutdown_delay_seconds": _parse_number(float),
 }

@@ -14,13 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from server.batching import RecommendBatcher
-from server.cache import CircuitBreaker, RedisCache
-from server.keys import BATCHER, CACHE, CONFIG, EXECUTOR, METRICS, MODEL, RELOADER, SCORING_THREADS
-from server.state import load_model
 from timbral._threads import available_cpus, pin_blas_to_one_thread
 
-log = logging.getLogger("server")
+from .batching import RecommendBatcher
+from .cache import CircuitBreaker, RedisCache, redis_tls_options
+from .keys import BATCHER, CACHE, CONFIG, EXECUTOR, METRICS, MODEL, RELOADER, SCORING_THREADS
+from .state import load_model
+
+log = logging.getLogger("timbral.server")
 
 
 
@@ -68,6 +69,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         max_connections=config.redis_max_connections,
         breaker=CircuitBreaker(config.breaker_failures, config.breaker_cooldown_seconds),
         metrics=metrics,
+        tls=redis_tls_options(config),
     )
     health = await redis.health()
     if health.status != "ok":

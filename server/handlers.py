@@ -20,11 +20,26 @@ import psutil
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from server.cache import cache_key
-from server.errors import ApiError
-from server.keys import BATCHER, CACHE, CONFIG, EXECUTOR, SCORING_THREADS, METRICS, MODEL, OPENAPI, RELOADER
-from server.schemas import (
+from timbral import __version__
+from timbral.recommender import Recommender
+
+from .cache import cache_key
+from .errors import ApiError
+from .keys import (
+    BATCHER,
+    CACHE,
+    CONFIG,
+    EXECUTOR,
+    LIFECYCLE,
+    METRICS,
+    MODEL,
+    OPENAPI,
+    RELOADER,
+    SCORING_THREADS,
+)
+from .schemas import (
     BatchRequest,
+    ExternalId,
     RecommendRequest,
     check_path_id,
     parse_json,
@@ -33,12 +48,12 @@ from server.schemas import (
     query_bool,
     query_k,
 )
-from server.state import LoadedModel
-from timbral import __version__
+from .state import LoadedModel
 
 T = TypeVar("T")
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 PONG = b"pong"
+ENCODE_ITEMS_PER_CALL = 4096  # ~200 KB of JSON, well under a millisecond of GIL per call
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:
@@ -79,29 +94,50 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """Readiness: 503 only without a model; a Redis outage is ``degraded``, not down."""
+    """Readiness: 503 without a model or while shutting down; a Redis outage is ``degraded``.
+
+    Anyone gets the status and general reasons; the details (model path, Redis error
+    text, host figures) only go to a caller with the admin token, as they help an attacker.
+    """
     app = request.app
     model = app[MODEL].current
-    cache = app[CACHE]
-    if model is None:
-        model_part: dict[str, Any] = {"status": "unavailable",
-                                      "reason": "no model loaded; set TIMBRAL_MODEL_DIR or "
-                                                "POST /api/v1/model/reload"}
+    redis = await app[CACHE].redis.health() if app[CACHE].redis is not None else None
+    if app[LIFECYCLE].draining:
+        status, reason = "unavailable", "shutting down"
+    elif model is None:
+        status, reason = "unavailable", "no model is loaded"
+    elif redis is not None and redis.status == "degraded":
+        status, reason = "degraded", "the shared cache is not answering; answers are computed"
     else:
-        model_part = {"status": "ok", **model.describe()}
-    redis_part = (await cache.redis.health()).as_dict() if cache.redis else {
-        "status": "disabled", "reason": "REDIS_URL is not set; tier 1 (in-process) cache only"}
-    if model is None:
-        status = "unavailable"
-    elif redis_part["status"] == "degraded":
-        status = "degraded"
-    else:
-        status = "ok"
-    return json_response(
-        {"status": status, "components": {
-            "model": model_part, "redis": redis_part,
-            "system": _system(app[CONFIG].model_dir)}},
-        status=503 if model is None else 200)
+        status, reason = "ok", None
+    model_part: dict[str, Any] = {"status": "ok"} if model else {
+        "status": "unavailable", "reason": "no model is loaded"}
+    redis_part: dict[str, Any] = {"status": "disabled"} if redis is None else {"status": redis.status}
+    if redis is not None and redis.status == "degraded":
+        redis_part["reason"] = "not answering"
+    system: dict[str, Any] = {"status": "ok"}
+    if is_admin(request):
+        if model is not None:
+            model_part.update(model.describe())
+        elif app[CONFIG].model_dir is None:
+            model_part["reason"] = "no model loaded; set TIMBRAL_MODEL_DIR or POST /api/v1/model/reload"
+        redis_part = redis.as_dict() if redis is not None else {
+            "status": "disabled", "reason": "REDIS_URL is not set; tier 1 (in-process) cache only"}
+        system = _system(app[CONFIG].model_dir)
+    payload: dict[str, Any] = {"status": status}
+    if reason is not None:
+        payload["reason"] = reason
+    payload["components"] = {"model": model_part, "redis": redis_part, "system": system}
+    return json_response(payload, status=503 if status == "unavailable" else 200)
+
+
+def is_admin(request: web.Request) -> bool:
+    """Whether the request carries ``Authorization: Bearer <TIMBRAL_ADMIN_TOKEN>``."""
+    token = request.app[CONFIG].admin_token
+    if token is None:
+        return False
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def _system(model_dir: Path | None) -> dict[str, Any]:
@@ -140,6 +176,7 @@ async def recommend_post(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     body = parse_json(await request.read())
     parsed = parse_recommendation_body(body, max_batch=config.max_batch_users,
+                                       max_batch_items=config.max_batch_items,
                                        max_id_length=config.max_id_length)
     if isinstance(parsed, BatchRequest):
         return await _recommend_batch(request, parsed)
@@ -149,25 +186,46 @@ async def recommend_post(request: web.Request) -> web.Response:
 async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Response:
     model = request.app[MODEL].require()
     user_id = model.user_id(req.user_id)
-    key = None
-    if req.cacheable:
-        key = cache_key(model.version, "rec", user_id, req.k, req.exclude_seen)
-        cached = await request.app[CACHE].get(key)
-        if cached is not None:
-            return web.Response(body=cached, content_type="application/json")
-    if req.cacheable:  # the plain question: scored together with concurrent ones
-        recs = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
-    else:
+    if not req.cacheable:  # ad-hoc filters are one-offs: scored, never cached
         recs = await score(
             request, "recommend", model.recommender.recommend, user_id, req.k,
             exclude_seen=req.exclude_seen,
             exclude_items=None if req.exclude_items is None else [model.item_id(i) for i in req.exclude_items],
             recent_items=None if req.recent_items is None else [model.item_id(i) for i in req.recent_items])
-    payload = {**recs.to_dict(), "model_version": model.version, "cached": False}
-    body = orjson.dumps(payload, option=JSON_OPTIONS)
-    if key is not None:  # "cached" is the last key: the cached copy differs only there
-        await request.app[CACHE].set(key, body[: -len(b"false}")] + b"true}")
+        return json_response({**recs.to_dict(), "model_version": model.version, "cached": False})
+    cache = request.app[CACHE]
+    key = cache_key(model.version, "rec", user_id, req.k, req.exclude_seen)
+    cached = await cache.get(key)
+    if cached is not None:
+        return web.Response(body=cached, content_type="application/json")
+    # Only known users' answers are cached per id (checked on a miss only: hits stay cheap)
+    if not model.recommender.known_user(user_id):
+        return await _popular(request, model, user_id, req.k)
+    # the plain question: scored together with concurrent ones
+    recs = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
+    body = orjson.dumps({**recs.to_dict(), "model_version": model.version, "cached": False},
+                        option=JSON_OPTIONS)
+    # "cached" is the last key: the cached copy differs only there
+    await cache.set(key, body[: -len(b"false}")] + b"true}")
     return web.Response(body=body, content_type="application/json")
+
+
+async def _popular(request: web.Request, model: LoadedModel, user_id: ExternalId,
+                   k: int) -> web.Response:
+    """An unknown user's answer, from one cache entry per k shared by every unknown id.
+
+    Caching per id would let anyone fill both tiers with answers for made-up users.
+    """
+    cache = request.app[CACHE]
+    key = cache_key(model.version, "popular", k)
+    ranked = await cache.get(key)
+    cached = ranked is not None
+    if ranked is None:
+        ranked = orjson.dumps(_items(model.recommender.popular(k)), option=JSON_OPTIONS)
+        await cache.set(key, ranked)
+    return json_response({"user_id": user_id, "strategy": "popularity",
+                          "recommendations": orjson.Fragment(ranked),
+                          "model_version": model.version, "cached": cached})
 
 
 async def _recommend_batch(request: web.Request, req: BatchRequest) -> web.Response:
@@ -177,15 +235,24 @@ async def _recommend_batch(request: web.Request, req: BatchRequest) -> web.Respo
     n_parts = max(1, min(len(user_ids), request.app[SCORING_THREADS]))
     bounds = [len(user_ids) * part // n_parts for part in range(n_parts + 1)]
     parts = await asyncio.gather(*(
-        score(request, "recommend_batch", model.recommender.recommend_batch,
+        score(request, "recommend_batch", _recommend_encoded, model.recommender,
               user_ids[start:stop], req.k)
-        for start, stop in zip(bounds[:-1], bounds[1:])))
-    results = [recs for part in parts for recs in part]
-    return json_response({
-        "model_version": model.version,
-        "k": req.k,
-        "results": [recs.to_dict() for recs in results],
-    })
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True)))
+    return json_response({"model_version": model.version, "k": req.k,
+                          "results": orjson.Fragment(b"[" + b",".join(parts) + b"]")})
+
+
+def _recommend_encoded(recommender: Recommender, user_ids: list[ExternalId], k: int) -> bytes:
+    """``recommend_batch``'s answers as comma-separated JSON objects (in a scoring thread).
+
+    Encoded a few thousand items per orjson call: each call holds the GIL, and
+    between calls the event loop gets it back, so /ping stays fast meanwhile.
+    """
+    results = recommender.recommend_batch(user_ids, k)
+    step = max(1, ENCODE_ITEMS_PER_CALL // k)
+    return b",".join(
+        orjson.dumps([recs.to_dict() for recs in results[start:start + step]], option=JSON_OPTIONS)[1:-1]
+        for start in range(0, len(results), step))
 
 
 async def explain(request: web.Request) -> web.Response:
@@ -217,11 +284,10 @@ async def reload_model(request: web.Request) -> web.Response:
     if config.admin_token is None:
         raise ApiError(403, "reload_disabled",
                        "model reload is disabled; set TIMBRAL_ADMIN_TOKEN to enable it")
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), config.admin_token.encode()):
+    if not is_admin(request):
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <TIMBRAL_ADMIN_TOKEN>",
                        headers={"WWW-Authenticate": 'Bearer realm="timbral"'})
-    path = parse_reload_body(parse_json(await request.read()))
+    path = parse_reload_body(await request.read())
     if path is None:
         if config.model_dir is None:
             raise ApiError(422, "invalid_request",

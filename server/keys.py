@@ -6,16 +6,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from server.access_log import AccessLog
-from server.batching import RecommendBatcher
-from server.cache import TieredCache
-from server.config import Config
-from server.metrics import Metrics
-from server.state import ModelSlot, Reloader
+from .access_log import AccessLog
+from .batching import RecommendBatcher
+from .cache import TieredCache
+from .config import Config
+from .metrics import Metrics
+from .state import Lifecycle, ModelSlot, Reloader
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 MODEL = web.AppKey("model", ModelSlot)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 SCORING_THREADS = web.AppKey("scoring_threads", int)  # the executor's size
 BATCHER = web.AppKey("batcher", RecommendBatcher)

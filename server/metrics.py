@@ -59,7 +59,7 @@ class _RequestSeries(Collector):
             labels=("route",))
         for route, series in sorted(self.latency.items()):
             cumulative, buckets = 0.0, []
-            for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), series[:-1]):
+            for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), series[:-1], strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
             latency.add_metric((route,), buckets, series[-1])
@@ -88,6 +88,12 @@ class Metrics:
             "Share of cacheable recommendation requests answered from any cache tier since start.",
             registry=r)
         self.cache_hit_rate.set_function(self._hit_rate)
+        # read from the tier-1 cache when scraped (set_function, in create_app)
+        self.cache_bytes = Gauge("timbral_cache_bytes",
+                                 "Bytes held by the in-process cache (tier 1), keys and values.",
+                                 registry=r)
+        self.cache_entries = Gauge("timbral_cache_entries",
+                                   "Entries in the in-process cache (tier 1).", registry=r)
         self.active_models = Gauge("timbral_active_models",
                                    "Models loaded in memory (2 while a reload swaps).", registry=r)
         self.model_reloads = Counter("timbral_model_reloads", "Model reload attempts, by outcome.",

@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from server import handlers
+from . import handlers
 
 ROUTES = [
     web.get("/", handlers.index, name="index"),

@@ -6,19 +6,25 @@ expected, so a client can fix its call from the message alone.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from server.errors import ApiError
+from .errors import ApiError
 
 MIN_K, MAX_K = 1, 1000
 DEFAULT_K = 10
 MAX_ID_LIST = 10_000  # exclude_items / items entries in one request
 
 ExternalId = str | int
+
+_DECIMAL = re.compile(r"-?[0-9]{1,20}")
+# Exactly the spellings the OpenAPI document lists (Python's requests sends "True").
+_TRUE = frozenset({"true", "True", "1"})
+_FALSE = frozenset({"false", "False", "0"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +106,13 @@ _SINGLE_FIELDS = {"user_id", "k", "exclude_seen", "exclude_items", "items"}
 _BATCH_FIELDS = {"user_ids", "k"}
 
 
-def parse_recommendation_body(body: Any, *, max_batch: int,
+def parse_recommendation_body(body: Any, *, max_batch: int, max_batch_items: int,
                               max_id_length: int) -> RecommendRequest | BatchRequest:
-    """Validate ``POST /api/v1/recommendations``: one user, or ``user_ids`` for a batch."""
+    """Validate ``POST /api/v1/recommendations``: one user, or ``user_ids`` for a batch.
+
+    A batch asks for ``len(user_ids) × k`` items at most ``max_batch_items``: a 4 KB
+    request could otherwise ask for a 50 MB answer.
+    """
     if not isinstance(body, dict):
         raise invalid('the body must be a JSON object like {"user_id": "u1", "k": 10} '
                       f'or {{"user_ids": ["u1", "u2"], "k": 10}}, got {_describe(body)}')
@@ -115,10 +125,17 @@ def parse_recommendation_body(body: Any, *, max_batch: int,
             raise invalid(f"user_ids must be a non-empty list of ids, got {_describe(user_ids)}")
         if len(user_ids) > max_batch:
             raise invalid(f"user_ids has {len(user_ids)} entries; a batch holds at most {max_batch}")
-        return BatchRequest(
+        batch = BatchRequest(
             user_ids=_check_id_list(user_ids, "user_ids", max_id_length, max_batch),
             k=check_k(body.get("k", DEFAULT_K)),
         )
+        n_items = len(batch.user_ids) * batch.k
+        if n_items > max_batch_items:
+            raise ApiError(422, "batch_too_large",
+                           f"{len(batch.user_ids)} user_ids × k={batch.k} asks for {n_items} items; "
+                           f"a batch answers at most {max_batch_items} (TIMBRAL_MAX_BATCH_ITEMS): "
+                           "send fewer users per request or a smaller k")
+        return batch
     if "user_id" not in body:
         raise invalid("missing field user_id (or user_ids for a batch)")
     _reject_unknown(body, _SINGLE_FIELDS)
@@ -146,24 +163,22 @@ def query_k(query: Mapping[str, str]) -> int:
     raw = query.get("k")
     if raw is None:
         return DEFAULT_K
-    try:
-        value = int(raw)
-    except ValueError:
+    # ASCII digits only: int() would also take " 5", "+5", "1_0" and "٥"
+    if not _DECIMAL.fullmatch(raw):
         raise invalid(f"query parameter k must be an integer in {MIN_K}..{MAX_K}, "
-                      f"got {_describe(raw)}") from None
-    return check_k(value, "query parameter k")
+                      f"got {_describe(raw)}")
+    return check_k(int(raw), "query parameter k")
 
 
 def query_bool(query: Mapping[str, str], name: str, default: bool) -> bool:
     raw = query.get(name)
     if raw is None:
         return default
-    lowered = raw.lower()
-    if lowered in ("1", "true", "yes"):
+    if raw in _TRUE:
         return True
-    if lowered in ("0", "false", "no"):
+    if raw in _FALSE:
         return False
-    raise invalid(f"query parameter {name} must be true or false, got {_describe(raw)}")
+    raise invalid(f"query parameter {name} must be true or false (or 1 or 0), got {_describe(raw)}")
 
 
 def check_path_id(raw: str, field: str, max_length: int) -> str:
@@ -172,15 +187,20 @@ def check_path_id(raw: str, field: str, max_length: int) -> str:
     return raw
 
 
-def parse_reload_body(body: Any) -> str | None:
-    """``{"path": "..."}`` or an empty body (reload the configured directory)."""
-    if body is None:
+def parse_reload_body(raw: bytes) -> str | None:
+    """``{"path": "..."}`` or an empty body (reload the configured directory).
+
+    A JSON ``null`` body is not an empty one: it is refused, as the document says.
+    """
+    if not raw.strip():
         return None
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise invalid(f'the body must be a JSON object like {{"path": "/models/v2"}}, got {_describe(body)}')
     _reject_unknown(body, {"path"})
     path = body.get("path")
-    if path is not None and (not isinstance(path, str) or not 0 < len(path) <= 4096):
-        raise invalid(f"path must be a non-empty string of at most 4096 characters, "
-                      f"got {_describe(path)}")
+    if path is not None and (not isinstance(path, str) or not 0 < len(path) <= 4096
+                             or "\x00" in path):
+        raise invalid(f"path must be a non-empty string of at most 4096 characters without "
+                      f"NUL, got {_describe(path)}")
     return path

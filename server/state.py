@@ -16,13 +16,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from server.errors import ApiError
-from server.metrics import Metrics
-from server.schemas import ExternalId
-from timbral.recommender import Recommender
 from timbral.exceptions import ArtifactError
+from timbral.ids import IdMap
+from timbral.recommender import Recommender
 
-log = logging.getLogger("server.model")
+from .errors import ApiError
+from .metrics import Metrics
+from .schemas import ExternalId
+
+log = logging.getLogger("timbral.server.model")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,15 +35,14 @@ class LoadedModel:
     loaded_at: datetime
     n_users: int
     n_items: int
-    user_ids_are_ints: bool
-    item_ids_are_ints: bool
 
     def user_id(self, value: ExternalId) -> ExternalId:
-        """Coerce a client's id to the model's id type (path segments are strings)."""
-        return _coerce(value, self.user_ids_are_ints)
+        """A client's user id in the model's id kind (path segments are strings)."""
+        return _coerce(value, self.recommender.user_map)
 
     def item_id(self, value: ExternalId) -> ExternalId:
-        return _coerce(value, self.item_ids_are_ints)
+        """A client's item id in the model's id kind."""
+        return _coerce(value, self.recommender.item_map)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -53,19 +54,16 @@ class LoadedModel:
         }
 
 
-def _coerce(value: ExternalId, to_int: bool) -> ExternalId:
-    if to_int and isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return value  # not an id this model can know: it answers "unknown"
-    if not to_int and isinstance(value, int):
-        return str(value)
-    return value
+def _coerce(value: ExternalId, ids: IdMap) -> ExternalId:
+    """``value`` as the map parses it; a string that cannot be one of its ids stays as sent.
 
-
-def _integer_ids(ids: Any) -> bool:
-    return getattr(getattr(ids, "dtype", None), "kind", "O") in "iu"
+    Matching is exact (``IdMap.parse``): ``"042"``, ``" 42"``, ``"+42"`` or ``"4_2"`` are
+    not user 42, so they are answered as unknown users under the id the client sent.
+    """
+    if isinstance(value, str):
+        parsed = ids.parse(value)
+        return value if parsed is None else parsed
+    return str(value) if ids.kind == "str" else value
 
 
 def load_model(path: Path, metrics: Metrics) -> LoadedModel:
@@ -79,7 +77,11 @@ def load_model(path: Path, metrics: Metrics) -> LoadedModel:
     ArtifactError
         The directory is missing, damaged, or its model cannot score.
     """
-    if not path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ArtifactError(f"model directory {str(path)!r} cannot be looked up: {exc.strerror}") from None
+    if not is_dir:
         raise ArtifactError(f"model directory {str(path)!r} does not exist or is not a directory")
     try:
         recommender = Recommender.load(path)
@@ -109,9 +111,18 @@ def load_model(path: Path, metrics: Metrics) -> LoadedModel:
         loaded_at=datetime.now(timezone.utc),
         n_users=int(recommender.n_users),
         n_items=int(recommender.n_items),
-        user_ids_are_ints=_integer_ids(recommender.user_ids),
-        item_ids_are_ints=_integer_ids(recommender.item_ids),
     )
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Where the process is in its life: ``draining`` from SIGTERM until it exits.
+
+    While draining, readiness answers 503 so load balancers stop routing here, and
+    every other endpoint keeps answering until the listener closes.
+    """
+
+    draining: bool = False
 
 
 @dataclass(slots=True)

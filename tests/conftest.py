@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-
 from redis_server import RedisProcess, redis_executable
 
 

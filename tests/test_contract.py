@@ -44,7 +44,7 @@ def fitted(request, reference, tmp_path_factory) -> NMFModel:
     if request.param == "loaded":
         return NMFModel.load(reference.save(tmp_path_factory.mktemp("contract") / "model"))
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
     ) as cluster, distributed.Client(cluster) as client:
         return fit_distributed(NMFModel(**SETTINGS), plays(), client, n_shards=3)
 

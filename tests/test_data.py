@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from timbral.cleaning import MAX_USER_ITEMS
 from timbral.data import Interactions, ValidationReport, load_interactions
 from timbral.exceptions import DataError, UnknownIdError, ValidationError
 
@@ -68,7 +69,7 @@ def test_every_format_reads_the_same_interactions(tmp_path, ext, int_ids):
     reference = load_interactions(write(df, tmp_path / "ref.csv", "csv"), **LOOSE)
     got = load_interactions(write(df, tmp_path / f"data.{ext}", ext), **LOOSE)
     same(reference, got)
-    assert got.user_ids.dtype.kind == ("i" if int_ids else "U")
+    assert got.users.kind == ("int" if int_ids else "str")
     assert got.report.columns == {"user": "user_id", "item": "item_id", "rating": "plays", "timestamp": "timestamp"}
 
 
@@ -88,9 +89,9 @@ def test_ids_map_to_sorted_contiguous_indices_and_back(tmp_path):
     assert data.item_index(300) == 2
     assert data.user_items[data.user_index(20), data.item_index(300)] == 5
     assert data.timestamps[0, data.item_index(300)] == 1_600_000_000
-    with pytest.raises(UnknownIdError, match="user id 99 is not in the data"):
+    with pytest.raises(UnknownIdError, match=r"user_id 99 is not known \(3 user_ids\)"):
         data.user_index(99)
-    with pytest.raises(UnknownIdError, match="item id 'x' is not in the data"):
+    with pytest.raises(UnknownIdError, match="item_id 'x' is not known"):
         data.item_index("x")
 
 
@@ -116,7 +117,7 @@ def test_aliases_and_sniffed_separator(tmp_path, header, expected):
     path = tmp_path / "d.txt"
     path.write_text(header + "\n" + "\n".join(sep.join(map(str, r)) for r in [(1, 2, 3), (1, 3, 4), (2, 2, 1)]) + "\n")
     data = load_interactions(path, **LOOSE)
-    assert data.report.columns == dict(zip(("user", "item", "rating", "timestamp"), expected + (None,)))
+    assert data.report.columns == dict(zip(("user", "item", "rating", "timestamp"), expected + (None,), strict=True))
     assert data.nnz == 3 and data.user_items.sum() == 8
 
 
@@ -206,7 +207,8 @@ def test_binary_file(tmp_path):
 def test_missing_column_lists_columns_and_option(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("person,artist,plays\n1,2,3\n")
-    with pytest.raises(DataError, match=r"no user column .*columns found: 'person', 'artist', 'plays'.*user_col= \(CLI: --user-col\)"):
+    expected = r"no user column .*columns found: 'person', 'artist', 'plays'.*user_col= \(CLI: --user-col\)"
+    with pytest.raises(DataError, match=expected):
         load_interactions(path)
     with pytest.raises(DataError, match=r"item_col='song' is not a column"):
         load_interactions(path, user_col="person", item_col="song")
@@ -216,11 +218,8 @@ def test_missing_column_lists_columns_and_option(tmp_path):
         load_interactions(headerless)
 
 
-def test_unknown_separator_and_double_colon(tmp_path):
+def test_unknown_separator(tmp_path):
     path = tmp_path / "d.dat"
-    path.write_text("user_id::item_id::rating\n1::2::3\n")
-    with pytest.raises(DataError, match="'::'"):
-        load_interactions(path)
     path.write_text("useritem\n12\n")
     with pytest.raises(DataError, match=r"cannot detect the field separator.*pass sep="):
         load_interactions(path)
@@ -281,14 +280,15 @@ def test_garbage_rows_mid_file_keep_the_good_rows(tmp_path):
     same(good, got)
     r = got.report
     assert (r.rows_malformed, r.dropped_missing_id, r.nnz) == (3, 2, 200)
-    assert got.user_ids.dtype.kind == "i"  # one garbage id in the first block does not make ids text
+    assert got.users.kind == "int"  # one garbage id in the first block does not make ids text
 
 
 def test_garbage_after_the_first_block_falls_back_to_text(tmp_path, monkeypatch):
-    import timbral.data as data_module
+    import timbral.io.csv
 
-    monkeypatch.setattr(data_module, "_CSV_BLOCK_BYTES", 64)  # force several blocks
-    lines = ["user,item,plays"] + [f"{u},{i},{i}" for u in range(1, 21) for i in range(1, 4)]
+    monkeypatch.setattr(timbral.io.csv, "BLOCK_BYTES", 64)  # force several blocks
+    # 300 rows: the two garbage ids stay under the 1 % that keeps an id column integer.
+    lines = ["user,item,plays"] + [f"{u},{i},{i}" for u in range(1, 101) for i in range(1, 4)]
     (tmp_path / "clean.csv").write_text("\n".join(lines) + "\n")
     lines.insert(50, "7,3.5,oops")
     lines.insert(55, "eight,1,2.5e0")
@@ -345,13 +345,18 @@ def activity_frame() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user", "item", "plays"])
 
 
-def test_auto_outlier_rules():
+def test_default_rules_keep_heavy_users_and_drop_implausible_values():
+    # Issue 9.7: a listener with 50x the median number of items is a person, not an outlier.
     df = activity_frame()
     data = Interactions.from_frame(df)
     r = data.report
-    assert (r.dropped_implausible_value, r.outlier_users, r.outlier_user_interactions) == (1, 1, 400)
-    assert 10 < r.max_value < 10**9 and 8 < r.max_user_interactions < 400
-    assert 999 not in data.user_ids and data.n_users == 30
+    assert (r.dropped_implausible_value, r.outlier_users, r.outlier_user_interactions) == (1, 0, 0)
+    assert 10 < r.max_value < 10**9 and r.max_user_interactions == MAX_USER_ITEMS == 100_000
+    assert data.user_index(999) == 30 and data.n_users == 31
+    assert data.user_items[data.user_index(999)].nnz == 400
+    bots = Interactions.from_frame(df, max_user_interactions=300)
+    assert (bots.report.outlier_users, bots.report.outlier_user_interactions) == (1, 400)
+    assert 999 not in bots.user_ids and bots.n_users == 30
     kept = Interactions.from_frame(df, max_user_interactions=None, max_value=None)
     assert kept.n_users == 31 and kept.user_items.max() == 10**9
     capped = Interactions.from_frame(df, max_user_interactions=6, max_value=5)
@@ -375,13 +380,15 @@ def test_min_counts_once_and_to_fixed_point():
     assert single.n_users == 3 and np.diff(single.user_items.indptr).min() == 1
     fixed = Interactions.from_frame(chain, min_user_interactions=2, min_item_interactions=2,
                                     max_user_interactions=None, iterate_min_counts=True)
-    assert (fixed.report.min_count_passes, fixed.report.sparse_users_removed, fixed.report.sparse_items_removed) == (3, 2, 2)
+    r = fixed.report
+    assert (r.min_count_passes, r.sparse_users_removed, r.sparse_items_removed) == (3, 2, 2)
     np.testing.assert_array_equal(fixed.user_ids, [1, 2])
     assert np.diff(fixed.user_items.indptr).min() >= 2 and np.diff(fixed.user_items.tocsc().indptr).min() >= 2
 
 
 def test_everything_removed_names_the_rule():
-    with pytest.raises(DataError, match=r"min_user_interactions=5 .*most active remaining user had 2 items.*lower min_user_interactions"):
+    expected = r"min_user_interactions=5 .*most active remaining user had 2 items.*lower min_user_interactions"
+    with pytest.raises(DataError, match=expected):
         Interactions.from_frame(frame())
     bad = pd.DataFrame({"user": [1, 2], "item": [1, 2], "rating": [-1.0, float("inf")]})
     with pytest.raises(DataError, match=r"every one of the 2 rows .*nonfinite_rating: 1, negative_rating: 1"):
@@ -397,3 +404,179 @@ def test_report_table_and_json():
     payload = json.loads(data.report.to_json())
     assert payload["nnz"] == data.nnz and payload["columns"]["user"] == "user"
     assert ValidationReport(**payload) == data.report
+
+
+# ------------------------------------------- issue 10 (points 10-12): exact ids, file shapes
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl", "json"])
+def test_ids_beyond_int64_are_exact_strings_not_floats(tmp_path, ext):
+    # Regression: one id >= 2**63 made pyarrow read the column as float64, merging ids above 2**53.
+    users = [2**63, 2**63 + 1, 2**64 - 1, 5]
+    df = pd.DataFrame({"user": [str(u) for u in users], "item": [1, 1, 1, 1]})
+    if ext == "csv":
+        path = write_text(tmp_path / "d.csv", "user,item\n" + "".join(f"{u},1\n" for u in users))
+    else:
+        rows = [f'{{"user": {u}, "item": 1}}' for u in users]
+        body = "\n".join(rows) if ext == "jsonl" else "[" + ",".join(rows) + "]"
+        path = write_text(tmp_path / f"d.{ext}", body)
+    data = load_interactions(path, **LOOSE)
+    assert data.users.kind == "str" and data.n_users == 4
+    assert sorted(data.user_ids.tolist()) == sorted(df["user"].tolist())
+    assert data.user_index(2**64 - 1) == data.user_index("18446744073709551615")
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl", "parquet"])
+def test_19_digit_and_above_2_53_ids_stay_exact_ints(tmp_path, ext):
+    # Regression: the text re-read path dropped valid 19-digit ids as missing.
+    users = [2**63 - 1, 2**63 - 2, -(2**63), 1234567890123456789, 2**53, 2**53 + 1]
+    df = pd.DataFrame({"user": np.array(users, dtype=np.int64), "item": 1})
+    path = write(df, tmp_path / f"d.{ext}", ext)
+    if ext == "csv":  # a late non-numeric rating forces the text re-read path
+        with path.open("a") as fh:
+            fh.write("7,1,\n")
+    data = load_interactions(path, **LOOSE)
+    assert data.users.kind == "int" and data.user_ids.dtype == np.int64
+    assert data.user_ids.tolist() == sorted(users)
+
+
+@pytest.mark.parametrize("ext", ["csv", "parquet", "jsonl"])
+def test_leading_zeros_never_merge(tmp_path, ext):
+    df = pd.DataFrame({"user": ["007", "7", "0", "00"], "item": ["1", "1", "1", "1"]})
+    path = write(df, tmp_path / f"d.{ext}", ext)
+    data = load_interactions(path, **LOOSE)
+    assert data.users.kind == "str" and sorted(data.user_ids.tolist()) == ["0", "00", "007", "7"]
+    assert data.user_index("007") != data.user_index("7") == data.user_index(7)
+
+
+def test_uint64_parquet_ids(tmp_path):
+    # Regression: 18446744073709551615 wrapped to -1, then a raw OverflowError.
+    table = pa.table({"user": pa.array([2**64 - 1, 2**63, 3], pa.uint64()),
+                      "item": pa.array([1, 2, 3], pa.uint64())})
+    pq.write_table(table, tmp_path / "d.parquet")
+    data = load_interactions(tmp_path / "d.parquet", **LOOSE)
+    assert data.users.kind == "str"
+    assert sorted(data.user_ids.tolist()) == ["18446744073709551615", "3", "9223372036854775808"]
+    assert data.items.kind == "int" and data.item_ids.tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("ext", ["csv", "parquet", "jsonl"])
+def test_a_20000_character_id_is_an_error_naming_the_row(tmp_path, ext):
+    # Regression: one such id made a fixed-width U20000 id map of 1.5 GiB for 20k users.
+    df = pd.DataFrame({"user": ["a", "b", "x" * 20_000, "c"], "item": ["1", "2", "3", "4"]})
+    with pytest.raises(DataError, match=r"the user id in data row 3 is 20,000 bytes long; ids are at most 256 bytes"):
+        load_interactions(write(df, tmp_path / f"d.{ext}", ext), **LOOSE)
+    data = load_interactions(write(df, tmp_path / f"ok.{ext}", ext), max_id_bytes=20_000, **LOOSE)
+    assert data.user_ids.dtype == object and data.n_users == 4
+
+
+def test_string_ids_take_memory_proportional_to_their_length():
+    df = pd.DataFrame({"user": [f"u{j}" for j in range(2000)] + ["x" * 200], "item": "a"})
+    data = Interactions.from_frame(df, **LOOSE)
+    assert data.user_ids.dtype == object  # not U200: 2001 × 800 bytes
+    assert data.users.lookup(["x" * 200, "u5"]).tolist() == [data.n_users - 1, data.user_index("u5")]
+
+
+def test_header_with_spaces_after_commas(tmp_path):
+    # Regression: pyarrow.ArrowKeyError and a 30-line traceback.
+    path = write_text(tmp_path / "d.csv", "user, item, rating\n1, a, 3\n1, b, 4\n2, a, 1.5\n")
+    data = load_interactions(path, **LOOSE)
+    assert data.report.columns == {"user": "user", "item": "item", "rating": "rating", "timestamp": None}
+    assert data.user_ids.tolist() == [1, 2] and data.item_ids.tolist() == ["a", "b"]
+    np.testing.assert_array_equal(data.user_items.toarray(), [[3, 4], [1.5, 0]])
+
+
+@pytest.mark.parametrize("header", ["user-id,game-title,value", "User ID,Game Title,Hours",
+                                    "USER_ID,MOVIE-ID,RATING", "listener,artist,plays"])
+def test_headers_match_aliases_ignoring_case_spaces_dashes_and_underscores(tmp_path, header):
+    path = write_text(tmp_path / "d.csv", header + "\n1,Dota 2,3\n2,Half-Life,1\n")
+    data = load_interactions(path, **LOOSE)
+    assert data.report.columns["user"] == header.split(",")[0]
+    assert data.item_ids.tolist() == ["Dota 2", "Half-Life"] and data.user_items.sum() == 4
+    assert load_interactions(path, user_col="userid" if "-" in header else None, **LOOSE).nnz == 2
+
+
+def test_ragged_rows_do_not_hide_the_separator(tmp_path):
+    # Regression: one row with an extra field made sniffing give up.
+    lines = ["user;item;plays"] + [f"{u};{i};2" for u in range(1, 6) for i in range(1, 4)]
+    lines[4] += ";extra"
+    lines[7] = "3;1"
+    data = load_interactions(write_text(tmp_path / "d.txt", "\n".join(lines) + "\n"), **LOOSE)
+    assert data.report.rows_malformed == 2 and data.nnz == 13
+
+
+@pytest.mark.parametrize("header", ["", "UserID::MovieID::Rating::Timestamp\n"])
+def test_double_colon_movielens_files(tmp_path, header):
+    # MovieLens 1M/10M ratings.dat: '::'-separated, no header line.
+    body = "1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978300000\n2::3408::4::978300001\n"
+    data = load_interactions(write_text(tmp_path / "ratings.dat", header + body), feedback="explicit", **LOOSE)
+    assert data.user_ids.tolist() == [1, 2] and data.item_ids.tolist() == [661, 1193, 3408]
+    np.testing.assert_array_equal(data.user_items.toarray(), [[3, 5, 0], [0, 4, 4]])
+    assert data.timestamps[0, 1] == 978300760
+    assert data.report.columns["timestamp"] == ("Timestamp" if header else "timestamp")
+
+
+def test_double_colon_across_read_blocks(tmp_path):
+    body = "".join(f"{u}::{i}::{u % 5 + 1}\n" for u in range(1, 3000) for i in (1, 2))
+    path = write_text(tmp_path / "big.dat", "user::item::rating\n" + body)
+    data = load_interactions(path, **LOOSE)
+    assert (data.n_users, data.nnz, data.report.rows_malformed) == (2999, 5998, 0)
+
+
+def test_json_array_is_parsed_not_split(tmp_path, monkeypatch):
+    # Regression: a value holding '},{' was cut by a regex, dropping rows.
+    import timbral.io.json
+
+    monkeypatch.setattr(timbral.io.json, "_READ_BYTES", 7)  # elements straddle every read
+    objects = [{"user": 1, "item": "a},{\"b", "plays": 2}, {"user": 1, "item": "x\n}, {y", "plays": 3},
+               {"user": 2, "item": "é", "plays": 1.5}, [1, 2], {"user": 3, "item": "a},{\"b", "plays": 4}]
+    path = write_text(tmp_path / "d.json", json.dumps(objects, ensure_ascii=False, indent=1))
+    data = load_interactions(path, **LOOSE)
+    assert data.item_ids.tolist() == sorted(["a},{\"b", "x\n}, {y", "é"])
+    assert (data.nnz, data.report.rows_malformed, data.user_items.sum()) == (4, 1, 10.5)
+
+
+@pytest.mark.parametrize("ext", ["json", "jsonl"])
+def test_json_ids_that_are_not_unicode_are_missing(tmp_path, ext):
+    rows = ['{"user": "\\ud800x", "item": 1}', '{"user": "b", "item": 1}', '{"user": "c", "item": "\\udfff"}']
+    body = "[" + ",".join(rows) + "]" if ext == "json" else "\n".join(rows)
+    data = load_interactions(write_text(tmp_path / f"d.{ext}", body), **LOOSE)
+    assert data.user_ids.tolist() == ["b"] and data.report.dropped_missing_id == 2
+
+
+@pytest.mark.parametrize("body, match", [
+    ('[{"user": 1, "item": 2}, {"user": 2, ', "not a valid JSON array"),
+    ('[{"user": 1, "item": 2} {"user": 2, "item": 3}]', "expected ',' or ']'"),
+    ("[]", "holds no JSON objects"),
+])
+def test_broken_json_arrays(tmp_path, body, match):
+    with pytest.raises(DataError, match=match):
+        load_interactions(write_text(tmp_path / "d.json", body), **LOOSE)
+
+
+def test_truncated_gzip_names_the_path(tmp_path):
+    # Regression: a bare OSError without the path.
+    data = gzip.compress(("user,item\n" + "".join(f"{u},{u % 7}\n" for u in range(50_000))).encode())
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cannot read '.*cut.csv.gz' as csv \(gzip\).*truncated or damaged"):
+        load_interactions(path, **LOOSE)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("person,artist\n1,2\n", "no user column"),
+    ("user,item\n" + "x" * 20_000 + ",1\n", "data row 1 is 20,000 bytes long"),
+    ("user,user,item\n1,2,3\n", "repeated column names"),
+])
+def test_cli_reports_a_bad_file_in_one_line_with_status_2(tmp_path, capsys, content, message):
+    from timbral.cli import main
+
+    path = write_text(tmp_path / "bad.csv", content)
+    assert main(["train", str(path), "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import threading
 import tracemalloc
 
@@ -81,6 +82,17 @@ def test_issue10_8_a_symlinked_model_directory_stays_a_symlink(tmp_path, fitted)
     assert (tmp_path / "current").is_symlink()
     assert (tmp_path / "v1" / "metadata.json").is_file()  # the operator's directory is left alone
     assert_array_equal(NMFModel.load(tmp_path / "current").item_factors_, fitted.item_factors_)
+
+
+def test_issue10_8_a_plain_directory_from_timbral_0_1_is_replaced_by_a_version(tmp_path, fitted):
+    saved = fitted.save(tmp_path / "saved")
+    plain = tmp_path / "plain"
+    shutil.copytree(saved.resolve(), plain)  # the old layout: files directly in the directory
+    assert_array_equal(NMFModel.load(plain).user_factors_, fitted.user_factors_)
+    fitted.save(plain)
+    assert plain.is_symlink() and NMFModel.load(plain).n_iter_ == fitted.n_iter_
+    fitted.save(plain)  # the moved-aside original is pruned by the next save
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith(".plain.version-")]) == 2
 
 
 def test_issue10_8_there_is_never_a_moment_without_a_model(tmp_path, fitted, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -125,3 +127,81 @@ def test_observed_dot_is_the_score_of_each_stored_entry(kernels):
     kernels.observed_dot(R.indptr, R.indices, W, H, out, 2)
     coo = R.tocoo()
     np.testing.assert_allclose(out, np.sum(W[coo.row] * H[coo.col], axis=1), rtol=1e-6)
+
+
+def _rows_of_length(lengths, n_cols, dtype, k, seed=0):
+    """CSR with rows of the given lengths (distinct random columns, values 1..5), X and Y."""
+    rng = np.random.default_rng(seed)
+    cols = [np.sort(rng.choice(n_cols, n, replace=False)) for n in lengths]
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    indices = np.concatenate(cols).astype(np.int32)
+    data = rng.integers(1, 6, indices.size).astype(dtype)
+    R = sp.csr_matrix((data, indices, indptr), shape=(len(lengths), n_cols))
+    X = rng.random((len(lengths), k)).astype(dtype)
+    Y = rng.random((n_cols, k)).astype(dtype)
+    return R, X, Y
+
+
+def _observed_loss(R, X, Y, offset, scale, target_one, beta):
+    """Σ_j c_j (p_j − s_j)² − beta · s_j² of each row, s = X Yᵀ, from the reference."""
+    coo = R.tocoo()
+    c, p = _reference.confidence_and_target(coo.data, conf_offset=offset, conf_scale=scale,
+                                            target_one=target_one)
+    s = np.sum(X.astype(np.float64)[coo.row] * Y.astype(np.float64)[coo.col], axis=1)
+    return np.bincount(coo.row, c * (p - s) ** 2 - beta * s * s, minlength=R.shape[0])
+
+
+# Every feedback kind, and weights c − beta of both signs (the chunked path splits them).
+LONG_ROW_CASES = {**FEEDBACK, "mixed_sign_weights": (1.0, 1.0, True, 3.0)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", sorted(LONG_ROW_CASES))
+@pytest.mark.parametrize("n_sweeps", [1, 3])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_rows_longer_than_a_chunk_match_the_reference(kernels, dtype, case, n_sweeps, n_threads):
+    """Issue 10.14: a row longer than the scratch is read in chunks, with the same result."""
+    long = kernels.LONG_ROW_ENTRIES
+    offset, scale, target_one, beta = LONG_ROW_CASES[case]
+    # Twice the limit and a bit, one entry over, exactly at the limit, empty, short.
+    R, X, Y = _rows_of_length([2 * long + 500, long + 1, long, 0, 7], 2 * long + 600, dtype, k=6)
+    gram = _gram(Y, beta, l2=0.1)
+    expected = X.copy()
+    _reference.solve_rows(R, expected, Y, gram, conf_offset=offset, conf_scale=scale,
+                          target_one=target_one, beta=beta, l1=0.2, n_sweeps=n_sweeps)
+    got = X.copy()
+    row_loss = np.full(R.shape[0], np.nan)
+    kernels.solve_rows(R.indptr, R.indices, R.data, got, Y, gram, offset, scale, target_one,
+                       beta, 0.2, n_sweeps, n_threads, row_loss)
+    np.testing.assert_allclose(got, expected, **TOL[dtype])
+    np.testing.assert_allclose(
+        row_loss, _observed_loss(R, got, Y, offset, scale, target_one, beta),
+        rtol=1e-4 if dtype == np.float32 else 1e-9, atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_scratch_is_bounded_whatever_the_longest_row(kernels, n_threads):
+    """Issue 10.14: per-thread scratch is O(k · LONG_ROW_ENTRIES + k²), not O(k · longest).
+
+    The kernel allocates through ``PyMem_RawMalloc``, which tracemalloc traces, so the
+    peak is exact (no RSS noise). Before chunking this row needed k · n values per thread.
+    """
+    long, k = kernels.LONG_ROW_ENTRIES, 16
+    R, X, Y = _rows_of_length([16 * long, 3, long // 2], 16 * long, np.float64, k)
+    gram = _gram(Y, 1.0, 0.1)
+    expected = X.copy()
+    _reference.solve_rows(R, expected, Y, gram, conf_offset=1.0, conf_scale=2.0,
+                          target_one=True, beta=1.0, l1=0.0)
+    tracemalloc.start()
+    try:
+        kernels.solve_rows(R.indptr, R.indices, R.data, X, Y, gram, 1.0, 2.0, True, 1.0, 0.0,
+                           1, n_threads)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The documented bound: (3k + 2L + k² + k) doubles and (16k + k·L) values per thread.
+    bound = n_threads * 8 * ((4 * k + 2 * long + k * k) + (16 * k + k * long))
+    assert peak <= bound + 16_384  # + Python's own small allocations during the call
+    assert 8 * k * R.indptr[1] > 10 * bound / n_threads  # what the unchunked row needed
+    np.testing.assert_allclose(X, expected, **TOL[np.float64])

@@ -119,7 +119,7 @@ def test_similar_and_explain(rec, model):
 
 
 def test_unknown_ids_raise(rec):
-    with pytest.raises(UnknownIdError, match="item_id 'nope' is not known to the model"):
+    with pytest.raises(UnknownIdError, match=r"item_id 'nope' is not known \(60 item_ids\)"):
         rec.similar("nope")
     with pytest.raises(UnknownIdError, match="item_id 1 is not known"):
         rec.explain("user-3", 1)
@@ -166,3 +166,69 @@ def test_load_refuses_damage(tmp_path, rec):
     (tmp_path / "model" / "arrays.npz").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(ArtifactError, match="does not match its sha256 checksum"):
         Recommender.load(tmp_path / "model")
+
+
+# ------------------------------------------------ exact ids (issue 10 points 6, 10, 11)
+
+HOSTILE_INT_USERS = [2**63 - 1, -(2**63), 1234567890123456789, 2**53, 2**53 + 1, 0, 7]
+HOSTILE_STR_USERS = ["007", "7", "18446744073709551615", "Sigur Rós", "🎵 mix", "a,b", "x" * 256]
+
+
+@pytest.mark.parametrize("users", [HOSTILE_INT_USERS, HOSTILE_STR_USERS], ids=["int", "str"])
+def test_ids_round_trip_exactly_through_load_fit_save_load(tmp_path, users):
+    from timbral import load_interactions
+
+    items = ["007", "7", "1e3", "٤٢", "song,with,commas", "q\"uote"]
+    rows = [{"user": u, "item": items[(j + n) % len(items)], "plays": 1 + j}
+            for n, u in enumerate(users) for j in range(4)]
+    path = tmp_path / "plays.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    data = load_interactions(path, min_user_interactions=1)
+    assert data.users.kind == ("int" if isinstance(users[0], int) else "str") and data.items.kind == "str"
+    assert sorted(data.user_ids.tolist()) == sorted(users) and sorted(data.item_ids.tolist()) == sorted(items)
+    model = NMFModel(n_components=2, max_iter=3, random_state=0, n_threads=1).fit(data.user_items)
+    Recommender(model, data.users, data.items, data.user_items).save(tmp_path / "model")
+    back = Recommender.load(tmp_path / "model")
+    assert back.user_ids.tolist() == data.user_ids.tolist() and back.item_ids.tolist() == data.item_ids.tolist()
+    for user in users:
+        row = back.user_map.index(user)
+        assert back.user_ids[row] == user and type(back.user_map.external(row)) is type(user)
+        out = back.recommend(user, k=3, exclude_seen=False)
+        assert out.strategy == "nmf" and out.user_id == user
+        assert {i for i, _ in out.items} <= set(items)
+    for item in items:
+        assert back.item_map.external(back.item_map.index(item)) == item
+    assert back.item_map.lookup(["42", 7, "7.0"]).tolist() == [-1, data.item_index("7"), -1]
+
+
+def test_int_user_ids_match_only_canonical_text(model):
+    rec = Recommender(model, np.arange(500, 620), [f"t{j}" for j in range(60)])
+    assert rec.known_user(501) and rec.known_user("501") and rec.known_user(np.int32(501))
+    for text in ["+501", " 501", "501 ", "5_01", "0501", "٥٠١", "501.0"]:  # int() accepts the first six
+        assert not rec.known_user(text), text
+        out = rec.recommend(text, k=2)
+        assert out.strategy == "popularity" and out.user_id == text
+    assert not rec.known_user(501.0) and not rec.known_item(5)
+    assert rec.user_map.parse("501") == 501 and rec.user_map.parse("+501") is None
+
+
+def test_format_1_directories_with_fixed_width_ids_still_load(tmp_path, rec):
+    import hashlib
+
+    from timbral.artifact import _canonical
+
+    directory = rec.save(tmp_path / "model")
+    with np.load(directory / "arrays.npz", allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    assert "user_offsets" in arrays and "user_ids" not in arrays
+    arrays["user_ids"] = np.array(USERS)  # what format 1 wrote: fixed-width <U8
+    del arrays["user_offsets"], arrays["user_bytes"]
+    del arrays["seen_indptr"], arrays["seen_indices"], arrays["seen_data"]  # format 1 had none
+    np.savez(directory / "arrays.npz", **arrays)
+    meta = json.loads((directory / "metadata.json").read_text())
+    meta["format_version"] = 1
+    meta["checksums"]["arrays.npz"] = hashlib.sha256((directory / "arrays.npz").read_bytes()).hexdigest()
+    meta["checksums"]["metadata.json"] = hashlib.sha256(_canonical(meta)).hexdigest()
+    (directory / "metadata.json").write_text(json.dumps(meta))
+    old = Recommender.load(directory)
+    assert old.user_ids.tolist() == USERS and old.recommend("user-3", k=4) == rec.recommend("user-3", k=4)

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 from server_support import N_USERS, config
 
-from server.app import create_app
-from server.batching import RecommendBatcher
-from server.state import load_model
-from server.metrics import Metrics
+from timbral.server.app import create_app
+from timbral.server.batching import RecommendBatcher
+from timbral.server.metrics import Metrics
+from timbral.server.state import load_model
 
 
 @pytest.fixture
@@ -25,9 +25,9 @@ async def test_concurrent_requests_share_a_batch_and_match_single_scoring(client
     users = [f"u{i}" for i in range(0, N_USERS, 3)]
     ks = [1 + (i % 7) for i in range(len(users))]
     responses = await asyncio.gather(
-        *(client.get(f"/api/v1/recommendations/{u}", params={"k": k}) for u, k in zip(users, ks))
+        *(client.get(f"/api/v1/recommendations/{u}", params={"k": k}) for u, k in zip(users, ks, strict=True))
     )
-    for user, k, response in zip(users, ks, responses):
+    for user, k, response in zip(users, ks, responses, strict=True):
         assert response.status == 200
         body = await response.json()
         expected = recommender.recommend(user, k)
@@ -72,3 +72,4 @@ async def test_a_failing_batch_fails_its_requests_and_the_batcher_recovers(model
         assert len(results[2].items) == 5  # another model's batch was unaffected
         again = await batcher.recommend(good, "u1", 4, True)
     assert [item for item, _ in again.items] == [item for item, _ in good.recommender.recommend("u1", 4).items]
+

@@ -7,9 +7,15 @@ import asyncio
 import redis.asyncio as aioredis
 from server_support import ADMIN_TOKEN, config
 
-from server.app import create_app
-from server.cache import BreakerState, CircuitBreaker, LRUCache, cache_key
-from server.keys import CACHE, METRICS
+from timbral.server.app import create_app
+from timbral.server.cache import (
+    ENTRY_OVERHEAD_BYTES,
+    BreakerState,
+    CircuitBreaker,
+    LRUCache,
+    cache_key,
+)
+from timbral.server.keys import CACHE, METRICS
 
 
 class Clock:
@@ -22,7 +28,7 @@ class Clock:
 
 def test_lru_evicts_least_recently_used_and_expires():
     clock = Clock()
-    cache = LRUCache(max_entries=2, ttl_seconds=10, clock=clock)
+    cache = LRUCache(max_bytes=2 * (1 + 1 + ENTRY_OVERHEAD_BYTES), ttl_seconds=10, clock=clock)
     cache.set("a", b"1")
     cache.set("b", b"2")
     assert cache.get("a") == b"1"  # a is now the most recent
@@ -30,6 +36,23 @@ def test_lru_evicts_least_recently_used_and_expires():
     assert cache.get("b") is None and cache.get("a") == b"1" and cache.get("c") == b"3"
     clock.now = 10.0
     assert cache.get("a") is None and len(cache) == 1
+
+
+def test_lru_is_bounded_by_bytes_not_entries():
+    budget = 10_000
+    cache = LRUCache(max_bytes=budget, ttl_seconds=10)
+    for i in range(100):
+        cache.set(f"k{i}", bytes(1000))
+        assert cache.nbytes <= budget
+    assert len(cache) == budget // (1000 + 3 + ENTRY_OVERHEAD_BYTES)
+    assert cache.get("k99") == bytes(1000) and cache.get("k0") is None
+    cache.set("k99", b"small")  # replacing an entry releases its old size
+    assert cache.nbytes == sum(len(f"k{i}") + 1000 + ENTRY_OVERHEAD_BYTES
+                               for i in range(93, 99)) + len("k99") + 5 + ENTRY_OVERHEAD_BYTES
+    cache.set("huge", bytes(budget))  # larger than the whole budget: not stored, nothing evicted
+    assert cache.get("huge") is None and len(cache) == 7
+    cache.clear()
+    assert cache.nbytes == 0 and len(cache) == 0
 
 
 def test_breaker_opens_after_failures_then_lets_one_probe_through():
@@ -81,7 +104,7 @@ async def test_tier1_entries_expire(aiohttp_client, model_dir):
 
 
 async def test_tier2_miss_then_hit_in_redis(aiohttp_client, model_dir, redis_url):
-    app = create_app(config(model_dir, redis_url=redis_url, tier1_max_entries=0))
+    app = create_app(config(model_dir, redis_url=redis_url, tier1_max_bytes=0))
     client = await aiohttp_client(app)
     first = await (await client.get("/api/v1/recommendations/u8?k=3")).json()
     second = await (await client.get("/api/v1/recommendations/u8?k=3")).json()
@@ -108,7 +131,7 @@ async def test_tier2_is_shared_between_replicas(aiohttp_client, model_dir, redis
 
 async def test_tier2_entries_expire_after_cache_ttl(aiohttp_client, model_dir, redis_url):
     client = await aiohttp_client(create_app(config(
-        model_dir, redis_url=redis_url, tier1_max_entries=0, cache_ttl_seconds=0.3)))
+        model_dir, redis_url=redis_url, tier1_max_bytes=0, cache_ttl_seconds=0.3)))
     await client.get("/api/v1/recommendations/u10")
     assert (await (await client.get("/api/v1/recommendations/u10")).json())["cached"]
     await asyncio.sleep(0.4)
@@ -131,14 +154,14 @@ async def test_a_reload_never_serves_the_old_models_lists(aiohttp_client, model_
 
 
 async def test_tier1_can_be_switched_off(aiohttp_client, model_dir):
-    client = await aiohttp_client(create_app(config(model_dir, tier1_max_entries=0)))
+    client = await aiohttp_client(create_app(config(model_dir, tier1_max_bytes=0)))
     await client.get("/api/v1/recommendations/u1")
     assert not (await (await client.get("/api/v1/recommendations/u1")).json())["cached"]
 
 
 async def test_concurrent_tier2_lookups_share_round_trips(redis_url):
-    from server.cache import RedisCache
-    from server.metrics import Metrics
+    from timbral.server.cache import RedisCache
+    from timbral.server.metrics import Metrics
 
     cache = RedisCache(redis_url, db=0, ttl_seconds=60, timeout_seconds=1.0,
                        connect_timeout_seconds=1.0, max_connections=8,

@@ -7,10 +7,11 @@ import json
 
 import orjson
 import pytest
-from server_support import ADMIN_TOKEN, N_ITEMS, N_USERS, config
+from server_support import ADMIN, ADMIN_TOKEN, N_ITEMS, N_USERS, config
 
-from server.app import OPENAPI_PATH, create_app
-from server.config import Config, ConfigError
+from timbral.server.app import OPENAPI_PATH, create_app
+from timbral.server.config import Config, ConfigError
+from timbral.server.keys import CACHE, MODEL
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ async def test_index_lists_service_version_and_endpoints(client):
 
 
 async def test_health_ok_with_model_and_no_redis(client):
-    response = await client.get("/api/v1/health")
+    response = await client.get("/api/v1/health", headers=ADMIN)
     body = await response.json()
     assert response.status == 200
     assert body["status"] == "ok"
@@ -137,7 +138,7 @@ async def test_metrics_exports_the_agreed_names(client):
 
 
 def test_latency_buckets_are_cumulative_and_inclusive():
-    from server.metrics import LATENCY_BUCKETS, Metrics
+    from timbral.server.metrics import LATENCY_BUCKETS, Metrics
 
     metrics = Metrics()
     for seconds in (0.0005, 0.0007, 0.003, 99.0):  # on a bound, inside, inside, past the last
@@ -196,3 +197,49 @@ async def test_access_log_is_one_json_line_per_request(aiohttp_client, model_dir
     assert entry["service"] == "timbral-ml" and entry["level"] == "INFO"
     assert entry["route"] == "/api/v1/recommendations/{user_id}" and entry["status"] == 200
     assert entry["duration_ms"] > 0 and entry["timestamp"].endswith("Z")
+
+
+async def test_access_log_in_text_format_is_one_short_line_per_request(aiohttp_client, model_dir, capfd):
+    client = await aiohttp_client(create_app(config(model_dir, log_level="INFO", log_format="text")))
+    await client.get("/api/v1/recommendations/u4", headers={"X-Request-ID": "abc-124"})
+    await asyncio.sleep(0.4)  # lines are written in batches
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if "request_id=abc-124" in line]
+    assert " INFO  GET /api/v1/recommendations/u4 200 " in line and not line.startswith("{")
+
+
+async def test_public_health_says_why_in_general_terms_only(aiohttp_client, model_dir, tmp_path):
+    """Issue 10.5: the model's path, Redis's address and its error text need the admin token."""
+    from redis_server import free_port
+
+    app = create_app(config(model_dir, redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                            redis_timeout_seconds=0.05, redis_connect_timeout_seconds=0.05))
+    client = await aiohttp_client(app)
+    public = await (await client.get("/api/v1/health")).json()
+    assert public == {"status": "degraded",
+                      "reason": "the shared cache is not answering; answers are computed",
+                      "components": {"model": {"status": "ok"},
+                                     "redis": {"status": "degraded", "reason": "not answering"},
+                                     "system": {"status": "ok"}}}
+    wrong = await (await client.get("/api/v1/health", headers={"Authorization": "Bearer nope"})).json()
+    assert wrong == public
+    admin = await (await client.get("/api/v1/health", headers=ADMIN)).json()
+    assert admin["components"]["model"]["path"] == str(model_dir)
+    assert "127.0.0.1" in admin["components"]["redis"]["reason"]
+    assert "process_rss_mb" in admin["components"]["system"]
+
+
+async def test_unknown_users_share_one_cached_popularity_entry(client):
+    """Issue 10.1: answers for made-up ids are not cached one per id."""
+    cache = client.app[CACHE]
+    first = await (await client.get("/api/v1/recommendations/ghost-1?k=7")).json()
+    entries = len(cache.tier1)
+    bodies = [await (await client.get(f"/api/v1/recommendations/ghost-{i}?k=7")).json()
+              for i in range(2, 50)]
+    assert len(cache.tier1) == entries == 1
+    assert first["cached"] is False and all(body["cached"] for body in bodies)
+    assert [body["user_id"] for body in bodies] == [f"ghost-{i}" for i in range(2, 50)]
+    assert {body["strategy"] for body in bodies} == {"popularity"}
+    assert all(body["recommendations"] == first["recommendations"] for body in bodies)
+    recommender = client.app[MODEL].require().recommender
+    assert [r["item_id"] for r in first["recommendations"]] == [i for i, _ in recommender.popular(7)]
+    assert set(first) == {"user_id", "model_version", "strategy", "cached", "recommendations"}

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from redis_server import free_port
 from server_support import config
 
-from server.app import OPENAPI_PATH, create_app
+from timbral.server.app import OPENAPI_PATH, create_app
 
 REC = "/api/v1/recommendations"
 
@@ -234,3 +234,54 @@ def test_fuzzed_requests_never_get_a_5xx(live_server, request):
     assert response.status < 500, (method, url, body, payload)
     if response.status >= 400:
         assert set(json.loads(payload)["error"]) == {"code", "message"}
+
+
+async def test_batch_items_above_the_cap_are_refused_naming_it(aiohttp_client, model_dir):
+    """Issue 10.3: users × k is capped, and the message says by what and how to comply."""
+    client = await aiohttp_client(create_app(config(model_dir, max_batch_items=100)))
+    rec = "/api/v1/recommendations"
+    error = await error_of(await client.post(rec, json={"user_ids": ["u1", "u2", "u3"], "k": 34}), 422)
+    assert error["code"] == "batch_too_large"
+    assert error["message"] == ("3 user_ids × k=34 asks for 102 items; a batch answers at most 100 "
+                                "(TIMBRAL_MAX_BATCH_ITEMS): send fewer users per request or a smaller k")
+    response = await client.post(rec, json={"user_ids": ["u1", "u2", "u3", "u4"], "k": 25})
+    assert response.status == 200
+    assert [len(r["recommendations"]) for r in (await response.json())["results"]] == [25] * 4
+
+
+@pytest.mark.parametrize("k", [" 5", "+5", "1_0", "٥", "5.0"])
+async def test_query_k_takes_ascii_digits_only(client, k):
+    error = await error_of(await client.get(f"{REC}/u1", params={"k": k}), 422)
+    assert "query parameter k must be an integer" in error["message"]
+
+
+@pytest.mark.parametrize("value", ["yes", "TRUE", " true", ""])
+async def test_query_exclude_seen_takes_the_documented_spellings_only(client, value):
+    error = await error_of(await client.get(f"{REC}/u1", params={"exclude_seen": value}), 422)
+    assert "exclude_seen must be true or false" in error["message"]
+
+
+async def test_reload_path_too_long_for_the_file_system_is_a_422(client):
+    headers = {"Authorization": "Bearer test-admin-token-0123456789"}
+    error = await error_of(await client.post("/api/v1/model/reload", json={"path": "0" * 300},
+                                             headers=headers), 422)
+    assert error["code"] == "invalid_model" and "File name too long" in error["message"]
+
+
+async def test_reload_body_null_is_not_an_empty_body(client):
+    headers = {"Authorization": "Bearer test-admin-token-0123456789"}
+    error = await error_of(await client.post("/api/v1/model/reload", data=b"null",
+                                             headers=headers), 422)
+    assert "the body must be a JSON object" in error["message"]
+
+
+async def test_reload_path_with_nul_is_refused(client):
+    headers = {"Authorization": "Bearer test-admin-token-0123456789"}
+    error = await error_of(await client.post("/api/v1/model/reload", json={"path": "/models/a\x00b"},
+                                             headers=headers), 422)
+    assert "without NUL" in error["message"]
+
+
+async def test_null_lists_mean_absent_as_documented(client):
+    response = await client.post(REC, json={"user_id": "u1", "items": None, "exclude_items": None})
+    assert response.status == 200

@@ -7,15 +7,15 @@ import shutil
 
 from server_support import ADMIN_TOKEN, config
 
-from server.app import create_app
-from server.keys import METRICS
+from timbral.server.app import create_app
+from timbral.server.keys import METRICS
 
 RELOAD = "/api/v1/model/reload"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 async def test_reload_under_500_concurrent_requests(aiohttp_client, model_dir, other_model_dir):
-    app = create_app(config(model_dir, tier1_max_entries=0))
+    app = create_app(config(model_dir, tier1_max_bytes=0))
     client = await aiohttp_client(app)
     old = (await (await client.get("/")).json())["model_version"]
 

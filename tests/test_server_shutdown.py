@@ -1,17 +1,23 @@
-"""``python -m server`` as operators run it: SIGTERM lets in-flight requests finish."""
+"""``python -m timbral.server`` as operators run it: SIGTERM turns readiness off, then
+lets in-flight requests finish."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from redis_server import free_port
+from server_support import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +59,7 @@ async def test_sigterm_lets_in_flight_requests_complete(model_dir):
            "TIMBRAL_SHUTDOWN_TIMEOUT_SECONDS": "10"}
     # Run from the checkout when testing sources; the installed package otherwise.
     cwd = None if os.environ.get("TIMBRAL_TEST_INSTALLED") else ROOT
-    process = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=cwd,
+    process = subprocess.Popen([sys.executable, "-m", "timbral.server"], env=env, cwd=cwd,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         await wait_until_up(port, process)
@@ -81,3 +87,31 @@ async def test_sigterm_lets_in_flight_requests_complete(model_dir):
             writer.close()
         redis.close()
         await redis.wait_closed()
+
+
+def test_sigterm_turns_readiness_to_503_before_the_listener_closes(model_dir, tmp_path):
+    """Issue 10.7: during TIMBRAL_SHUTDOWN_DELAY_SECONDS load balancers see 503 on
+    readiness while requests are still answered; then the process exits cleanly."""
+    env = {"TIMBRAL_MODEL_DIR": str(model_dir), "TIMBRAL_SHUTDOWN_DELAY_SECONDS": "3"}
+    with ServerProcess(tmp_path, env) as server:
+        assert get(f"{server.url}/api/v1/health")[0] == 200
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 2
+        while (answer := get(f"{server.url}/api/v1/health"))[0] != 503:
+            assert time.monotonic() < deadline, "readiness did not turn 503 after SIGTERM"
+            time.sleep(0.02)
+        status, body = answer
+        assert body["status"] == "unavailable" and body["reason"] == "shutting down"
+        assert get(f"{server.url}/ping")[0] == 200
+        status, body = get(f"{server.url}/api/v1/recommendations/u1?k=2")
+        assert status == 200 and len(body["recommendations"]) == 2
+        assert server.process.wait(20) == 0
+
+
+def get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    return status, raw.decode() if raw == b"pong" else json.loads(raw)

@@ -197,7 +197,7 @@ def test_two_threads_calling_at_once_get_reference_results():
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [pool.submit(top_k, q, h, 10, n_threads=2) for q, h in inputs]
         results = [f.result() for f in futures]
-    for (query, items), got in zip(inputs, results):
+    for (query, items), got in zip(inputs, results, strict=True):
         assert_same_top_k(got, _reference.top_k(query, items, 10), np.float32)
     blas_after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
     assert blas_after == blas_before  # the single-threaded BLAS limit is restored

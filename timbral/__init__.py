@@ -1,7 +1,7 @@
 """Timbral: music recommendations from non-negative matrix factorization."""
 
 from timbral._version import __version__
-from timbral.data import Interactions, load_interactions
+from timbral.interactions import Interactions, load_interactions
 from timbral.nmf import Explanation, NMFModel
 from timbral.recommender import Recommender
 

@@ -3,7 +3,7 @@
 Layout of a model directory::
 
     model -> .model.version-XXXXXXXX/     (a symlink, flipped atomically on every save)
-      arrays.npz       factors and biases, id arrays, training CSR, seen CSR, popularity
+      arrays.npz       factors and biases, id maps, training CSR, seen CSR, popularity
       metadata.json    format version, model version, parameters, fit facts, data report,
                        metrics, timings, shapes and dtypes of every array, sha256 of every file
 
@@ -47,6 +47,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from timbral._version import __version__
 from timbral.exceptions import ArtifactError, ValidationError
+from timbral.ids import IdMap
 from timbral.nmf import FittedState, NMFModel
 
 __all__ = [
@@ -62,21 +63,21 @@ __all__ = [
     "write_model_dir",
 ]
 
-#: 2: seen items stored apart from the training matrix, symlinked version directories.
+#: 2: seen items stored apart from the training matrix, symlinked version directories,
+#: string ids as UTF-8 bytes + offsets (1 stored fixed-width "U" arrays; it still loads).
 FORMAT_VERSION = 2
 ARRAYS_FILE = "arrays.npz"
 METADATA_FILE = "metadata.json"
 _VERSION_MARK = ".version-"
 
-# Every array of a model directory, its dimensions in terms of the metadata sizes,
-# and the dtype kinds allowed ("f" float, "i" signed int, "U" fixed-width unicode).
+# Every array of a model directory, its dimensions in terms of the metadata sizes
+# ("*": any length), and the dtype kinds allowed ("f" float, "i" signed int, "u"
+# unsigned int, "U" fixed-width unicode).
 _SCHEMA: dict[str, tuple[tuple[str, ...], str]] = {
     "user_factors": (("n_users", "n_components"), "f"),
     "item_factors": (("n_items", "n_components"), "f"),
     "user_bias": (("n_users",), "f"),
     "item_bias": (("n_items",), "f"),
-    "user_ids": (("n_users",), "iU"),
-    "item_ids": (("n_items",), "iU"),
     "user_items_indptr": (("n_users+1",), "i"),
     "user_items_indices": (("nnz",), "i"),
     "user_items_data": (("nnz",), "f"),
@@ -89,6 +90,25 @@ _SCHEMA: dict[str, tuple[tuple[str, ...], str]] = {
 _SINCE_2 = ("seen_indptr", "seen_indices", "seen_data")
 _SIZES = ("n_users", "n_items", "n_components", "nnz", "nnz_seen")
 
+# Each id map is stored one of two ways (timbral.ids.IdMap.to_arrays): int64 ids as
+# "<role>_ids", or string ids as UTF-8 "<role>_bytes" delimited by "<role>_offsets".
+# Format 1 directories hold string ids as fixed-width unicode "<role>_ids"; they still load.
+_ID_LAYOUTS: dict[str, tuple[dict[str, tuple[tuple[str, ...], str]], ...]] = {
+    role: (
+        {f"{role}_ids": ((f"n_{role}s",), "iU")},
+        {f"{role}_offsets": ((f"n_{role}s+1",), "i"), f"{role}_bytes": (("*",), "u")},
+    )
+    for role in ("user", "item")
+}
+
+
+def _layout(arrays: Mapping[str, NDArray[Any]]) -> dict[str, tuple[tuple[str, ...], str]]:
+    """The schema of these arrays: the fixed arrays plus the id layout each map uses."""
+    layout = dict(_SCHEMA)
+    for options in _ID_LAYOUTS.values():
+        layout |= next((o for o in options if set(o) & set(arrays)), options[0])
+    return layout
+
 
 class ModelArtifact:
     """The arrays and metadata of one model directory.
@@ -96,12 +116,15 @@ class ModelArtifact:
     Parameters
     ----------
     arrays : mapping of str to ndarray
-        Exactly the arrays of the format (see ``_SCHEMA``): ``user_factors`` (n_users, k),
-        ``item_factors`` (n_items, k), ``user_bias`` (n_users,), ``item_bias`` (n_items,),
-        ``user_ids`` (n_users,), ``item_ids`` (n_items,), ``user_items_indptr``
-        (n_users + 1,), ``user_items_indices`` (nnz,), ``user_items_data`` (nnz,),
-        ``item_popularity`` (n_items,), and the interactions that count as seen:
-        ``seen_indptr`` (n_users + 1,), ``seen_indices`` (nnz_seen,), ``seen_data`` (nnz_seen,).
+        Exactly the arrays of the format (see ``_SCHEMA`` and ``_ID_LAYOUTS``):
+        ``user_factors`` (n_users, k), ``item_factors`` (n_items, k), ``user_bias``
+        (n_users,), ``item_bias`` (n_items,), the id maps of
+        :meth:`timbral.ids.IdMap.to_arrays` (``user_ids`` (n_users,), or
+        ``user_offsets`` (n_users + 1,) and ``user_bytes``; the same for items),
+        ``user_items_indptr`` (n_users + 1,), ``user_items_indices`` (nnz,),
+        ``user_items_data`` (nnz,), ``item_popularity`` (n_items,), and the interactions
+        that count as seen: ``seen_indptr`` (n_users + 1,), ``seen_indices`` (nnz_seen,),
+        ``seen_data`` (nnz_seen,).
     metadata : dict
         JSON-serialisable metadata. :func:`write_model_dir` adds ``format_version``,
         the sizes, ``arrays`` (shape and dtype of each) and ``checksums``.
@@ -130,13 +153,13 @@ class ModelArtifact:
 def model_artifact(
     model: NMFModel,
     *,
-    user_ids: NDArray[Any],
-    item_ids: NDArray[Any],
+    users: IdMap,
+    items: IdMap,
     seen: sp.csr_matrix,
     item_popularity: ArrayLike,
     metadata: Mapping[str, Any],
 ) -> ModelArtifact:
-    """The artifact of a fitted model with its id arrays, seen items and popularity."""
+    """The artifact of a fitted model with its id maps, seen items and popularity."""
     params = model.get_params()
     if not isinstance(params["random_state"], (int, type(None))):
         params["random_state"] = None  # a Generator cannot be written down
@@ -153,8 +176,8 @@ def model_artifact(
         "item_factors": model.item_factors_,
         "user_bias": model.user_bias_,
         "item_bias": model.item_bias_,
-        "user_ids": user_ids,
-        "item_ids": item_ids,
+        **users.to_arrays("user"),
+        **items.to_arrays("item"),
         "user_items_indptr": model.user_items_.indptr.astype(np.int64),
         "user_items_indices": model.user_items_.indices.astype(np.int64),
         "user_items_data": model.user_items_.data,
@@ -218,8 +241,8 @@ def save_model(model: NMFModel, path: str | os.PathLike[str]) -> Path:
     popularity = np.bincount(model.user_items_.indices, minlength=n_items)
     artifact = model_artifact(
         model,
-        user_ids=np.arange(n_users, dtype=np.int64),
-        item_ids=np.arange(n_items, dtype=np.int64),
+        users=IdMap.from_ids(np.arange(n_users, dtype=np.int64), name="user_id"),
+        items=IdMap.from_ids(np.arange(n_items, dtype=np.int64), name="item_id"),
         seen=model.user_items_,
         item_popularity=popularity,
         metadata={},
@@ -282,11 +305,12 @@ def _write_durably(path: Path, write: Any) -> None:
 
 
 def _expected_shape(dims: tuple[str, ...], sizes: Mapping[str, int]) -> tuple[int, ...]:
-    return tuple(sizes["n_users"] + 1 if d == "n_users+1" else sizes[d] for d in dims)
+    return tuple(sizes[d[:-2]] + 1 if d.endswith("+1") else sizes[d] for d in dims)
 
 
 def _check_names(arrays: Mapping[str, NDArray[Any]], where: str, version: int = FORMAT_VERSION) -> None:
-    expected = set(_SCHEMA) - (set(_SINCE_2) if version < 2 else set())
+    layout = _layout(arrays)
+    expected = set(layout) - (set(_SINCE_2) if version < 2 else set())
     missing = sorted(expected - set(arrays))
     extra = sorted(set(arrays) - expected)
     if missing or extra:
@@ -301,15 +325,16 @@ def _check_arrays(
 ) -> None:
     """Every array present, no extras, right dtype kind and shape; else ArtifactError."""
     _check_names(arrays, where, version)
+    layout = _layout(arrays)
     for name, array in arrays.items():
-        dims, kinds = _SCHEMA[name]
+        dims, kinds = layout[name]
         if array.dtype.kind not in kinds:
             raise ArtifactError(
                 f"{where}: array {name!r} has dtype {array.dtype}, expected kind "
                 f"{' or '.join(kinds)!r} (object arrays are never allowed); "
-                "convert ids to int64 or str before saving"
+                "store id maps with IdMap.to_arrays (Recommender.save does)"
             )
-        expected = _expected_shape(dims, sizes)
+        expected = _expected_shape(dims, sizes) if dims != ("*",) else (array.size,)
         if array.shape != expected:
             raise ArtifactError(
                 f"{where}: array {name!r} has shape {array.shape}, expected {expected} "

@@ -449,10 +449,10 @@ def _cmd_generate(args: argparse.Namespace, progress: bool) -> int:
 
 
 def _server() -> tuple[Any, Any]:
-    """``server.config.Config`` and ``server.__main__.run``, imported on first use."""
+    """``timbral.server.config.Config`` and ``timbral.server.__main__.run``, imported on first use."""
     try:
-        from server.__main__ import run
-        from server.config import Config
+        from timbral.server.__main__ import run
+        from timbral.server.config import Config
     except ImportError as exc:
         raise _UsageError(
             f"the HTTP server is not available ({exc}); install timbral with its service "
@@ -477,7 +477,7 @@ def _server_config(overrides: dict[str, Any], *, no_redis: bool = False) -> Any:
     try:
         config = config_type.from_env(env)
         return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:  # server.config.ConfigError
+    except ValueError as exc:  # timbral.server.config.ConfigError
         raise _UsageError(" ".join(str(exc).split())) from None
 
 
@@ -514,7 +514,7 @@ def _cmd_quickstart(args: argparse.Namespace, progress: bool) -> int:
     result = _train(args, data, model_dir, test_fraction=0.2, k=10, refit=True, progress=progress)
     print("2. " + _describe_training(result).replace("\n", "\n   "))
     rec = result.recommender
-    user, item = rec.user_ids[0].item(), rec.item_ids[int(rec.item_popularity.argmax())].item()
+    user, item = rec.user_map.external(0), rec.item_map.external(int(rec.item_popularity.argmax()))
     port = args.port or _free_port(args.host)
     base = f"http://{'localhost' if args.host in ('0.0.0.0', '127.0.0.1') else args.host}:{port}"
     print(

@@ -23,7 +23,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from timbral._validation import check_k
 from timbral.artifact import model_artifact, model_from_artifact, read_model_dir, write_model_dir
-from timbral.exceptions import UnknownIdError, ValidationError
+from timbral.exceptions import ValidationError
+from timbral.ids import IdMap
 from timbral.nmf import Explanation, NMFModel
 from timbral.scoring import item_mask
 
@@ -60,84 +61,6 @@ class Recommendations:
         }
 
 
-def _as_id_array(ids: ArrayLike, name: str) -> NDArray[Any]:
-    """External ids as int64 or fixed-width unicode (never object), checked unique."""
-    array = np.asarray(ids)
-    if array.ndim != 1:
-        raise ValidationError(f"`{name}` must be one-dimensional; got shape {array.shape}")
-    if array.dtype.kind in "iu":
-        if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
-            raise ValidationError(f"`{name}` has ids above the int64 range; pass them as strings")
-        array = array.astype(np.int64)
-    elif array.dtype.kind == "O" and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in array
-    ):
-        array = array.astype(np.int64)
-    elif array.dtype.kind in "OUS":
-        array = array.astype(str)
-    else:
-        raise ValidationError(
-            f"`{name}` must hold integer or string ids; got dtype {array.dtype}. "
-            "Convert float ids to int or str first"
-        )
-    return array
-
-
-class _IdIndex:
-    """External id -> internal index through a sorted copy of the ids (np.searchsorted)."""
-
-    def __init__(self, ids: NDArray[Any], name: str) -> None:
-        self.ids = ids
-        self.name = name
-        self._order = np.argsort(ids, kind="stable")
-        self._sorted = ids[self._order]
-        duplicated = self._sorted[1:][self._sorted[1:] == self._sorted[:-1]]
-        if duplicated.size:
-            raise ValidationError(
-                f"`{name}s` must be unique; {duplicated[:3].tolist()} appear more than once"
-            )
-
-    def _coerce(self, values: Sequence[Any]) -> tuple[NDArray[Any], NDArray[np.bool_]]:
-        """``values`` in the ids' dtype, and which of them could be converted at all."""
-        if self.ids.dtype.kind == "U":
-            return np.asarray([str(v) for v in values], dtype=str), np.ones(len(values), bool)
-        array = np.asarray(values) if len(values) else np.empty(0, np.int64)
-        if array.dtype.kind in "iu" and array.ndim == 1:
-            return array.astype(np.int64, copy=False), np.ones(array.size, bool)
-        out = np.zeros(len(values), dtype=np.int64)
-        ok = np.zeros(len(values), dtype=bool)
-        for j, value in enumerate(values):  # mixed or string input (e.g. "42" from a URL)
-            if isinstance(value, bool):
-                continue
-            try:
-                out[j] = int(value) if isinstance(value, (int, np.integer)) else int(str(value).strip())
-                ok[j] = True
-            except (ValueError, OverflowError):
-                pass
-        return out, ok
-
-    def lookup(self, values: Iterable[Any]) -> NDArray[np.int64]:
-        """Internal index of each value, ``-1`` where unknown."""
-        values = values if isinstance(values, (list, tuple, np.ndarray)) else list(values)
-        keys, ok = self._coerce(values)
-        if not self._sorted.size:
-            return np.full(keys.shape[0], -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self._sorted, keys), self._sorted.size - 1)
-        found = ok & (self._sorted[pos] == keys)
-        return np.where(found, self._order[pos], -1).astype(np.int64)
-
-    def index(self, value: Any) -> int:
-        """Internal index of one id; UnknownIdError if the model does not know it."""
-        found = int(self.lookup([value])[0])
-        if found < 0:
-            raise UnknownIdError(f"{self.name} {value!r} is not known to the model")
-        return found
-
-    def external(self, indices: Any) -> Any:
-        """External id(s) of internal index or indices, as Python ints or strs."""
-        return self.ids[indices].tolist()
-
-
 def _item_popularity(user_items: sp.csr_matrix) -> NDArray[np.float64]:
     """Number of users who interacted with each item."""
     return np.bincount(user_items.indices, minlength=user_items.shape[1]).astype(np.float64)
@@ -157,9 +80,9 @@ class Recommender:
     ----------
     model : NMFModel
         A fitted model.
-    user_ids : array-like of shape (n_users,)
-        External id of each model row (int or str), unique.
-    item_ids : array-like of shape (n_items,)
+    user_ids : array-like of shape (n_users,) or IdMap
+        External id of each model row (exact int64 or str), unique; see :mod:`timbral.ids`.
+    item_ids : array-like of shape (n_items,) or IdMap
         External id of each model column, unique.
     user_items : scipy.sparse.csr_matrix of shape (n_users, n_items), optional
         Interactions whose items count as seen (default: ``model.user_items_``):
@@ -181,8 +104,8 @@ class Recommender:
     def __init__(
         self,
         model: NMFModel,
-        user_ids: ArrayLike,
-        item_ids: ArrayLike,
+        user_ids: ArrayLike | IdMap,
+        item_ids: ArrayLike | IdMap,
         user_items: sp.csr_matrix | None = None,
         metadata: Mapping[str, Any] | None = None,
         item_popularity: ArrayLike | None = None,
@@ -192,12 +115,12 @@ class Recommender:
                 f"`model` must be a fitted NMFModel; got {type(model).__name__}. Call model.fit(user_items) first"
             )
         self.model = model
-        self._users = _IdIndex(_as_id_array(user_ids, "user_ids"), "user_id")
-        self._items = _IdIndex(_as_id_array(item_ids, "item_ids"), "item_id")
+        self._users = user_ids if isinstance(user_ids, IdMap) else IdMap.from_ids(user_ids, name="user_id")
+        self._items = item_ids if isinstance(item_ids, IdMap) else IdMap.from_ids(item_ids, name="item_id")
         n_users, n_items = model.user_factors_.shape[0], model.item_factors_.shape[0]
-        if self._users.ids.shape[0] != n_users or self._items.ids.shape[0] != n_items:
+        if len(self._users) != n_users or len(self._items) != n_items:
             raise ValidationError(
-                f"`user_ids` ({self._users.ids.shape[0]}) and `item_ids` ({self._items.ids.shape[0]}) "
+                f"`user_ids` ({len(self._users)}) and `item_ids` ({len(self._items)}) "
                 f"must match the model's {n_users} users and {n_items} items"
             )
         seen = model.user_items_ if user_items is None else sp.csr_matrix(user_items)
@@ -230,24 +153,34 @@ class Recommender:
 
     @property
     def n_users(self) -> int:
-        return int(self._users.ids.shape[0])
+        return len(self._users)
 
     @property
     def n_items(self) -> int:
-        return int(self._items.ids.shape[0])
+        return len(self._items)
+
+    @property
+    def user_map(self) -> IdMap:
+        """The user id map (parse ids received as text with ``user_map.parse``)."""
+        return self._users
+
+    @property
+    def item_map(self) -> IdMap:
+        """The item id map."""
+        return self._items
 
     @property
     def user_ids(self) -> NDArray[Any]:
-        """External user ids, in model row order (int64 or str)."""
+        """External user ids, in model row order (int64, or an object array of str)."""
         return self._users.ids
 
     @property
     def item_ids(self) -> NDArray[Any]:
-        """External item ids, in model column order (int64 or str)."""
+        """External item ids, in model column order (int64, or an object array of str)."""
         return self._items.ids
 
     def known_user(self, user_id: Any) -> bool:
-        """Whether the model was trained on this user (``"42"`` matches int id 42)."""
+        """Whether the model was trained on this user (``"42"`` matches int id 42, ``"042"`` does not)."""
         return bool(self._users.lookup([user_id])[0] >= 0)
 
     def known_item(self, item_id: Any) -> bool:
@@ -315,7 +248,8 @@ class Recommender:
         Parameters
         ----------
         user_id : int or str
-            External user id. ``"42"`` and ``42`` are the same id for integer ids.
+            External user id, matched exactly: ``"42"`` and ``42`` are the same id for
+            integer ids, ``"042"``, ``" 42"`` and ``"+42"`` are not (:mod:`timbral.ids`).
         k : int, default=10
         exclude_seen : bool, default=True
             Leave out the user's training items (and ``recent_items``).
@@ -463,8 +397,8 @@ class Recommender:
         """
         artifact = model_artifact(
             self.model,
-            user_ids=self._users.ids,
-            item_ids=self._items.ids,
+            users=self._users,
+            items=self._items,
             seen=self.user_items,
             item_popularity=self.item_popularity,
             metadata=self.metadata,
@@ -484,4 +418,6 @@ class Recommender:
         artifact = read_model_dir(directory)
         model, seen = model_from_artifact(artifact, source=f"model directory {str(directory)!r}")
         a = artifact.arrays
-        return cls(model, a["user_ids"], a["item_ids"], seen, artifact.metadata, a["item_popularity"])
+        users = IdMap.from_arrays(a, "user", name="user_id")
+        items = IdMap.from_arrays(a, "item", name="item_id")
+        return cls(model, users, items, seen, artifact.metadata, a["item_popularity"])

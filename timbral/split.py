@@ -1,6 +1,6 @@
 """Train/test splits of a users × items interaction matrix.
 
-Every function takes an :class:`~timbral.data.Interactions` or a scipy.sparse matrix
+Every function takes an :class:`~timbral.interactions.Interactions` or a scipy.sparse matrix
 and returns ``(train, test)``: two CSR matrices of the input's shape and dtype whose
 stored entries partition the input's (nothing lost, nothing duplicated). All
 randomness comes from ``seed``; the work is vectorised over all interactions.
@@ -18,8 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from timbral.data import Interactions
 from timbral.exceptions import ValidationError
+from timbral.interactions import Interactions
 
 __all__ = ["leave_k_out", "per_user_temporal_split", "random_split", "temporal_split"]
 

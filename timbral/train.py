@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from timbral._validation import DEFAULT_SEED, check_k
-from timbral.data import Interactions, ValidationReport, load_interactions
+from timbral.cleaning import ValidationReport
 from timbral.exceptions import ValidationError
+from timbral.interactions import Interactions, load_interactions
 from timbral.nmf import NMFModel
 from timbral.recommender import Recommender
 
@@ -102,7 +103,7 @@ def train(
     Parameters
     ----------
     data : path-like or Interactions
-        An interaction file (anything :func:`timbral.data.load_interactions` reads)
+        An interaction file (anything :func:`timbral.load_interactions` reads)
         or already loaded interactions.
     output : path-like, optional
         Model directory to write (atomically). Nothing is written when omitted.
@@ -231,7 +232,7 @@ def train(
     }
     # All interactions count as seen, also when the model saw only the training part.
     recommender = Recommender(
-        fitted, interactions.user_ids, interactions.item_ids, interactions.user_items, metadata
+        fitted, interactions.users, interactions.items, interactions.user_items, metadata
     )
     path = None
     if output is not None:

@@ -11,6 +11,7 @@ import numbers
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -562,7 +563,7 @@ class NMFModel:
 
     # -- persistence ------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str]) -> Any:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the fitted model as a model directory (``timbral.artifact``, ids 0..n-1).
 
         Returns
