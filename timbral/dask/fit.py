@@ -36,9 +36,9 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from timbral._validation import check_random_state
+from timbral.cleaning import ValidationReport
 from timbral.dask import solve as rowsolve
 from timbral.dask.blocks import Blocks, CleaningRules, read_blocks
-from timbral.data import ValidationReport
 from timbral.exceptions import ConvergenceWarning, ValidationError
 from timbral.nmf import FittedState, NMFModel
 
