@@ -173,7 +173,7 @@ def _dask_client(spec: str, worker_memory: str) -> Iterator[Any]:
     if "://" not in spec:
         raise _UsageError(f"--dask {spec!r} is neither a scheduler address (tcp://host:8786) nor local:N")
     try:
-        client = distributed.Client(spec, timeout="20s")
+        client = distributed.Client(spec, timeout="10s")
     except OSError as exc:
         raise _UsageError(f"--dask: cannot reach the scheduler at {spec} ({exc}); is `dask scheduler` running?") from None
     with client:
