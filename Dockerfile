@@ -9,7 +9,8 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY timbral ./timbral
 COPY server ./server
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# [postgres]: the registry driver, so DATABASE_URL works in the image
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[postgres]"
 
 FROM python:3.11-slim AS runtime
 # libgomp1: the OpenMP runtime the compiled kernels link against.

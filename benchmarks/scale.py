@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit", default="8GiB")
-    parser.add_argument("--blocks", type=int, help="blocks per side (default: twice the worker threads)")
+    parser.add_argument("--blocks", type=int, help="blocks per side (default: one per worker thread)")
     parser.add_argument("-k", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--single", action="store_true", help="also run the single-machine fit (if it fits)")

@@ -71,6 +71,17 @@ class Config:
     # After SIGTERM, readiness answers 503 for this long while requests are still served,
     # so load balancers stop sending traffic before the listener closes.
     shutdown_delay_seconds: float = 0.0
+    # The production loop on PostgreSQL (unset DATABASE_URL = models from TIMBRAL_MODEL_DIR only).
+    database_url: str | None = None  # redacted when printed, like every URL field
+    db_migrate: bool = False  # apply schema migrations at start
+    registry_poll_seconds: float = 10.0  # fallback check when a NOTIFY is missed
+    database_timeout_seconds: float = 5.0
+    model_cache_dir: Path | None = None  # where registry models are downloaded (default: a temp dir)
+    ingest_token: str | None = None  # bearer token of POST /api/v1/interactions
+    ingest_max_events: int = 1000  # per request
+    ingest_queue_events: int = 50_000  # waiting for their COPY; beyond: 429
+    ingest_batch_events: int = 5000  # per COPY
+    ingest_flush_seconds: float = 0.05  # a flush waits this long for concurrent requests to join
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -107,8 +118,8 @@ class Config:
         return cls(**values)
 
 
-_SECRET_FIELDS = {"admin_token"}
-_URL_FIELDS = {"redis_url"}
+_SECRET_FIELDS = {"admin_token", "ingest_token"}
+_URL_FIELDS = {"redis_url", "database_url"}
 _URL_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _URL_PASSWORD_PARAM = re.compile(r"(?P<name>[?&]password=)[^&#]*", re.IGNORECASE)
 REDACTED = "<redacted>"
@@ -194,6 +205,20 @@ def _check(config: Config) -> list[str]:
     need(config.breaker_cooldown_seconds > 0, "breaker_cooldown_seconds", "a number of seconds > 0")
     need(config.shutdown_timeout_seconds >= 0, "shutdown_timeout_seconds", "a number of seconds >= 0")
     need(config.shutdown_delay_seconds >= 0, "shutdown_delay_seconds", "a number of seconds >= 0")
+    need(config.database_url is None or config.database_url.startswith(("postgresql://", "postgres://")),
+         "database_url", "a URL starting with postgresql:// (or unset to serve TIMBRAL_MODEL_DIR only)")
+    need(config.registry_poll_seconds > 0, "registry_poll_seconds", "a number of seconds > 0")
+    need(config.database_timeout_seconds > 0, "database_timeout_seconds", "a number of seconds > 0")
+    need(config.ingest_token is None or len(config.ingest_token) >= 16, "ingest_token",
+         "at least 16 characters (or unset to disable ingestion)")
+    if config.ingest_token is not None and config.database_url is None:
+        problems.append("TIMBRAL_INGEST_TOKEN is set but DATABASE_URL is not: ingestion writes to PostgreSQL; "
+                        "set DATABASE_URL or unset TIMBRAL_INGEST_TOKEN")
+    need(config.ingest_max_events >= 1, "ingest_max_events", "an integer >= 1")
+    need(config.ingest_batch_events >= 1, "ingest_batch_events", "an integer >= 1")
+    need(config.ingest_queue_events >= config.ingest_max_events, "ingest_queue_events",
+         "an integer >= TIMBRAL_INGEST_MAX_EVENTS (a full request must fit)")
+    need(config.ingest_flush_seconds >= 0, "ingest_flush_seconds", "a number of seconds >= 0")
     return problems
 
 
@@ -250,11 +275,22 @@ ENV_NAMES: dict[str, str] = {
     "breaker_cooldown_seconds": "TIMBRAL_REDIS_BREAKER_COOLDOWN_SECONDS",
     "shutdown_timeout_seconds": "TIMBRAL_SHUTDOWN_TIMEOUT_SECONDS",
     "shutdown_delay_seconds": "TIMBRAL_SHUTDOWN_DELAY_SECONDS",
+    "database_url": "DATABASE_URL",
+    "db_migrate": "TIMBRAL_DB_MIGRATE",
+    "registry_poll_seconds": "TIMBRAL_REGISTRY_POLL_SECONDS",
+    "database_timeout_seconds": "TIMBRAL_DATABASE_TIMEOUT_SECONDS",
+    "model_cache_dir": "TIMBRAL_MODEL_CACHE_DIR",
+    "ingest_token": "TIMBRAL_INGEST_TOKEN",
+    "ingest_max_events": "TIMBRAL_INGEST_MAX_EVENTS",
+    "ingest_queue_events": "TIMBRAL_INGEST_QUEUE_EVENTS",
+    "ingest_batch_events": "TIMBRAL_INGEST_BATCH_EVENTS",
+    "ingest_flush_seconds": "TIMBRAL_INGEST_FLUSH_SECONDS",
 }
 
 # Unset-able variables for which an empty value means "not set" (common in compose files).
 _EMPTY_IS_UNSET = {"redis_url", "model_dir", "admin_token", "redis_ssl_ca_certs",
-                   "redis_ssl_certfile", "redis_ssl_keyfile"}
+                   "redis_ssl_certfile", "redis_ssl_keyfile", "database_url", "model_cache_dir",
+                   "ingest_token"}
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_host": str.strip,
@@ -286,4 +322,14 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "breaker_cooldown_seconds": _parse_number(float),
     "shutdown_timeout_seconds": _parse_number(float),
     "shutdown_delay_seconds": _parse_number(float),
+    "database_url": str.strip,
+    "db_migrate": _parse_bool,
+    "registry_poll_seconds": _parse_number(float),
+    "database_timeout_seconds": _parse_number(float),
+    "model_cache_dir": Path,
+    "ingest_token": str.strip,
+    "ingest_max_events": _parse_number(int),
+    "ingest_queue_events": _parse_number(int),
+    "ingest_batch_events": _parse_number(int),
+    "ingest_flush_seconds": _parse_number(float),
 }

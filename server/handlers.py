@@ -25,11 +25,14 @@ from timbral.recommender import Recommender
 
 from .cache import cache_key
 from .errors import ApiError
+from .ingest import RejectedEvents, check_token, parse_events
 from .keys import (
     BATCHER,
     CACHE,
     CONFIG,
     EXECUTOR,
+    FOLLOWER,
+    INGEST,
     LIFECYCLE,
     METRICS,
     MODEL,
@@ -102,12 +105,17 @@ async def health(request: web.Request) -> web.Response:
     app = request.app
     model = app[MODEL].current
     redis = await app[CACHE].redis.health() if app[CACHE].redis is not None else None
+    follower = app[FOLLOWER]
+    database = follower.health() if follower is not None else {
+        "status": "disabled", "reason": "DATABASE_URL is not set; the model comes from TIMBRAL_MODEL_DIR"}
     if app[LIFECYCLE].draining:
         status, reason = "unavailable", "shutting down"
     elif model is None:
         status, reason = "unavailable", "no model is loaded"
     elif redis is not None and redis.status == "degraded":
         status, reason = "degraded", "the shared cache is not answering; answers are computed"
+    elif database["status"] == "degraded":
+        status, reason = "degraded", "the model registry cannot be followed; the loaded model keeps serving"
     else:
         status, reason = "ok", None
     model_part: dict[str, Any] = {"status": "ok"} if model else {
@@ -116,7 +124,9 @@ async def health(request: web.Request) -> web.Response:
     if redis is not None and redis.status == "degraded":
         redis_part["reason"] = "not answering"
     system: dict[str, Any] = {"status": "ok"}
+    database_part: dict[str, Any] = {"status": database["status"]}
     if is_admin(request):
+        database_part = database
         if model is not None:
             model_part.update(model.describe())
         elif app[CONFIG].model_dir is None:
@@ -127,7 +137,8 @@ async def health(request: web.Request) -> web.Response:
     payload: dict[str, Any] = {"status": status}
     if reason is not None:
         payload["reason"] = reason
-    payload["components"] = {"model": model_part, "redis": redis_part, "system": system}
+    payload["components"] = {"model": model_part, "redis": redis_part, "database": database_part,
+                             "system": system}
     return json_response(payload, status=503 if status == "unavailable" else 200)
 
 
@@ -194,15 +205,22 @@ async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Res
             recent_items=None if req.recent_items is None else [model.item_id(i) for i in req.recent_items])
         return json_response({**recs.to_dict(), "model_version": model.version, "cached": False})
     cache = request.app[CACHE]
-    key = cache_key(model.version, "rec", user_id, req.k, req.exclude_seen)
+    follower = request.app[FOLLOWER]  # plays since training, folded in (DATABASE_URL only)
+    recent = follower.recent.get(str(user_id)) if follower is not None else None
+    # a digest of those plays keys the answer: older answers of this user are never reused
+    key = cache_key(model.version, "rec", user_id, req.k, req.exclude_seen, *((recent.digest,) if recent else ()))
     cached = await cache.get(key)
     if cached is not None:
         return web.Response(body=cached, content_type="application/json")
     # Only known users' answers are cached per id (checked on a miss only: hits stay cheap)
     if not model.recommender.known_user(user_id):
         return await _popular(request, model, user_id, req.k)
-    # the plain question: scored together with concurrent ones
-    recs = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
+    if recent is not None:
+        recs = await score(request, "recommend", model.recommender.recommend_with_recent, user_id,
+                           {model.item_id(item): plays for item, plays in recent.items.items()},
+                           req.k, exclude_seen=req.exclude_seen)
+    else:  # the plain question: scored together with concurrent ones
+        recs = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
     body = orjson.dumps({**recs.to_dict(), "model_version": model.version, "cached": False},
                         option=JSON_OPTIONS)
     # "cached" is the last key: the cached copy differs only there
@@ -299,3 +317,21 @@ async def reload_model(request: web.Request) -> web.Response:
     loaded: LoadedModel = await request.app[RELOADER].reload(target)
     return json_response({"status": "reloaded", "previous_version": previous.version if previous else None,
                           **loaded.describe()})
+
+
+async def ingest_interactions(request: web.Request) -> web.Response:
+    """Write a batch of play events; 200 only once they are committed (see server.ingest)."""
+    config = request.app[CONFIG]
+    check_token(request.headers.get("Authorization", ""), config.ingest_token)
+    queue = request.app[INGEST]
+    if queue is None:
+        raise ApiError(403, "ingest_disabled", "interaction ingestion is disabled; set DATABASE_URL")
+    try:
+        events = parse_events(parse_json(await request.read()), max_events=config.ingest_max_events,
+                              max_id_length=config.max_id_length)
+    except RejectedEvents as exc:
+        queue.reject(len(exc.rejected))
+        return json_response({"error": {"code": exc.code, "message": exc.message, "rejected": exc.rejected}},
+                             status=exc.status)
+    accepted, duplicates = await queue.submit(events)
+    return json_response({"received": len(events), "accepted": accepted, "duplicates": duplicates})

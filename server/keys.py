@@ -10,7 +10,9 @@ from .access_log import AccessLog
 from .batching import RecommendBatcher
 from .cache import TieredCache
 from .config import Config
+from .ingest import IngestQueue
 from .metrics import Metrics
+from .registry_follower import RegistryFollower
 from .state import Lifecycle, ModelSlot, Reloader
 
 CONFIG = web.AppKey("config", Config)
@@ -24,5 +26,7 @@ CACHE = web.AppKey("cache", TieredCache)
 RELOADER = web.AppKey("reloader", Reloader)
 OPENAPI = web.AppKey("openapi", bytes)
 ACCESS_LOG = web.AppKey("access_log", AccessLog | None)  # None below LOG_LEVEL=INFO
+FOLLOWER = web.AppKey("registry_follower", RegistryFollower | None)  # None without DATABASE_URL
+INGEST = web.AppKey("ingest", IngestQueue | None)  # None without TIMBRAL_INGEST_TOKEN
 
 REQUEST_ID = web.RequestKey("request_id", str)

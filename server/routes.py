@@ -15,4 +15,5 @@ ROUTES = [
     web.get("/api/v1/explain/{user_id}/{item_id}", handlers.explain, name="explain"),
     web.get("/api/v1/similar/{item_id}", handlers.similar, name="similar"),
     web.post("/api/v1/model/reload", handlers.reload_model, name="model_reload"),
+    web.post("/api/v1/interactions", handlers.ingest_interactions, name="interactions"),
 ]

@@ -148,12 +148,16 @@ def test_bad_sources_and_rules(client, tmp_path):
 
 def test_hostile_ids_are_data_not_code(client, tmp_path):
     """Ids that look like paths, SQL or format strings are just strings, read as load_interactions reads them."""
-    ids = ["../../etc/passwd", "'; DROP TABLE plays; --", "{0.__class__}", "%s%n", "\x00", "ü", "x" * 10_000] * 3
+    ids = ["../../etc/passwd", "'; DROP TABLE plays; --", "{0.__class__}", "%s%n", "\x00", "ü", "x" * 256] * 3
     pq.write_table(pa.table({"user_id": ids, "item_id": ["a", "b", "c"] * 7}), tmp_path / "h.parquet")
     blocks = read_blocks(tmp_path, client, n_blocks=2, rules=CleaningRules(min_user_interactions=1))
     ref = load_interactions(tmp_path / "h.parquet", min_user_interactions=1)
     np.testing.assert_array_equal(client.gather(blocks.user_ids), ref.user_ids)
     assert len(ref.user_ids) == 7
+    (tmp_path / "long").mkdir()
+    pq.write_table(pa.table({"user_id": ["a", "y" * 10_000], "item_id": ["b", "c"]}), tmp_path / "long" / "l.parquet")
+    with pytest.raises(DataError, match=r"column 'user_id', row 2 of its partition, is 10,000 bytes long; ids are at"):
+        read_blocks(tmp_path / "long", client, n_blocks=2)
 
 
 # -- fitting --------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from timbral._version import __version__
 from timbral.exceptions import ConvergenceWarning, TimbralError
 from timbral.logs import LOG_FORMATS, configure_logging
 from timbral.nmf.objective import CONFIDENCE_SCALINGS, DEFAULT_CONFIDENCE, DEFAULT_FEEDBACK, FEEDBACK_KINDS
+from timbral.registry import cli as registry_cli
 
 __all__ = ["main"]
 
@@ -182,7 +183,7 @@ def _dask_client(spec: str, worker_memory: str) -> Iterator[Any]:
     if "://" not in spec:
         raise _UsageError(f"--dask {spec!r} is neither a scheduler address (tcp://host:8786) nor local:N")
     try:
-        client = distributed.Client(spec, timeout="20s")
+        client = distributed.Client(spec, timeout="10s")
     except OSError as exc:
         raise _UsageError(
             f"--dask: cannot reach the scheduler at {spec} ({exc}); is `dask scheduler` running?"
@@ -211,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model and save it to a directory",
                                 description="Load, validate, evaluate on a holdout, refit on all data, save.")
-    train.add_argument("data", metavar="DATA", help="interactions: CSV/TSV/.dat, Parquet or JSON lines")
-    train.add_argument("--output", "-o", required=True, metavar="DIR", help="model directory to write")
+    train.add_argument("data", metavar="DATA", nargs="?",
+                       help="interactions: CSV/TSV/.dat, Parquet or JSON lines (or --source)")
+    train.add_argument("--output", "-o", metavar="DIR", help="model directory to write (needed unless --register)")
     _evaluation_options(train, 0.2)
     train.add_argument("--no-eval", action="store_true", help="skip the holdout evaluation (fit once, on all data)")
     train.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -224,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", metavar="URL",
                        help="with --dask: directory or fsspec URL every worker can write, for per-epoch "
                             "factor checkpoints (a lost worker then costs at most one epoch)")
+    registry_cli.add_train_options(train)
 
     evaluate = commands.add_parser("evaluate", help="measure a model on a held-out split",
                                    description="Split, fit on the training part, print held-out metrics.")
@@ -287,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--port", type=_port, default=8001, help="port (8001; 0 picks a free one)")
     quick.add_argument("--no-serve", action="store_true", help="stop after training")
     _model_options(quick)
+    registry_cli.add_commands(commands)
     return parser
 
 
@@ -506,12 +510,23 @@ def _cmd_tune(args: argparse.Namespace, progress: bool) -> int:
 def _cmd_train(args: argparse.Namespace, progress: bool) -> int:
     if args.dask is not None:
         return _cmd_train_dask(args)
-    result = _train(args, args.data, args.output, test_fraction=None if args.no_eval else args.test_fraction,
-                    k=args.k, refit=True, progress=progress)
+    if args.output is None and not args.register:
+        raise _UsageError("train needs --output DIR, --register, or both (see `timbral train --help`)")
+    with tempfile.TemporaryDirectory(prefix="timbral-train-") as scratch:
+        data = registry_cli.training_data(args, Path(scratch))
+        output = args.output or Path(scratch) / "model"  # --register alone: upload, then forget
+        result = _train(args, data, output, test_fraction=None if args.no_eval else args.test_fraction,
+                        k=args.k, refit=True, progress=progress)
+        registered = registry_cli.register_trained(args, result.path) if args.register else None
+        if args.output is None:
+            result.path = None
     if args.json:
-        _print_json(_summary(result))
+        _print_json({**_summary(result), "registry_version": registered.version if registered else None})
     else:
         print(_describe_training(result))
+        if registered is not None:
+            print(f"Registered as model version {registered.version} (staged); "
+                  f"promote it with `timbral models promote {registered.version}`")
     return 0
 
 
@@ -725,7 +740,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _cmd_tune(args, interactive)
             if args.command == "serve":
                 return _cmd_serve(args)
-            return _cmd_quickstart(args, interactive)
+            if args.command == "quickstart":
+                return _cmd_quickstart(args, interactive)
+            return registry_cli.run(args)
     except (TimbralError, OSError, _UsageError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"timbral: error: {message}", file=sys.stderr)

@@ -30,3 +30,7 @@ class UnknownIdError(TimbralError, KeyError):
 
 class ConvergenceWarning(UserWarning):
     """``fit`` stopped at ``max_iter`` before the loss settled within ``tol``."""
+
+
+class RegistryError(TimbralError, ValueError):
+    """The model registry refused an operation, or its database could not be used."""

@@ -291,6 +291,37 @@ class Recommender:
             return Recommendations(user_id, "fold_in", self._pairs(ids, scores))
         return Recommendations(user_id, "popularity", self._popular(k, deny, allow))
 
+    def recommend_with_recent(
+        self,
+        user_id: Any,
+        recent_items: Iterable[Any] | Mapping[Any, float],
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+    ) -> Recommendations:
+        """Top-``k`` for a user after folding their plays since training into the model.
+
+        For a known user, the training history and ``recent_items`` (merged, weights
+        added) are folded in together against the fixed item factors, the least-squares
+        problem of a training half-step, so new plays count without retraining
+        (strategy ``fold_in``). For an unknown user, or without known recent items,
+        this is :meth:`recommend` with ``recent_items``.
+        """
+        user = int(self._users.lookup([user_id])[0])
+        recent, weights = self._recent(recent_items)
+        if user < 0 or not recent.size:
+            return self.recommend(user_id, k, exclude_seen=exclude_seen, recent_items=recent_items)
+        k = check_k(k, limit=self.n_items)
+        row = self.user_items[user]
+        added = np.ones(recent.size) if weights is None else weights
+        items, inverse = np.unique(np.concatenate([row.indices, recent]), return_inverse=True)
+        totals = np.bincount(inverse, weights=np.concatenate([row.data, added]), minlength=items.size)
+        factors = self.model.fold_in(items, totals)
+        ids, scores = self.model.recommend_from_factors(
+            factors, k, exclude_items=items if exclude_seen else None
+        )
+        return Recommendations(self._users.external(user), "fold_in", self._pairs(ids, scores))
+
     def _recent(
         self, recent_items: Iterable[Any] | Mapping[Any, float] | None
     ) -> tuple[NDArray[np.int64], NDArray[np.float64] | None]:

@@ -17,9 +17,11 @@ never a row of data or an id map. The pipeline, every step a task on the workers
 5. **shuffle to item blocks**: each user block sends every item block its entries,
    which become that block's rows of Rᵀ.
 
-The rules and their order are those of :func:`timbral.data.load_interactions` (one
-pass of the minimum counts), so a dataset gives the same matrix and id maps either
-way; the automatic caps (``"auto"``) need global medians and are not offered here.
+The rules are :mod:`timbral.cleaning`'s own functions, applied in
+``load_interactions``'s order (one pass of the minimum counts; the item half of that
+rule is reduced across blocks), so a dataset gives the same matrix and id maps either
+way; the automatic cap of ``max_value`` (``"auto"``) needs a global median and is not
+offered here.
 """
 
 from __future__ import annotations
@@ -37,8 +39,17 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from timbral.data import ValidationReport
+from timbral.cleaning import (
+    MAX_USER_ITEMS,
+    ValidationReport,
+    drop_bad_ratings,
+    drop_implausible_users,
+    drop_implausible_values,
+    drop_missing_ids,
+    merge_duplicates,
+)
 from timbral.exceptions import DataError, ValidationError
+from timbral.ids import MAX_ID_BYTES
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -62,7 +73,7 @@ class CleaningRules:
     min_user_interactions: int = 5
     min_item_interactions: int = 1
     max_value: float | None = None
-    max_user_interactions: int | None = None
+    max_user_interactions: int | None = MAX_USER_ITEMS
 
     def __post_init__(self) -> None:
         if self.feedback not in ("implicit", "explicit", "frobenius"):
@@ -156,7 +167,16 @@ def _ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[NDArray[Any], N
     if pa.types.is_integer(column.type):
         return column.fill_null(0).to_numpy().astype(np.int64, copy=False), valid
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        return column.fill_null("").to_numpy(zero_copy_only=False).astype(str), valid
+        lengths = pc.binary_length(column)
+        longest = pc.max(lengths).as_py()
+        if longest is not None and longest > MAX_ID_BYTES:  # the loader's limit on one id
+            row = int(pc.index(lengths, longest).as_py())
+            raise DataError(
+                f"the id in column {name!r}, row {row + 1:,} of its partition, is {longest:,} bytes long; "
+                f"ids are at most {MAX_ID_BYTES} bytes: fix or drop that row"
+            )
+        # Python str objects, as the loader keeps them (a fixed-width numpy str would drop trailing NULs).
+        return column.fill_null("").to_numpy(zero_copy_only=False).astype(object), valid
     raise DataError(
         f"column {name!r} has type {column.type}; ids must be integers or strings (cast the column)"
     )
@@ -175,32 +195,28 @@ def _validate(table: pa.Table, columns: Columns, rules: CleaningRules) -> Part:
         raise DataError(
             f"column(s) {missing} not found among {table.column_names}; pass user_col=, item_col=, rating_col="
         )
-    counts = dict.fromkeys(_COUNTS, 0)
-    counts["rows_read"] = table.num_rows
+    report = ValidationReport(rows_read=table.num_rows)
     users, user_ok = _ids(table.column(user_col), user_col)
     items, item_ok = _ids(table.column(item_col), item_col)
-    keep = user_ok & item_ok
-    counts["dropped_missing_id"] = int((~keep).sum())
+    keep = np.ones(table.num_rows, bool)
+    drop_missing_ids(keep, user_ok, item_ok, report)
     if rating_col is None:
         values = np.ones(table.num_rows)
     else:
         column = pc.cast(table.column(rating_col), pa.float64(), safe=False)
         ok = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         values = column.fill_null(0.0).to_numpy()
-        rules_in_order = [
-            ("dropped_invalid_rating", ~ok),
-            ("dropped_nonfinite_rating", ~np.isfinite(values)),
-            ("dropped_negative_rating", values < 0),
-        ]
-        if rules.feedback != "explicit":
-            rules_in_order.append(("dropped_zero_rating", values == 0))
-        if rules.max_value is not None:
-            rules_in_order.append(("dropped_implausible_value", values > rules.max_value))
-        for name, bad in rules_in_order:
-            hit = keep & bad
-            counts[name] = int(hit.sum())
-            keep &= ~hit
-    return (users[keep], items[keep], values[keep]), counts
+        drop_bad_ratings(keep, values, ok, rules.feedback, report)
+    users, items, values = users[keep], items[keep], values[keep]
+    below_cap = drop_implausible_values(values, rules.max_value, report)  # a number or None: one cap everywhere
+    if below_cap is not None:
+        users, items, values = users[below_cap], items[below_cap], values[below_cap]
+    return (users, items, values), _counts_of(report)
+
+
+def _counts_of(report: ValidationReport) -> dict[str, int]:
+    """The additive counts of a partition's or a block's report."""
+    return {name: getattr(report, name) for name in _COUNTS}
 
 
 def _read_parquet(fs: Any, path: str, columns: Columns, rules: CleaningRules) -> Part:
@@ -275,21 +291,17 @@ def _user_block(
     u = np.concatenate([p[0] for p in pieces]) - lo
     i = np.concatenate([p[1] for p in pieces])
     v = np.concatenate([p[2] for p in pieces])
-    block = sp.csr_matrix((v, (u, i)), shape=(hi - lo, n_items))  # sums duplicate (user, item) pairs
-    block.sum_duplicates()
-    counts = dict.fromkeys(_COUNTS, 0)
-    counts["duplicates_merged"] = int(u.size - block.nnz)
-    per_user = np.diff(block.indptr)
-    keep = per_user > 0
-    if rules.max_user_interactions is not None:
-        outliers = per_user > rules.max_user_interactions
-        counts["outlier_users"] = int(outliers.sum())
-        counts["outlier_user_interactions"] = int(per_user[outliers].sum())
-        keep &= ~outliers
+    report = ValidationReport()
+    rows, cols, values, _ = merge_duplicates(u, i, v, None, hi - lo, n_items, rules.feedback == "explicit")
+    report.duplicates_merged = int(u.size - rows.size)
+    keep = drop_implausible_users(rows, hi - lo, rules.max_user_interactions, report)
+    # The user half of the minimum-count rule; the item half needs every block's counts (read_blocks).
+    per_user = np.bincount(rows, minlength=hi - lo)
     sparse = keep & (per_user < rules.min_user_interactions)
-    counts["sparse_users_removed"] = int(sparse.sum())
+    report.sparse_users_removed = int(sparse.sum())
     keep &= ~sparse
-    return _keep_rows(block, keep), counts
+    block = sp.csr_matrix((values, cols, np.r_[0, np.cumsum(per_user)]), shape=(hi - lo, n_items))
+    return _keep_rows(block, keep), _counts_of(report)
 
 
 def _keep_rows(block: sp.csr_matrix, keep: NDArray[np.bool_]) -> sp.csr_matrix:

@@ -1,0 +1,336 @@
+"""``POST /api/v1/interactions``: validate play events and write them to PostgreSQL.
+
+Guarantee (exact): a ``200`` means every event of the batch is committed in
+``timbral_interactions`` — the answer is sent only after the COPY's transaction
+commits. A batch is all or nothing: one invalid event rejects the whole batch (``422``
+listing each bad row and why) and nothing of it is written. Retrying is always safe:
+``event_id`` is the primary key and rows are inserted with ``ON CONFLICT DO NOTHING``,
+so a retried batch counts once (its events come back as ``duplicates``). ``429``
+(queue full) and ``503`` (database unreachable) mean nothing was acknowledged: retry
+after ``Retry-After`` seconds. On SIGTERM the service stops taking connections,
+lets waiting requests finish while the writer keeps flushing, then flushes whatever
+is still queued before it exits.
+
+Batching: requests wait in a bounded in-memory queue (``TIMBRAL_INGEST_QUEUE_EVENTS``
+events); one writer task takes up to ``TIMBRAL_INGEST_BATCH_EVENTS`` of them, after
+lingering ``TIMBRAL_INGEST_FLUSH_SECONDS`` for company, COPYs them into a temporary
+table and moves them into ``timbral_interactions`` in one transaction, which also
+announces the users concerned (``NOTIFY timbral_interactions``) so that every replica
+folds their new plays into their next answer.
+
+Validation follows the rules ``timbral.load_interactions`` applies to each row: ids
+present (strings or integers, bounded length), a play count that is a finite number
+> 0 (default 1), a timestamp as ISO 8601 or epoch seconds (ms/µs/ns recognised by
+magnitude) that is not negative and at most one day ahead of the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+from prometheus_client import Counter, Gauge, Histogram
+
+from .errors import ApiError
+from .metrics import LATENCY_BUCKETS, Metrics
+
+log = logging.getLogger("timbral.server.ingest")
+
+INTERACTIONS_CHANNEL = "timbral_interactions"  # replicas refresh these users' recent plays
+MAX_NOTIFY_BYTES = 7000  # PostgreSQL caps a NOTIFY payload just under 8000 bytes
+EVENT_FIELDS = frozenset({"event_id", "user_id", "item_id", "value", "timestamp"})
+MAX_FUTURE = timedelta(days=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SCALES = ((1e17, 1e-9), (1e14, 1e-6), (1e11, 1e-3))  # ns, µs, ms → s, as the loader reads them
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event_id: str
+    user_id: str
+    item_id: str
+    value: float
+    occurred_at: datetime
+
+
+@dataclass(slots=True)
+class _Pending:
+    events: list[Event]
+    done: asyncio.Future[set[str]]  # the event ids inserted by the flush that took it
+
+
+def check_token(header: str, token: str | None) -> None:
+    """Bearer ``TIMBRAL_INGEST_TOKEN``; 403 when ingestion is off, 401 when it does not match."""
+    if token is None:
+        raise ApiError(403, "ingest_disabled",
+                       "interaction ingestion is disabled; set TIMBRAL_INGEST_TOKEN and DATABASE_URL")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError(401, "unauthorized", "send Authorization: Bearer <TIMBRAL_INGEST_TOKEN>",
+                       headers={"WWW-Authenticate": 'Bearer realm="timbral-ingest"'})
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _id(event: dict[str, Any], name: str, max_length: int) -> str:
+    value = event.get(name)
+    if value is None:
+        raise ValueError(f"{name} is missing")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"{name} must be a string or an integer, got {_describe(value)}")
+    text = str(value)
+    if not text or len(text) > max_length:
+        raise ValueError(f"{name} must be 1..{max_length} characters long, got {len(text)}")
+    if "\x00" in text:
+        raise ValueError(f"{name} must not contain NUL characters")
+    return text
+
+
+def _value(raw: Any) -> float:
+    if raw is None:
+        return 1.0  # as the loader: without a play count an interaction counts 1
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ValueError(f"value must be a number, got {_describe(raw)}")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(f"value must be finite, got {raw!r}")
+    if value <= 0:
+        raise ValueError(f"value must be > 0 (a play count), got {raw!r}")
+    if value > 3.4e38:
+        raise ValueError(f"value {raw!r} does not fit a 32-bit float")
+    return value
+
+
+def _timestamp(raw: Any, now: datetime) -> datetime:
+    if raw is None:
+        return now
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise ValueError(f"timestamp must be ISO 8601 text or epoch seconds, got {_describe(raw)}")
+    if isinstance(raw, str):
+        try:
+            moment = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
+        except ValueError:
+            raise ValueError(f"timestamp {_describe(raw)} is not ISO 8601 (2024-05-01T12:00:00Z)") from None
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    else:
+        seconds = float(raw)
+        if not math.isfinite(seconds):
+            raise ValueError(f"timestamp must be finite, got {raw!r}")
+        seconds *= next((scale for bound, scale in _SCALES if seconds > bound), 1.0)
+        if seconds < 0:
+            raise ValueError(f"timestamp {raw!r} is before 1970")
+        moment = _EPOCH + timedelta(seconds=seconds)
+    if moment < _EPOCH:
+        raise ValueError(f"timestamp {raw!r} is before 1970")
+    if moment > now + MAX_FUTURE:
+        raise ValueError(f"timestamp {raw!r} is more than a day in the future")
+    return moment
+
+
+def parse_events(body: Any, *, max_events: int, max_id_length: int) -> list[Event]:
+    """``{"events": [...]}`` → events, or 422 listing every bad row and its reason."""
+    if not isinstance(body, dict) or not isinstance(body.get("events"), list):
+        raise ApiError(422, "invalid_request",
+                       f'the body must be {{"events": [...]}}, got {_describe(body)}')
+    raw_events = body["events"]
+    if not 1 <= len(raw_events) <= max_events:
+        raise ApiError(422, "invalid_request",
+                       f"events must hold 1..{max_events} events, got {len(raw_events)}; split the batch")
+    unknown = set(body) - {"events"}
+    if unknown:
+        raise ApiError(422, "invalid_request", f"unknown fields {sorted(unknown)}; send only \"events\"")
+    now = datetime.now(timezone.utc)
+    events, rejected = [], []
+    for index, raw in enumerate(raw_events):
+        try:
+            if not isinstance(raw, dict):
+                raise ValueError(f"an event must be an object, got {_describe(raw)}")
+            extra = set(raw) - EVENT_FIELDS
+            if extra:
+                raise ValueError(f"unknown fields {sorted(extra)}; expected {sorted(EVENT_FIELDS)}")
+            events.append(Event(_id(raw, "event_id", max_id_length), _id(raw, "user_id", max_id_length),
+                                _id(raw, "item_id", max_id_length), _value(raw.get("value")),
+                                _timestamp(raw.get("timestamp"), now)))
+        except ValueError as exc:
+            event_id = raw.get("event_id") if isinstance(raw, dict) else None
+            rejected.append({"index": index, "event_id": event_id if isinstance(event_id, str | int) else None,
+                             "reason": str(exc)})
+    if rejected:
+        raise RejectedEvents(rejected, len(raw_events))
+    return events
+
+
+class RejectedEvents(ApiError):
+    """422 for a batch with invalid events; ``rejected`` lists ``{index, event_id, reason}``.
+
+    The handler adds ``rejected`` beside ``code`` and ``message`` in the error object.
+    """
+
+    def __init__(self, rejected: list[dict[str, Any]], total: int) -> None:
+        super().__init__(422, "invalid_events",
+                         f"{len(rejected)} of {total} events are invalid; nothing of this batch was "
+                         "written; fix the rows listed in \"rejected\" and send the batch again")
+        self.rejected = rejected
+
+
+def announcements(users: list[str]) -> list[str]:
+    """JSON arrays of ``users``, each small enough for one NOTIFY payload."""
+    payloads, chunk, size = [], [], 2
+    for user in users:
+        cost = len(orjson.dumps(user)) + 1
+        if chunk and size + cost > MAX_NOTIFY_BYTES:
+            payloads.append(orjson.dumps(chunk).decode())
+            chunk, size = [], 2
+        chunk.append(user)
+        size += cost
+    if chunk:
+        payloads.append(orjson.dumps(chunk).decode())
+    return payloads
+
+
+class IngestQueue:
+    """The bounded queue of acknowledged-on-commit batches and the task that writes them."""
+
+    def __init__(self, url: str, metrics: Metrics, *, capacity: int, batch_events: int,
+                 flush_seconds: float, timeout_seconds: float) -> None:
+        self.url = url
+        self.capacity = capacity
+        self.batch_events = batch_events
+        self.flush_seconds = flush_seconds
+        self.timeout_seconds = timeout_seconds
+        self._pending: deque[_Pending] = deque()
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._conn: Any = None
+        r = metrics.registry
+        self._events = Counter("timbral_ingest_events", "Ingested events, by outcome "
+                               "(accepted, duplicate, rejected, throttled, failed).", ("outcome",), registry=r)
+        self._depth = Gauge("timbral_ingest_queue_events", "Events waiting for their COPY.", registry=r)
+        self._copy = Histogram("timbral_ingest_copy_seconds", "Time to COPY and commit one flush.",
+                               buckets=LATENCY_BUCKETS, registry=r)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def reject(self, count: int) -> None:
+        self._events.labels("rejected").inc(count)
+
+    async def submit(self, events: list[Event]) -> tuple[int, int]:
+        """Queue ``events`` and wait for their commit; returns (accepted, duplicates).
+
+        Raises
+        ------
+        ApiError
+            429 when the queue is full, 503 when shutting down or the database failed.
+        """
+        if self._closing:
+            raise ApiError(503, "shutting_down", "the service is stopping; retry on another replica",
+                           headers={"Retry-After": "1"})
+        if self._queued + len(events) > self.capacity:
+            self._events.labels("throttled").inc(len(events))
+            raise ApiError(429, "ingest_queue_full",
+                           f"{self._queued} events are waiting to be written (capacity {self.capacity}); "
+                           "retry after the Retry-After seconds", headers={"Retry-After": "1"})
+        pending = _Pending(events, asyncio.get_running_loop().create_future())
+        self._pending.append(pending)
+        self._queued += len(events)
+        self._depth.set(self._queued)
+        self._wake.set()
+        inserted = await asyncio.shield(pending.done)  # a client hanging up does not cancel the write
+        accepted = sum(1 for event in events if event.event_id in inserted)
+        self._events.labels("accepted").inc(accepted)
+        self._events.labels("duplicate").inc(len(events) - accepted)
+        return accepted, len(events) - accepted
+
+    async def close(self) -> None:
+        """Flush everything queued, then stop the writer (the SIGTERM path)."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if not self._closing and self._queued < self.batch_events:
+                await asyncio.sleep(self.flush_seconds)  # linger: let concurrent requests join
+            batch: list[_Pending] = []
+            size = 0
+            while self._pending and (not batch or size + len(self._pending[0].events) <= self.batch_events):
+                item = self._pending.popleft()
+                batch.append(item)
+                size += len(item.events)
+            self._queued -= size
+            self._depth.set(self._queued)
+            try:
+                inserted = await self._write([event for item in batch for event in item.events])
+            except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+                self._events.labels("failed").inc(size)
+                log.warning("ingestion flush failed; the events were not acknowledged",
+                            extra={"events": size, "reason": f"{type(exc).__name__}: {exc}"[:300]})
+                error = ApiError(503, "database_unavailable",
+                                 "the events could not be written to the database; nothing of this batch "
+                                 "was acknowledged, retry after Retry-After seconds",
+                                 headers={"Retry-After": "1"})
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(error)
+                if self._conn is not None:
+                    await self._conn.close()
+                    self._conn = None
+                if self._closing:  # nothing more can be written: every waiter gets its 503 now
+                    while self._pending:
+                        self._pending.popleft().done.set_exception(error)
+                    self._queued = 0
+                    return
+                continue
+            for item in batch:
+                if not item.done.done():
+                    item.done.set_result(inserted)
+
+    async def _write(self, events: list[Event]) -> set[str]:
+        import psycopg
+
+        started = time.perf_counter()
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=max(1, round(self.timeout_seconds)))
+        conn = self._conn
+        async with conn.transaction():
+            await conn.execute("CREATE TEMP TABLE IF NOT EXISTS timbral_ingest_staging "
+                               "(LIKE timbral_interactions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            async with conn.cursor() as cursor:
+                async with cursor.copy("COPY timbral_ingest_staging (event_id, user_id, item_id, value, "
+                                       "occurred_at) FROM STDIN") as copy:
+                    for e in events:
+                        await copy.write_row((e.event_id, e.user_id, e.item_id, e.value, e.occurred_at))
+                await cursor.execute(
+                    "INSERT INTO timbral_interactions (event_id, user_id, item_id, value, occurred_at) "
+                    "SELECT event_id, user_id, item_id, value, occurred_at FROM timbral_ingest_staging "
+                    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id, user_id")
+                rows = await cursor.fetchall()
+                for payload in announcements(sorted({user for _, user in rows})):
+                    await cursor.execute("SELECT pg_notify(%s, %s)", (INTERACTIONS_CHANNEL, payload))
+                inserted = {event_id for event_id, _ in rows}
+        self._copy.observe(time.perf_counter() - started)
+        return inserted
