@@ -21,7 +21,7 @@ In one process, on 2 threads with k = 64:
 
 Usage::
 
-    python benchmarks/compare_fit.py /work/shared/data/lastfm-2k/user_artists.dat
+    python benchmarks/compare_fit.py path/to/lastfm-2k/user_artists.dat
     python benchmarks/compare_fit.py --generate 50000 20000 1000000 --sklearn-max-iter 50
     python benchmarks/compare_fit.py --scale [--sizes 1000000 8000000] [--repeats 3]
 """
