@@ -85,7 +85,7 @@ def objective(
     l2: float,
     l1: float,
 ) -> float:
-    """The weighted NMF objective, from the dense score matrix.
+    """The weighted NMF objective of DESIGN.md §2, from the dense score matrix.
 
         Σ_all beta · s²  +  Σ_obs [c (p − s)² − beta · s²]  +  l2 (‖W‖² + ‖H‖²)  +  l1 (Σ W + Σ H)
 
