@@ -220,9 +220,15 @@ def _fit_fresh(library: str, path: str, iterations: int) -> tuple[float, float, 
     return result
 
 
-def compare_scale(sizes: list[int], iterations: int, repeats: int) -> list[dict[str, float]]:
-    """One row per size: medians of Timbral's and ALS's s/iteration and peak RSS."""
-    rows = []
+def compare_scale(sizes: list[int], iterations: int, repeats: int) -> None:
+    """Print one table row per size, as it is measured: medians of Timbral's and ALS's
+    s/iteration and peak RSS."""
+    print(f"k={K}, {THREADS} threads, power-law {SCALE_SHAPE[0]:,} × {SCALE_SHAPE[1]:,}, "
+          f"implicit feedback, {iterations} iterations, medians of {repeats} rounds; "
+          "ratio = Timbral / ALS (target ≤ 0.6; RSS ≤ 1.05×)")
+    print("| interactions | Timbral s/epoch | implicit ALS s/iteration | ratio | CPU-time ratio "
+          "| peak RSS Timbral / implicit |")
+    print("|---|---|---|---|---|---|", flush=True)
     for nnz in sizes:
         R = generate_power_law(*SCALE_SHAPE, nnz)
         with tempfile.TemporaryDirectory() as tmp:
@@ -234,23 +240,9 @@ def compare_scale(sizes: list[int], iterations: int, repeats: int) -> list[dict[
                 for library in runs:
                     runs[library].append(_fit_fresh(library, path, iterations))
         ours, theirs = (np.median(np.array(runs[name], dtype=float), axis=0) for name in runs)
-        rows.append({"interactions": nnz, "timbral_s": ours[0], "als_s": theirs[0],
-                     "ratio": ours[0] / theirs[0], "cpu_ratio": ours[1] / theirs[1],
-                     "timbral_rss_gb": ours[2] / 1e9, "als_rss_gb": theirs[2] / 1e9})
-        print(f"  measured {nnz:,} interactions", file=sys.stderr, flush=True)
-    return rows
-
-
-def print_scale(rows: list[dict[str, float]]) -> None:
-    print(f"k={K}, {THREADS} threads, power-law {SCALE_SHAPE[0]:,} × {SCALE_SHAPE[1]:,}, "
-          "implicit feedback; ratio = Timbral / ALS (target ≤ 0.6; RSS ≤ 1.05×)")
-    print("| interactions | Timbral s/epoch | implicit ALS s/iteration | ratio | CPU-time ratio "
-          "| peak RSS Timbral / implicit |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['interactions'] / 1e6:.1f}M | {row['timbral_s']:.3f} | {row['als_s']:.3f} "
-              f"| {row['ratio']:.2f}× | {row['cpu_ratio']:.2f}× "
-              f"| {row['timbral_rss_gb']:.2f} / {row['als_rss_gb']:.2f} GB |")
+        print(f"| {nnz / 1e6:.1f}M | {ours[0]:.3f} | {theirs[0]:.3f} | {ours[0] / theirs[0]:.2f}× "
+              f"| {ours[1] / theirs[1]:.2f}× | {ours[2] / 1e9:.2f} / {theirs[2] / 1e9:.2f} GB |",
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -267,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="--scale rounds (medians)")
     args = parser.parse_args(argv)
     if args.scale:
-        print_scale(compare_scale(args.sizes, args.iterations, args.repeats))
+        compare_scale(args.sizes, args.iterations, args.repeats)
         return
     if (args.path is None) == (args.generate is None):
         parser.error("give a path to user_artists.dat, --generate N_USERS N_ITEMS NNZ, "

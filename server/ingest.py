@@ -68,14 +68,18 @@ class _Pending:
 
 
 def check_token(header: str, token: str | None) -> None:
-    """Bearer ``TIMBRAL_INGEST_TOKEN``; 403 when ingestion is off, 401 when it does not match."""
+    """Bearer ``TIMBRAL_INGEST_TOKEN``: 401 without bearer credentials (whether or not ingestion
+    is on, as HTTP asks), 403 when ingestion is off, 401 when the token does not match."""
+    scheme, _, given = header.partition(" ")
+    unauthorized = ApiError(401, "unauthorized", "send Authorization: Bearer <TIMBRAL_INGEST_TOKEN>",
+                            headers={"WWW-Authenticate": 'Bearer realm="timbral-ingest"'})
+    if scheme.lower() != "bearer" or not given:
+        raise unauthorized
     if token is None:
         raise ApiError(403, "ingest_disabled",
                        "interaction ingestion is disabled; set TIMBRAL_INGEST_TOKEN and DATABASE_URL")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-        raise ApiError(401, "unauthorized", "send Authorization: Bearer <TIMBRAL_INGEST_TOKEN>",
-                       headers={"WWW-Authenticate": 'Bearer realm="timbral-ingest"'})
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise unauthorized
 
 
 def _describe(value: Any) -> str:

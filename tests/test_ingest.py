@@ -149,6 +149,8 @@ async def test_the_ingest_token_guards_the_endpoint(aiohttp_client, db, model_di
     closed = await aiohttp_client(create_app(config(model_dir)))
     response = await closed.post(URL, json={"events": events(1)}, headers=AUTH)
     assert response.status == 403 and "set TIMBRAL_INGEST_TOKEN" in (await response.json())["error"]["message"]
+    anonymous = await closed.post(URL, json={"events": events(1)})  # no credentials: 401 first, as HTTP asks
+    assert anonymous.status == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
     assert stored(db) == []
 
 

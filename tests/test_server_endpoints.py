@@ -219,6 +219,7 @@ async def test_public_health_says_why_in_general_terms_only(aiohttp_client, mode
                       "reason": "the shared cache is not answering; answers are computed",
                       "components": {"model": {"status": "ok"},
                                      "redis": {"status": "degraded", "reason": "not answering"},
+                                     "database": {"status": "disabled"},
                                      "system": {"status": "ok"}}}
     wrong = await (await client.get("/api/v1/health", headers={"Authorization": "Bearer nope"})).json()
     assert wrong == public

@@ -13,8 +13,8 @@ import math
 import os
 import threading
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from threadpoolctl import ThreadpoolController
 

@@ -375,9 +375,8 @@ def write_interactions(
         if fmt == "parquet":
             writer: pq.ParquetWriter | pa_csv.CSVWriter = pq.ParquetWriter(tmp, SCHEMA, compression="zstd")
         else:
-            writer = pa_csv.CSVWriter(
-                tmp, SCHEMA, write_options=pa_csv.WriteOptions(delimiter="\t" if fmt == "tsv" else ",", quoting_style="none")
-            )
+            options_csv = pa_csv.WriteOptions(delimiter="\t" if fmt == "tsv" else ",", quoting_style="none")
+            writer = pa_csv.CSVWriter(tmp, SCHEMA, write_options=options_csv)
         with writer:
             for table in iter_interactions(n_users, n_items, n_interactions, seed, **options):  # type: ignore[arg-type]
                 writer.write_table(table)

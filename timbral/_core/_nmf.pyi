@@ -1,6 +1,9 @@
 import numpy as np
 from numpy.typing import NDArray
 
+#: Rows with more entries than this are solved chunk by chunk (bounded scratch).
+LONG_ROW_ENTRIES: int
+
 def solve_rows(
     indptr: NDArray[np.integer],
     indices: NDArray[np.integer],
