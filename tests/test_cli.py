@@ -78,7 +78,8 @@ def test_evaluate_json(plays, capsys):
     [
         ([], "the following arguments are required: COMMAND (see `timbral --help`)"),
         (["train", "DATA"], "train needs --output DIR, --register, or both (see `timbral train --help`)"),
-        (["train", "x.csv", "-o", "m", "--components", "0"], "argument --components: expected a positive integer, got '0'"),
+        (["train", "x.csv", "-o", "m", "--components", "0"],
+         "argument --components: expected a positive integer, got '0'"),
         (["evaluate", "x.csv", "--test-fraction", "1.5"], "expected a number strictly between 0 and 1, got '1.5'"),
         (["recommend", "m", "u", "-k", "many"], "argument -k: expected a positive integer, got 'many'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
