@@ -180,6 +180,20 @@ def test_fit_equals_the_single_machine_fit(client, plays, params, tmp_path):
     assert sorted(os.listdir(tmp_path / "ck")) == ["epoch-000004"]  # only the last epoch is kept
 
 
+def test_fit_distributed_hands_a_dataset_to_the_workers_and_a_matrix_to_the_fit_loop(client, plays):
+    """timbral.distributed.fit_distributed is the one entry point: a Parquet dataset goes to the
+    block fit (the client never reads it), a matrix to the fit loop's Dask backend; same answer."""
+    from timbral.distributed import fit_distributed
+
+    ref = load_reference(plays / "all.parquet")
+    from_dataset = fit_distributed(NMFModel(**SETTINGS), plays / "parts", client, n_shards=3, rating_col="plays")
+    from_matrix = fit_distributed(NMFModel(**SETTINGS), ref.user_items, client, n_shards=3)
+    np.testing.assert_array_equal(from_dataset.user_ids, ref.user_ids)
+    np.testing.assert_allclose(from_dataset.model.loss_history_, from_matrix.loss_history_, rtol=1e-5)
+    with pytest.raises(ValidationError, match="rating_col apply to a Parquet dataset"):
+        fit_distributed(NMFModel(**SETTINGS), ref.user_items, client, rating_col="plays")
+
+
 def test_routing_ships_selected_rows_or_whole_blocks(client, plays):
     """broadcast_fraction=1 never broadcasts, 0 always does; the answer is the same."""
     routed = fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=3,

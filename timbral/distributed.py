@@ -29,6 +29,8 @@ from timbral.nmf.objective import check_feedback
 if TYPE_CHECKING:
     from distributed import Client
 
+    from timbral.dask import DaskFit
+
 SUPPORTED_FEEDBACK = ("implicit", "frobenius")
 
 
@@ -92,32 +94,56 @@ class DaskBackend:
 
 def fit_distributed(
     model: NMFModel,
-    user_items: sp.spmatrix,
+    source: Any,
     client: Client,
     *,
     n_shards: int | None = None,
     threads_per_shard: int = 1,
-) -> NMFModel:
-    """Fit ``model`` on ``user_items`` with the row solves spread over ``client``'s workers.
+    **read_options: Any,
+) -> NMFModel | DaskFit:
+    """Fit ``model`` with the row solves spread over ``client``'s workers.
+
+    Two paths, one answer (the fit equals ``model.fit`` from the same seed up to
+    summation order):
+
+    - ``source`` a scipy.sparse users × items matrix (small data): the client holds it,
+      sends shards of R and Rᵀ to the workers once, and the one fit loop runs with
+      :class:`DaskBackend`. Returns ``model``, fitted in place.
+    - ``source`` a Parquet dataset (directory, glob, list of files, fsspec URL) or a
+      ``dask.dataframe.DataFrame``: the workers read, clean and id-map it and keep R, W
+      and H as blocks; the client never holds the interactions
+      (:func:`timbral.dask.fit`). Returns a :class:`timbral.dask.DaskFit` (the model,
+      its id maps and the cleaning report; ``.recommender()`` builds the Recommender).
 
     Parameters
     ----------
     model : NMFModel
         An unfitted (or to be refitted) model; its parameters are used as they are.
         ``feedback`` must be "implicit" or "frobenius".
-    user_items : sparse matrix of shape (n_users, n_items)
+    source : sparse matrix of shape (n_users, n_items), Parquet dataset or dask DataFrame
     client : distributed.Client
         A connected Dask client (a ``LocalCluster`` works too).
     n_shards : int, optional
         Row blocks per side; defaults to the cluster's total thread count.
     threads_per_shard : int, default=1
         Kernel threads each shard task uses.
+    **read_options
+        For a dataset only: ``user_col``, ``item_col``, ``rating_col``, ``rules``,
+        ``checkpoint``, ``broadcast_fraction`` (see :func:`timbral.dask.fit`).
 
     Returns
     -------
-    model : NMFModel
-        Fitted in place, exactly like ``model.fit(user_items)`` would leave it.
+    NMFModel or timbral.dask.DaskFit
     """
+    if not (sp.issparse(source) or isinstance(source, np.ndarray)):
+        from timbral.dask import fit  # the dataset path needs dask.dataframe and pyarrow's dataset reader
+
+        return fit(model, source, client, n_blocks=n_shards, n_threads=threads_per_shard, **read_options)
+    if read_options:
+        raise ValidationError(
+            f"{', '.join(sorted(read_options))} apply to a Parquet dataset or dask DataFrame source; "
+            "a matrix has no columns to read or clean. Drop them, or pass the dataset itself."
+        )
     model.check_params()
     if check_feedback(model.feedback) not in SUPPORTED_FEEDBACK:
         raise ValidationError(
@@ -128,7 +154,7 @@ def fit_distributed(
         n_shards = max(1, sum(client.nthreads().values()))
     if isinstance(n_shards, bool) or not isinstance(n_shards, int) or n_shards < 1:
         raise ValidationError(f"`n_shards` must be a positive integer; got {n_shards!r}.")
-    return model.fit(user_items, backend=DaskBackend(client, n_shards, threads_per_shard))
+    return model.fit(source, backend=DaskBackend(client, n_shards, threads_per_shard))
 
 
 def _solve_shard(
