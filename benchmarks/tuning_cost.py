@@ -8,7 +8,7 @@ same threads, one after the other; the ratio is what to compare across machines.
 
 Usage::
 
-    python benchmarks/tuning_cost.py /work/shared/data/lastfm-2k/user_artists.dat
+    python benchmarks/tuning_cost.py path/to/lastfm-2k/user_artists.dat
     python benchmarks/tuning_cost.py --generate 200000 50000 10000000 [--confidence auto]
 """
 
