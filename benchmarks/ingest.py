@@ -19,7 +19,7 @@ import os
 import socket
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -34,7 +34,7 @@ TOKEN = "benchmark-ingest-token-0123456789"
 
 
 def events(n: int, prefix: str) -> list[dict[str, object]]:
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     return [{"event_id": f"{prefix}{i}", "user_id": f"u{i % 5000}", "item_id": i % 2000, "value": 1 + i % 7,
              "timestamp": now} for i in range(n)]
 

@@ -13,7 +13,7 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO
 
 import orjson
@@ -71,7 +71,7 @@ def _json_line(stamp: float, request_id: str, method: str, path: str, route: str
                seconds: float) -> bytes:
     return orjson.dumps({
         # orjson writes RFC 3339 with "Z"
-        "timestamp": datetime.fromtimestamp(stamp, timezone.utc),
+        "timestamp": datetime.fromtimestamp(stamp, UTC),
         "level": "INFO", "service": SERVICE, "logger": "timbral.server.access",
         "message": "request", "request_id": request_id, "method": method, "path": path,
         "route": route, "status": status, "duration_ms": round(seconds * 1000, 3),

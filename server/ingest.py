@@ -33,7 +33,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -48,7 +48,7 @@ INTERACTIONS_CHANNEL = "timbral_interactions"  # replicas refresh these users' r
 MAX_NOTIFY_BYTES = 7000  # PostgreSQL caps a NOTIFY payload just under 8000 bytes
 EVENT_FIELDS = frozenset({"event_id", "user_id", "item_id", "value", "timestamp"})
 MAX_FUTURE = timedelta(days=1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SCALES = ((1e17, 1e-9), (1e14, 1e-6), (1e11, 1e-3))  # ns, µs, ms → s, as the loader reads them
 
 
@@ -126,7 +126,7 @@ def _timestamp(raw: Any, now: datetime) -> datetime:
             moment = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
         except ValueError:
             raise ValueError(f"timestamp {_describe(raw)} is not ISO 8601 (2024-05-01T12:00:00Z)") from None
-        moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     else:
         seconds = float(raw)
         if not math.isfinite(seconds):
@@ -154,7 +154,7 @@ def parse_events(body: Any, *, max_events: int, max_id_length: int) -> list[Even
     unknown = set(body) - {"events"}
     if unknown:
         raise ApiError(422, "invalid_request", f"unknown fields {sorted(unknown)}; send only \"events\"")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     events, rejected = [], []
     for index, raw in enumerate(raw_events):
         try:

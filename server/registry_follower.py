@@ -31,7 +31,7 @@ import logging
 import shutil
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +223,7 @@ class RegistryFollower:
         self._checks.labels(trigger).inc()
         cursor = await asyncio.wait_for(conn.execute(_QUERY), self.timeout_seconds)
         row = await cursor.fetchone()
-        self.last_contact = datetime.now(timezone.utc)
+        self.last_contact = datetime.now(UTC)
         self.production = None if row is None else int(row[0])
         self._production.set(self.production or 0)
         version = self.production

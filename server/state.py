@@ -12,7 +12,7 @@ import asyncio
 import logging
 import weakref
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,7 @@ def load_model(path: Path, metrics: Metrics) -> LoadedModel:
         recommender=recommender,
         version=str(recommender.model_version),
         path=path,
-        loaded_at=datetime.now(timezone.utc),
+        loaded_at=datetime.now(UTC),
         n_users=int(recommender.n_users),
         n_items=int(recommender.n_items),
     )

@@ -13,7 +13,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,7 @@ class Recommender:
         self._popular_order = np.argsort(-self.item_popularity, kind="stable")
         self.metadata: dict[str, Any] = dict(metadata or {})
         if "model_version" not in self.metadata:
-            created = datetime.now(timezone.utc)
+            created = datetime.now(UTC)
             self.metadata["created_at"] = created.isoformat(timespec="seconds").replace("+00:00", "Z")
             self.metadata["model_version"] = _model_version(model, created)
 
