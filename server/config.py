@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from timbral.ids import MAX_ID_BYTES
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
 CERT_REQS = ("required", "optional", "none")  # REDIS_SSL_CERT_REQS, as redis-py spells them
@@ -59,7 +61,9 @@ class Config:
     max_batch_users: int = 1000
     max_batch_items: int = 100_000  # users × k in one batch request: bounds the answer's size
     max_body_bytes: int = 1 << 20
-    max_id_length: int = 256
+    # Longest string id, in bytes of UTF-8 (as the loader counts): at most MAX_ID_BYTES,
+    # since ingested ids are trained on with the loader's limit.
+    max_id_length: int = MAX_ID_BYTES
     executor_threads: int = 0  # 0 = one per available core
     tier1_max_bytes: int = 128 << 20
     redis_timeout_seconds: float = 0.05
@@ -194,7 +198,9 @@ def _check(config: Config) -> list[str]:
     need(config.max_batch_users >= 1, "max_batch_users", "an integer >= 1")
     need(config.max_batch_items >= 1, "max_batch_items", "an integer >= 1 (users × k per batch)")
     need(config.max_body_bytes >= 1024, "max_body_bytes", "at least 1024 bytes")
-    need(config.max_id_length >= 1, "max_id_length", "an integer >= 1")
+    need(1 <= config.max_id_length <= MAX_ID_BYTES, "max_id_length",
+         f"a number of bytes (UTF-8) in 1..{MAX_ID_BYTES}, the longest id the model files and the "
+         "loader accept")
     need(config.executor_threads >= 0, "executor_threads", "an integer >= 0 (0 = one per core)")
     need(config.tier1_max_bytes >= 0, "tier1_max_bytes", "a number of bytes >= 0 (0 = no tier 1)")
     need(config.redis_timeout_seconds > 0, "redis_timeout_seconds", "a number of seconds > 0")

@@ -13,6 +13,9 @@ from typing import Any
 
 import orjson
 
+from timbral.exceptions import ValidationError
+from timbral.ids import INT64_MAX, INT64_MIN, check_id_text
+
 from .errors import ApiError
 
 MIN_K, MAX_K = 1, 1000
@@ -75,15 +78,16 @@ def check_k(value: Any, source: str = "k") -> int:
 
 
 def check_id(value: Any, field: str, max_length: int) -> ExternalId:
-    """A user or item id: a non-empty string or an integer, of bounded length."""
+    """A user or item id: an int64, or a string of at most ``max_length`` bytes of UTF-8.
+
+    The length rule is :func:`timbral.ids.check_id_text`'s, the loader's: an id the
+    service accepts can be trained on.
+    """
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise invalid(f"{field} must be a string or an integer, got {_describe(value)}")
     if isinstance(value, str):
-        if not value:
-            raise invalid(f"{field} must not be empty")
-        if len(value) > max_length:
-            raise invalid(f"{field} is {len(value)} characters long; ids are at most {max_length}")
-    elif not -(2**63) <= value < 2**63:
+        return check_path_id(value, field, max_length)
+    if not INT64_MIN <= value <= INT64_MAX:
         raise invalid(f"{field} must fit in 64 bits, got {_describe(value)}")
     return value
 
@@ -182,9 +186,11 @@ def query_bool(query: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def check_path_id(raw: str, field: str, max_length: int) -> str:
-    if len(raw) > max_length:
-        raise invalid(f"{field} is {len(raw)} characters long; ids are at most {max_length}")
-    return raw
+    """A string id (a URL path segment or a JSON string): non-empty, at most ``max_length`` bytes of UTF-8."""
+    try:
+        return check_id_text(raw, name=field, max_bytes=max_length)
+    except ValidationError as exc:
+        raise invalid(str(exc)) from None
 
 
 def parse_reload_body(raw: bytes) -> str | None:
