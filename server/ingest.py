@@ -18,10 +18,13 @@ table and moves them into ``timbral_interactions`` in one transaction, which als
 announces the users concerned (``NOTIFY timbral_interactions``) so that every replica
 folds their new plays into their next answer.
 
-Validation follows the rules ``timbral.load_interactions`` applies to each row: ids
-present (strings or integers, bounded length), a play count that is a finite number
-> 0 (default 1), a timestamp as ISO 8601 or epoch seconds (ms/µs/ns recognised by
-magnitude) that is not negative and at most one day ahead of the clock.
+Validation applies the rules of ``timbral.load_interactions``, from their owners: ids
+present, strings or integers of at most ``TIMBRAL_MAX_ID_LENGTH`` bytes of UTF-8
+(:func:`timbral.ids.check_id_text`), and no NUL (PostgreSQL text cannot hold one); a
+play count (default 1) and a timestamp (ISO 8601, or epoch seconds, with ms/µs/ns
+recognised by each number's magnitude; default now) that pass the loader's rating and
+timestamp rules (:func:`timbral.cleaning.rating_faults`, ``timestamp_faults``): a
+finite number > 0 that fits a 32-bit float, a time from 1970 to a day ahead of the clock.
 """
 
 from __future__ import annotations
@@ -36,8 +39,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
+
+from timbral.cleaning import epoch_scale, rating_faults, timestamp_faults
+from timbral.exceptions import ValidationError
+from timbral.ids import check_id_text
 
 from .errors import ApiError
 from .metrics import LATENCY_BUCKETS, Metrics
@@ -47,9 +55,15 @@ log = logging.getLogger("timbral.server.ingest")
 INTERACTIONS_CHANNEL = "timbral_interactions"  # replicas refresh these users' recent plays
 MAX_NOTIFY_BYTES = 7000  # PostgreSQL caps a NOTIFY payload just under 8000 bytes
 EVENT_FIELDS = frozenset({"event_id", "user_id", "item_id", "value", "timestamp"})
-MAX_FUTURE = timedelta(days=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_SCALES = ((1e17, 1e-9), (1e14, 1e-6), (1e11, 1e-3))  # ns, µs, ms → s, as the loader reads them
+# What ingestion says when a row breaks one of the loader's rules (timbral.cleaning).
+_REASONS = {
+    "dropped_nonfinite_rating": "value {value!r} is not finite or does not fit a 32-bit float",
+    "dropped_negative_rating": "value must be > 0 (a play count), got {value!r}",
+    "dropped_zero_rating": "value must be > 0 (a play count), got {value!r}",
+    "dropped_invalid_timestamp": "timestamp must be finite, got {timestamp!r}",
+    "dropped_out_of_range_timestamp": "timestamp {timestamp!r} is {when}",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,32 +107,28 @@ def _id(event: dict[str, Any], name: str, max_length: int) -> str:
         raise ValueError(f"{name} is missing")
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"{name} must be a string or an integer, got {_describe(value)}")
-    text = str(value)
-    if not text or len(text) > max_length:
-        raise ValueError(f"{name} must be 1..{max_length} characters long, got {len(text)}")
+    try:
+        text = check_id_text(str(value), name=name, max_bytes=max_length)
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
     if "\x00" in text:
         raise ValueError(f"{name} must not contain NUL characters")
     return text
 
 
 def _value(raw: Any) -> float:
+    """The play count as a number (default 1, as a file without a rating column); the
+    loader's rules on it are applied to the whole batch."""
     if raw is None:
-        return 1.0  # as the loader: without a play count an interaction counts 1
+        return 1.0
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise ValueError(f"value must be a number, got {_describe(raw)}")
-    value = float(raw)
-    if not math.isfinite(value):
-        raise ValueError(f"value must be finite, got {raw!r}")
-    if value <= 0:
-        raise ValueError(f"value must be > 0 (a play count), got {raw!r}")
-    if value > 3.4e38:
-        raise ValueError(f"value {raw!r} does not fit a 32-bit float")
-    return value
+    return float(raw)
 
 
-def _timestamp(raw: Any, now: datetime) -> datetime:
-    if raw is None:
-        return now
+def _seconds(raw: Any) -> tuple[float, datetime | None]:
+    """Epoch seconds of a timestamp (numbers scaled by their own magnitude), and the moment
+    itself when given as ISO 8601 text (kept to the microsecond)."""
     if isinstance(raw, bool) or not isinstance(raw, str | int | float):
         raise ValueError(f"timestamp must be ISO 8601 text or epoch seconds, got {_describe(raw)}")
     if isinstance(raw, str):
@@ -127,19 +137,20 @@ def _timestamp(raw: Any, now: datetime) -> datetime:
         except ValueError:
             raise ValueError(f"timestamp {_describe(raw)} is not ISO 8601 (2024-05-01T12:00:00Z)") from None
         moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    else:
-        seconds = float(raw)
-        if not math.isfinite(seconds):
-            raise ValueError(f"timestamp must be finite, got {raw!r}")
-        seconds *= next((scale for bound, scale in _SCALES if seconds > bound), 1.0)
-        if seconds < 0:
-            raise ValueError(f"timestamp {raw!r} is before 1970")
-        moment = _EPOCH + timedelta(seconds=seconds)
-    if moment < _EPOCH:
-        raise ValueError(f"timestamp {raw!r} is before 1970")
-    if moment > now + MAX_FUTURE:
-        raise ValueError(f"timestamp {raw!r} is more than a day in the future")
-    return moment
+        return (moment - _EPOCH).total_seconds(), moment
+    seconds = float(raw)
+    return (seconds * epoch_scale(seconds) if math.isfinite(seconds) else seconds), None
+
+
+def _rule_faults(values: list[float], seconds: list[float], now: float) -> list[str | None]:
+    """Per row, the report field of the first loader rule (rating, then timestamp) it breaks."""
+    faults = [*rating_faults(np.array(values), np.ones(len(values), bool), "implicit"),
+              *timestamp_faults(np.array(seconds), np.ones(len(seconds), bool), now)]
+    first: list[str | None] = [None] * len(values)
+    for name, bad in reversed(faults):
+        for row in np.flatnonzero(bad).tolist():
+            first[row] = name
+    return first
 
 
 def parse_events(body: Any, *, max_events: int, max_id_length: int) -> list[Event]:
@@ -155,7 +166,14 @@ def parse_events(body: Any, *, max_events: int, max_id_length: int) -> list[Even
     if unknown:
         raise ApiError(422, "invalid_request", f"unknown fields {sorted(unknown)}; send only \"events\"")
     now = datetime.now(UTC)
-    events, rejected = [], []
+    parsed: list[tuple[int, dict[str, Any], tuple[str, str, str], float, float, datetime | None]] = []
+    rejected: dict[int, dict[str, Any]] = {}
+
+    def reject(index: int, raw: Any, reason: str) -> None:
+        event_id = raw.get("event_id") if isinstance(raw, dict) else None
+        rejected[index] = {"index": index, "event_id": event_id if isinstance(event_id, str | int) else None,
+                           "reason": reason}
+
     for index, raw in enumerate(raw_events):
         try:
             if not isinstance(raw, dict):
@@ -163,15 +181,28 @@ def parse_events(body: Any, *, max_events: int, max_id_length: int) -> list[Even
             extra = set(raw) - EVENT_FIELDS
             if extra:
                 raise ValueError(f"unknown fields {sorted(extra)}; expected {sorted(EVENT_FIELDS)}")
-            events.append(Event(_id(raw, "event_id", max_id_length), _id(raw, "user_id", max_id_length),
-                                _id(raw, "item_id", max_id_length), _value(raw.get("value")),
-                                _timestamp(raw.get("timestamp"), now)))
+            ids = (_id(raw, "event_id", max_id_length), _id(raw, "user_id", max_id_length),
+                   _id(raw, "item_id", max_id_length))
+            value = _value(raw.get("value"))
+            stamp = raw.get("timestamp")
+            seconds, moment = (now - _EPOCH).total_seconds(), now
+            if stamp is not None:
+                seconds, moment = _seconds(stamp)
         except ValueError as exc:
-            event_id = raw.get("event_id") if isinstance(raw, dict) else None
-            rejected.append({"index": index, "event_id": event_id if isinstance(event_id, str | int) else None,
-                             "reason": str(exc)})
+            reject(index, raw, str(exc))
+            continue
+        parsed.append((index, raw, ids, value, seconds, moment))
+    faults = _rule_faults([p[3] for p in parsed], [p[4] for p in parsed], (now - _EPOCH).total_seconds())
+    events = []
+    for (index, raw, ids, value, seconds, moment), fault in zip(parsed, faults, strict=True):
+        if fault is not None:
+            when = "before 1970" if seconds < 0 else "more than a day in the future"
+            reject(index, raw, _REASONS[fault].format(value=raw.get("value"), timestamp=raw.get("timestamp"),
+                                                      when=when))
+        else:
+            events.append(Event(*ids, value, moment or _EPOCH + timedelta(seconds=seconds)))
     if rejected:
-        raise RejectedEvents(rejected, len(raw_events))
+        raise RejectedEvents([rejected[index] for index in sorted(rejected)], len(raw_events))
     return events
 
 
