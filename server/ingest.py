@@ -48,6 +48,7 @@ from timbral.exceptions import ValidationError
 from timbral.ids import check_id_text
 
 from .errors import ApiError
+from .schemas import describe
 from .metrics import LATENCY_BUCKETS, Metrics
 
 log = logging.getLogger("timbral.server.ingest")
@@ -96,17 +97,12 @@ def check_token(header: str, token: str | None) -> None:
         raise unauthorized
 
 
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _id(event: dict[str, Any], name: str, max_length: int) -> str:
     value = event.get(name)
     if value is None:
         raise ValueError(f"{name} is missing")
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError(f"{name} must be a string or an integer, got {_describe(value)}")
+        raise ValueError(f"{name} must be a string or an integer, got {describe(value)}")
     try:
         text = check_id_text(str(value), name=name, max_bytes=max_length)
     except ValidationError as exc:
@@ -122,7 +118,7 @@ def _value(raw: Any) -> float:
     if raw is None:
         return 1.0
     if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise ValueError(f"value must be a number, got {_describe(raw)}")
+        raise ValueError(f"value must be a number, got {describe(raw)}")
     return float(raw)
 
 
@@ -130,12 +126,12 @@ def _seconds(raw: Any) -> tuple[float, datetime | None]:
     """Epoch seconds of a timestamp (numbers scaled by their own magnitude), and the moment
     itself when given as ISO 8601 text (kept to the microsecond)."""
     if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-        raise ValueError(f"timestamp must be ISO 8601 text or epoch seconds, got {_describe(raw)}")
+        raise ValueError(f"timestamp must be ISO 8601 text or epoch seconds, got {describe(raw)}")
     if isinstance(raw, str):
         try:
             moment = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
         except ValueError:
-            raise ValueError(f"timestamp {_describe(raw)} is not ISO 8601 (2024-05-01T12:00:00Z)") from None
+            raise ValueError(f"timestamp {describe(raw)} is not ISO 8601 (2024-05-01T12:00:00Z)") from None
         moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
         return (moment - _EPOCH).total_seconds(), moment
     seconds = float(raw)
@@ -157,7 +153,7 @@ def parse_events(body: Any, *, max_events: int, max_id_length: int) -> list[Even
     """``{"events": [...]}`` → events, or 422 listing every bad row and its reason."""
     if not isinstance(body, dict) or not isinstance(body.get("events"), list):
         raise ApiError(422, "invalid_request",
-                       f'the body must be {{"events": [...]}}, got {_describe(body)}')
+                       f'the body must be {{"events": [...]}}, got {describe(body)}')
     raw_events = body["events"]
     if not 1 <= len(raw_events) <= max_events:
         raise ApiError(422, "invalid_request",
@@ -177,7 +173,7 @@ def parse_events(body: Any, *, max_events: int, max_id_length: int) -> list[Even
     for index, raw in enumerate(raw_events):
         try:
             if not isinstance(raw, dict):
-                raise ValueError(f"an event must be an object, got {_describe(raw)}")
+                raise ValueError(f"an event must be an object, got {describe(raw)}")
             extra = set(raw) - EVENT_FIELDS
             if extra:
                 raise ValueError(f"unknown fields {sorted(extra)}; expected {sorted(EVENT_FIELDS)}")

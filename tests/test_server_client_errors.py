@@ -46,7 +46,7 @@ def test_a_nul_in_a_header_is_a_400_logged_in_one_line_without_traceback(model_d
         lines = _parser_lines(server, len(requests))
         output = server.output()
         ping = _raw_request(server.port, b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert [answer.split(b"\r\n", 1)[0] for answer in answers] == [b"HTTP/1.1 400 Bad Request"] * 2
+    assert [answer.split(b"\r\n", 1)[0].split(b" ", 1)[1] for answer in answers] == [b"400 Bad Request"] * 2
     assert ping.startswith(b"HTTP/1.1 200")  # the service carries on
     assert len(lines) == 2, output
     for line in lines:
