@@ -48,8 +48,8 @@ from timbral.exceptions import ValidationError
 from timbral.ids import check_id_text
 
 from .errors import ApiError
-from .schemas import describe
 from .metrics import LATENCY_BUCKETS, Metrics
+from .schemas import describe
 
 log = logging.getLogger("timbral.server.ingest")
 

@@ -32,13 +32,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-from datetime import UTC, datetime
 import os
 import shutil
 import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 

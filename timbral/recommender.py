@@ -20,8 +20,8 @@ import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
 from timbral._validation import check_k
+from timbral.artifact import item_popularity as popularity_of  # `item_popularity` is also an argument
 from timbral.artifact import (
-    item_popularity as popularity_of,
     model_artifact,
     model_from_artifact,
     read_model_dir,
