@@ -138,14 +138,42 @@ def _seconds(raw: Any) -> tuple[float, datetime | None]:
     return (seconds * epoch_scale(seconds) if math.isfinite(seconds) else seconds), None
 
 
-def _rule_faults(values: list[float], seconds: list[float], now: float) -> list[str | None]:
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """An event whose fields parsed, before the loader's rules are applied to its batch."""
+
+    index: int
+    raw: dict[str, Any]
+    ids: tuple[str, str, str]
+    value: float
+    seconds: float
+    moment: datetime | None
+
+
+def _parse_row(index: int, raw: Any, now: datetime, max_id_length: int) -> _Row:
+    """The fields of one event, typed; ValueError says what is wrong with it."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"an event must be an object, got {describe(raw)}")
+    extra = set(raw) - EVENT_FIELDS
+    if extra:
+        raise ValueError(f"unknown fields {sorted(extra)}; expected {sorted(EVENT_FIELDS)}")
+    ids = (_id(raw, "event_id", max_id_length), _id(raw, "user_id", max_id_length),
+           _id(raw, "item_id", max_id_length))
+    value = _value(raw.get("value"))
+    stamp = raw.get("timestamp")
+    seconds, moment = ((now - _EPOCH).total_seconds(), now) if stamp is None else _seconds(stamp)
+    return _Row(index, raw, ids, value, seconds, moment)
+
+
+def _first_faults(rows: list[_Row], now: datetime) -> list[str | None]:
     """Per row, the report field of the first loader rule (rating, then timestamp) it breaks."""
-    faults = [*rating_faults(np.array(values), np.ones(len(values), bool), "implicit"),
-              *timestamp_faults(np.array(seconds), np.ones(len(seconds), bool), now)]
-    first: list[str | None] = [None] * len(values)
+    ok = np.ones(len(rows), bool)
+    faults = [*rating_faults(np.array([row.value for row in rows]), ok, "implicit"),
+              *timestamp_faults(np.array([row.seconds for row in rows]), ok, (now - _EPOCH).total_seconds())]
+    first: list[str | None] = [None] * len(rows)
     for name, bad in reversed(faults):
-        for row in np.flatnonzero(bad).tolist():
-            first[row] = name
+        for position in np.flatnonzero(bad).tolist():
+            first[position] = name
     return first
 
 
@@ -162,7 +190,7 @@ def parse_events(body: Any, *, max_events: int, max_id_length: int) -> list[Even
     if unknown:
         raise ApiError(422, "invalid_request", f"unknown fields {sorted(unknown)}; send only \"events\"")
     now = datetime.now(UTC)
-    parsed: list[tuple[int, dict[str, Any], tuple[str, str, str], float, float, datetime | None]] = []
+    rows: list[_Row] = []
     rejected: dict[int, dict[str, Any]] = {}
 
     def reject(index: int, raw: Any, reason: str) -> None:
@@ -172,31 +200,17 @@ def parse_events(body: Any, *, max_events: int, max_id_length: int) -> list[Even
 
     for index, raw in enumerate(raw_events):
         try:
-            if not isinstance(raw, dict):
-                raise ValueError(f"an event must be an object, got {describe(raw)}")
-            extra = set(raw) - EVENT_FIELDS
-            if extra:
-                raise ValueError(f"unknown fields {sorted(extra)}; expected {sorted(EVENT_FIELDS)}")
-            ids = (_id(raw, "event_id", max_id_length), _id(raw, "user_id", max_id_length),
-                   _id(raw, "item_id", max_id_length))
-            value = _value(raw.get("value"))
-            stamp = raw.get("timestamp")
-            seconds, moment = (now - _EPOCH).total_seconds(), now
-            if stamp is not None:
-                seconds, moment = _seconds(stamp)
+            rows.append(_parse_row(index, raw, now, max_id_length))
         except ValueError as exc:
             reject(index, raw, str(exc))
-            continue
-        parsed.append((index, raw, ids, value, seconds, moment))
-    faults = _rule_faults([p[3] for p in parsed], [p[4] for p in parsed], (now - _EPOCH).total_seconds())
     events = []
-    for (index, raw, ids, value, seconds, moment), fault in zip(parsed, faults, strict=True):
+    for row, fault in zip(rows, _first_faults(rows, now), strict=True):
         if fault is not None:
-            when = "before 1970" if seconds < 0 else "more than a day in the future"
-            reject(index, raw, _REASONS[fault].format(value=raw.get("value"), timestamp=raw.get("timestamp"),
-                                                      when=when))
+            when = "before 1970" if row.seconds < 0 else "more than a day in the future"
+            reject(row.index, row.raw, _REASONS[fault].format(
+                value=row.raw.get("value"), timestamp=row.raw.get("timestamp"), when=when))
         else:
-            events.append(Event(*ids, value, moment or _EPOCH + timedelta(seconds=seconds)))
+            events.append(Event(*row.ids, row.value, row.moment or _EPOCH + timedelta(seconds=row.seconds)))
     if rejected:
         raise RejectedEvents([rejected[index] for index in sorted(rejected)], len(raw_events))
     return events
