@@ -9,13 +9,13 @@ clear message.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from timbral.ids import MAX_ID_BYTES
+from timbral.logs import REDACTED, redact_url
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
@@ -124,24 +124,6 @@ class Config:
 
 _SECRET_FIELDS = {"admin_token", "ingest_token"}
 _URL_FIELDS = {"redis_url", "database_url"}
-_URL_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
-_URL_PASSWORD_PARAM = re.compile(r"(?P<name>[?&]password=)[^&#]*", re.IGNORECASE)
-REDACTED = "<redacted>"
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its user info and any ``password=`` query value replaced by a marker.
-
-    Works on malformed values too (they are the ones printed in errors): everything up
-    to the last ``@`` after the scheme goes, since an unencoded password may hold an ``@``.
-    """
-    head, at, tail = url.rpartition("@")
-    if at:
-        scheme = _URL_SCHEME.match(head)
-        url = f"{scheme.group(0) if scheme else ''}{REDACTED}@{tail}"
-    return _URL_PASSWORD_PARAM.sub(rf"\g<name>{REDACTED}", url)
-
-
 def redact(field: str, value: Any) -> Any:
     """``value`` as it may be printed or logged: tokens hidden, URL credentials removed."""
     if value is None:
