@@ -91,6 +91,13 @@ def test_real_server_errors_keep_their_error_level_and_traceback(records):
     assert header.error == "InvalidHeader" and message.reason == "Bad header"
 
 
+def test_quieter_records_are_left_as_they_are(records):
+    logging.getLogger("aiohttp.server").setLevel(logging.DEBUG)
+    logging.getLogger("aiohttp.server").debug("Error handling request from %s", "127.0.0.1",
+                                              exc_info=BadHttpMessage("not HTTP"))
+    assert [(record.levelname, record.exc_info[0]) for record in records] == [("DEBUG", BadHttpMessage)]
+
+
 def test_demoted_lines_respect_the_configured_level(records):
     logger = logging.getLogger("aiohttp.server")
     logger.setLevel(logging.ERROR)
