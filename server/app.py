@@ -34,9 +34,10 @@ class ClientErrorFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        client_error = isinstance(error, HttpProcessingError) and 400 <= error.code < 500
-        if not client_error or record.levelno <= logging.WARNING:
-            return True  # a server error, or already quiet (aiohttp logs non-HTTP bytes at DEBUG)
+        if not isinstance(error, HttpProcessingError) or not 400 <= error.code < 500:
+            return True  # a server error: ERROR, with its traceback
+        if record.levelno <= logging.WARNING:
+            return True  # already quiet (aiohttp logs non-HTTP bytes at DEBUG)
         record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
         record.msg, record.args = "refused a malformed HTTP request (answered %d)", (error.code,)
         record.exc_info = record.exc_text = None
