@@ -78,6 +78,18 @@ def test_the_loader_drops_the_times_ingestion_refuses(tmp_path, stamp, kept):
     assert _refused_rows(_events(timestamp=[stamp])) == ([] if kept else [0])
 
 
+def test_hostile_times_and_values_are_refused_not_crashed_on():
+    body = _events(value=[1, 1, 1, 1, -0.0, 3.4028236e38],
+                   timestamp=[1e300, -1e300, "0001-01-01T00:00:00Z", "9999-12-31T23:59:59+14:00", 1, 1])
+    with pytest.raises(RejectedEvents) as caught:
+        parse_events(body, max_events=10, max_id_length=256)
+    assert [row["reason"].split(",")[0] for row in caught.value.rejected] == [
+        "timestamp 1e+300 is more than a day in the future", "timestamp -1e+300 is before 1970",
+        "timestamp '0001-01-01T00:00:00Z' is before 1970", "timestamp '9999-12-31T23:59:59+14:00' is more than a "
+        "day in the future", "value must be > 0 (a play count)", "value 3.4028236e+38 is not finite or does not fit "
+        "a 32-bit float"]
+
+
 def test_ingestion_says_which_rule_a_row_breaks():
     body = _events(value=[0, 1e300, 1, 1], timestamp=[1, 1, -5, NOW + 3 * 86400])
     with pytest.raises(RejectedEvents) as caught:
