@@ -138,7 +138,7 @@ def _seconds(raw: Any) -> tuple[float, datetime | None]:
     return (seconds * epoch_scale(seconds) if math.isfinite(seconds) else seconds), None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Row:
     """An event whose fields parsed, before the loader's rules are applied to its batch."""
 
