@@ -15,7 +15,7 @@ from server_support import config
 
 from timbral import load_interactions
 from timbral.exceptions import DataError, ValidationError
-from timbral.ids import MAX_ID_BYTES, check_id_text
+from timbral.ids import MAX_ID_BYTES, IdMap, check_id_text
 from timbral.server.app import create_app
 from timbral.server.config import Config, ConfigError
 from timbral.server.errors import ApiError
@@ -35,6 +35,9 @@ def test_the_limit_counts_bytes_of_utf8():
         check_id_text(OVER, name="user_id")
     with pytest.raises(ValidationError, match="item_id is 5 bytes long in UTF-8 \\(2 characters\\); ids are at most 4"):
         check_id_text("a😀", name="item_id", max_bytes=4)
+    assert IdMap.from_ids([AT_LIMIT, "u1"], name="user_id").ids.tolist() == [AT_LIMIT, "u1"]  # models, Recommender
+    with pytest.raises(ValidationError, match=f"position 1 {OVER_MESSAGE}"):
+        IdMap.from_ids(["u1", OVER], name="user_id")
     for bad, match in [("", "user_id must not be empty"), ("a\ud800", "not valid Unicode text")]:
         with pytest.raises(ValidationError, match=match):
             check_id_text(bad, name="user_id")
