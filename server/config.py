@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from timbral._validation import DEFAULT_SEED
 from timbral.ids import MAX_ID_BYTES
 from timbral.logs import REDACTED, redact_url
 
@@ -51,7 +52,7 @@ class Config:
     # Training defaults of `timbral train`/`quickstart` (read there); validated here too so
     # a deployment with a bad value fails at start, with the rest of its configuration.
     nmf_n_components: int = 50
-    nmf_random_state: int = 42
+    nmf_random_state: int = DEFAULT_SEED
     model_dir: Path | None = None
     cache_ttl_seconds: float = 300.0
     admin_token: str | None = None
@@ -172,6 +173,7 @@ def _check(config: Config) -> list[str]:
     )
     problems.extend(_check_redis_tls(config))
     need(config.nmf_n_components >= 1, "nmf_n_components", "an integer >= 1")
+    need(config.nmf_random_state >= 0, "nmf_random_state", "a seed >= 0, as `timbral train --seed` takes")
     need(config.cache_ttl_seconds > 0, "cache_ttl_seconds", "a number of seconds > 0")
     need(config.log_level in LOG_LEVELS, "log_level", f"one of {', '.join(LOG_LEVELS)}")
     need(config.log_format in LOG_FORMATS, "log_format", f"one of {', '.join(LOG_FORMATS)}")

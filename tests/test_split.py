@@ -69,6 +69,14 @@ def test_the_default_seed_is_the_projects():
     assert_partition(data.user_items, *random_split(data, seed=None))  # None: fresh entropy, still a partition
 
 
+def test_the_service_reads_the_same_default_seed():
+    from timbral.server.config import Config, ConfigError
+
+    assert Config.from_env({}).nmf_random_state == DEFAULT_SEED
+    with pytest.raises(ConfigError, match=r"NMF_RANDOM_STATE=-1: expected a seed >= 0, as `timbral train --seed`"):
+        Config.from_env({"NMF_RANDOM_STATE": "-1"})
+
+
 def test_random_split_per_user_counts_and_small_users():
     counts = np.array([1, 4, 5, 10, 3])
     rows = np.repeat(np.arange(5), counts)
