@@ -4,8 +4,9 @@ Layout of a model directory::
 
     model -> .model.version-XXXXXXXX/     (a symlink, flipped atomically on every save)
       arrays.npz       factors and biases, id maps, training CSR, seen CSR, popularity
-      metadata.json    format version, model version, parameters, fit facts, data report,
-                       metrics, timings, shapes and dtypes of every array, sha256 of every file
+      metadata.json    format version, model version and creation time, parameters, fit
+                       facts, data report, metrics, timings, shapes and dtypes of every
+                       array, sha256 of every file
 
 ``metadata.json["checksums"]`` holds the sha256 of ``arrays.npz`` and of the metadata
 itself (of its canonical JSON encoding, sorted keys, without the ``checksums`` field),
@@ -37,6 +38,7 @@ import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +57,13 @@ __all__ = [
     "FORMAT_VERSION",
     "METADATA_FILE",
     "ModelArtifact",
+    "item_popularity",
     "load_model",
     "model_artifact",
     "model_from_artifact",
     "read_model_dir",
     "save_model",
+    "version_metadata",
     "write_model_dir",
 ]
 
@@ -150,6 +154,28 @@ class ModelArtifact:
 # -- the model <-> arrays mapping ---------------------------------------------------------
 
 
+def version_metadata(model: NMFModel, created_at: datetime | None = None) -> dict[str, str]:
+    """``created_at`` (ISO 8601, UTC, seconds) and ``model_version`` of a fitted model.
+
+    ``model_version`` is ``YYYYmmddTHHMMSSZ-<first 8 hex of sha256(item factors, user
+    factors)>``: every saved model records one, and a directory keeps it across loads,
+    so the replicas serving one directory agree on its version (and on cache keys).
+    """
+    created = (created_at or datetime.now(UTC)).astimezone(UTC)
+    digest = hashlib.sha256(np.ascontiguousarray(model.item_factors_).tobytes())
+    digest.update(np.ascontiguousarray(model.user_factors_).tobytes())
+    return {
+        "created_at": created.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "model_version": f"{created:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}",
+    }
+
+
+def item_popularity(user_items: sp.csr_matrix) -> NDArray[np.float64]:
+    """Number of users who interacted with each item: the answer for users a model does not know."""
+    return np.bincount(user_items.indices, minlength=user_items.shape[1]).astype(np.float64)
+
+
+
 def model_artifact(
     model: NMFModel,
     *,
@@ -159,7 +185,10 @@ def model_artifact(
     item_popularity: ArrayLike,
     metadata: Mapping[str, Any],
 ) -> ModelArtifact:
-    """The artifact of a fitted model with its id maps, seen items and popularity."""
+    """The artifact of a fitted model with its id maps, seen items and popularity.
+
+    ``metadata`` without a ``model_version`` gets one (:func:`version_metadata`).
+    """
     params = model.get_params()
     if not isinstance(params["random_state"], (int, type(None))):
         params["random_state"] = None  # a Generator cannot be written down
@@ -189,7 +218,10 @@ def model_artifact(
         "seen_indices": seen.indices.astype(np.int64),
         "seen_data": np.asarray(seen.data, dtype=np.float32 if seen.dtype != np.float64 else np.float64),
     }
-    meta = dict(metadata) | {"timbral_version": __version__, "params": params, "fit": fit}
+    meta = dict(metadata)
+    if "model_version" not in meta:
+        meta |= version_metadata(model)
+    meta |= {"timbral_version": __version__, "params": params, "fit": fit}
     return ModelArtifact(arrays, meta)
 
 
@@ -245,13 +277,12 @@ def model_from_artifact(
 def save_model(model: NMFModel, path: str | os.PathLike[str]) -> Path:
     """Write a fitted ``NMFModel`` as a model directory whose ids are 0..n-1."""
     n_users, n_items = model.user_factors_.shape[0], model.item_factors_.shape[0]
-    popularity = np.bincount(model.user_items_.indices, minlength=n_items)
     artifact = model_artifact(
         model,
         users=IdMap.from_ids(np.arange(n_users, dtype=np.int64), name="user_id"),
         items=IdMap.from_ids(np.arange(n_items, dtype=np.int64), name="item_id"),
         seen=model.user_items_,
-        item_popularity=popularity,
+        item_popularity=item_popularity(model.user_items_),
         metadata={},
     )
     return write_model_dir(path, artifact)

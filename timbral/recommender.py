@@ -9,11 +9,9 @@ line use nothing else.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,14 @@ import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
 from timbral._validation import check_k
-from timbral.artifact import model_artifact, model_from_artifact, read_model_dir, write_model_dir
+from timbral.artifact import item_popularity as popularity_of  # `item_popularity` is also an argument
+from timbral.artifact import (
+    model_artifact,
+    model_from_artifact,
+    read_model_dir,
+    version_metadata,
+    write_model_dir,
+)
 from timbral.exceptions import ValidationError
 from timbral.ids import IdMap
 from timbral.nmf import Explanation, NMFModel
@@ -59,18 +64,6 @@ class Recommendations:
             "strategy": self.strategy,
             "recommendations": [{"item_id": i, "score": s} for i, s in self.items],
         }
-
-
-def _item_popularity(user_items: sp.csr_matrix) -> NDArray[np.float64]:
-    """Number of users who interacted with each item."""
-    return np.bincount(user_items.indices, minlength=user_items.shape[1]).astype(np.float64)
-
-
-def _model_version(model: NMFModel, created_at: datetime) -> str:
-    """``YYYYmmddTHHMMSSZ-<first 8 hex of sha256(item factors, user factors)>``."""
-    digest = hashlib.sha256(np.ascontiguousarray(model.item_factors_).tobytes())
-    digest.update(np.ascontiguousarray(model.user_factors_).tobytes())
-    return f"{created_at:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
 
 
 class Recommender:
@@ -130,7 +123,7 @@ class Recommender:
             seen = seen.sorted_indices()
         self.user_items = seen
         if item_popularity is None:
-            self.item_popularity = _item_popularity(seen)
+            self.item_popularity = popularity_of(seen)
         else:
             self.item_popularity = np.asarray(item_popularity, dtype=np.float64)
             if self.item_popularity.shape != (n_items,):
@@ -140,9 +133,7 @@ class Recommender:
         self._popular_order = np.argsort(-self.item_popularity, kind="stable")
         self.metadata: dict[str, Any] = dict(metadata or {})
         if "model_version" not in self.metadata:
-            created = datetime.now(UTC)
-            self.metadata["created_at"] = created.isoformat(timespec="seconds").replace("+00:00", "Z")
-            self.metadata["model_version"] = _model_version(model, created)
+            self.metadata |= version_metadata(model)
 
     # -- facts ---------------------------------------------------------------------------
 
