@@ -18,18 +18,27 @@ In one process, on 2 threads with k = 64:
   Timbral and ALS alternate, and medians over ``--repeats`` rounds are reported, with
   the CPU-time ratio beside the wall-clock one (on a busy shared machine the CPU time
   is the steadier of the two).
+* ``--profile``: where one fit's time goes on the same matrices: wall seconds per
+  epoch of each phase (W half-step, H half-step, the XᵀX Gram products, the rest),
+  then one half-step of each side solved by row-length bucket on one thread
+  (CPU ns per stored entry, split into the gather, run with 0 sweeps, and the sweep).
+
+``--cache DIR`` keeps the generated ``--scale``/``--profile`` matrices (seeded, so
+a cached one is the one that would be generated: 27M takes minutes to draw).
 
 Usage::
 
     python benchmarks/compare_fit.py path/to/lastfm-2k/user_artists.dat
     python benchmarks/compare_fit.py --generate 50000 20000 1000000 --sklearn-max-iter 50
     python benchmarks/compare_fit.py --scale [--sizes 1000000 8000000] [--repeats 3]
+    python benchmarks/compare_fit.py --profile --sizes 27000000 --cache /tmp/matrices
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import resource
 import sys
 import tempfile
@@ -40,13 +49,22 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's timbral
 
-from timbral.nmf.fit import fit_nmf  # noqa
-from timbral.nmf.init import init_factors  # noqa: E402
+from timbral._core import nmf as kernels  # noqa: E402
 from timbral.exceptions import ConvergenceWarning  # noqa: E402
+from timbral.nmf.fit import (  # noqa: E402
+    Factors,
+    Solved,
+    SolveSettings,
+    Triplet,
+    fit_nmf,
+    half_step,
+)
+from timbral.nmf.init import init_factors  # noqa: E402
 
 K, ITERATIONS, THREADS = 64, 15, 2
 NEAR = 1.001  # "within 0.1 %" of sklearn's final reconstruction error
@@ -186,6 +204,19 @@ SCALE_SIZES = (1_000_000, 8_000_000, 27_000_000)
 SCALE_SHAPE = (100_000, 100_000)
 
 
+def scale_matrix(nnz: int, cache: str | None) -> sp.csr_matrix:
+    """The power-law ``SCALE_SHAPE`` matrix of ``nnz`` interactions, from ``cache`` when
+    it holds one (the generator is seeded: a cached matrix is the one it would draw)."""
+    path = Path(cache) / f"power_law_{SCALE_SHAPE[0]}x{SCALE_SHAPE[1]}_{nnz}.npz" if cache else None
+    if path is not None and path.exists():
+        return sp.load_npz(path).tocsr()
+    R = generate_power_law(*SCALE_SHAPE, nnz)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sp.save_npz(path, R, compressed=False)
+    return R
+
+
 def _fit_in_child(library: str, path: str, iterations: int, queue: multiprocessing.Queue) -> None:
     """Fit one library on the saved matrix; put (wall s/iter, CPU s/iter, peak RSS bytes)."""
     R = sp.load_npz(path).tocsr()
@@ -220,7 +251,7 @@ def _fit_fresh(library: str, path: str, iterations: int) -> tuple[float, float, 
     return result
 
 
-def compare_scale(sizes: list[int], iterations: int, repeats: int) -> None:
+def compare_scale(sizes: list[int], iterations: int, repeats: int, cache: str | None) -> None:
     """Print one table row per size, as it is measured: medians of Timbral's and ALS's
     s/iteration and peak RSS."""
     print(f"k={K}, {THREADS} threads, power-law {SCALE_SHAPE[0]:,} × {SCALE_SHAPE[1]:,}, "
@@ -230,7 +261,7 @@ def compare_scale(sizes: list[int], iterations: int, repeats: int) -> None:
           "| peak RSS Timbral / implicit |")
     print("|---|---|---|---|---|---|", flush=True)
     for nnz in sizes:
-        R = generate_power_law(*SCALE_SHAPE, nnz)
+        R = scale_matrix(nnz, cache)
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "user_items.npz")
             sp.save_npz(path, R, compressed=False)
@@ -243,6 +274,105 @@ def compare_scale(sizes: list[int], iterations: int, repeats: int) -> None:
         print(f"| {nnz / 1e6:.1f}M | {ours[0]:.3f} | {theirs[0]:.3f} | {ours[0] / theirs[0]:.2f}× "
               f"| {ours[1] / theirs[1]:.2f}× | {ours[2] / 1e9:.2f} / {theirs[2] / 1e9:.2f} GB |",
               flush=True)
+
+class _TimedBackend:
+    """The local backend's half-steps, each phase's wall seconds added to ``seconds``."""
+
+    supports_biases = True
+
+    def __init__(self, n_threads: int) -> None:
+        self.n_threads = n_threads
+        self.seconds = {"W half-step": 0.0, "H half-step": 0.0, "Gram XᵀX": 0.0}
+
+    def place(self, user_rows: Triplet, item_rows: Triplet, settings: SolveSettings) -> None:
+        self.sides, self.settings = (user_rows, item_rows), settings
+
+    def solve(self, side: int, X: Factors, Y: Factors, gram: Factors, row_loss: bool) -> Solved:
+        loss = np.empty(X.shape[0]) if row_loss else None
+        start = time.perf_counter()
+        half_step(self.sides[side], X, Y, gram, self.settings, self.n_threads, loss)
+        middle = time.perf_counter()
+        XtX = X.T @ X
+        self.seconds["WH"[side] + " half-step"] += middle - start
+        self.seconds["Gram XᵀX"] += time.perf_counter() - middle
+        return X, XtX, loss
+
+
+#: Row-length buckets of ``--profile``: short, medium, long, read in chunks (> LONG_ROW_ENTRIES).
+BUCKETS = ((1, 100), (101, 1000), (1001, kernels.LONG_ROW_ENTRIES),
+           (kernels.LONG_ROW_ENTRIES + 1, np.iinfo(np.int64).max))
+
+
+#: Rows per block of the kernel's dynamic schedule (``BLOCK`` in ``_nmf_impl.pxi``).
+BLOCK_ROWS = 16
+
+
+def _largest_block_share(indptr: NDArray[np.integer]) -> float:
+    """The entries of the largest block of BLOCK_ROWS consecutive rows, as a share of all."""
+    ends = indptr[::BLOCK_ROWS]
+    ends = np.append(ends, indptr[-1]) if ends[-1] != indptr[-1] else ends
+    return float(np.diff(ends).max() / max(int(indptr[-1]), 1))
+
+
+def _bucket_costs(R: sp.csr_matrix, X: Factors, Y: Factors, gram: Factors) -> list[str]:
+    """Table rows: each bucket's share of the entries and CPU ns per entry of one
+    half-step on one thread, total and gather (0 sweeps); the sweep is the difference."""
+    lengths = np.diff(R.indptr)
+    rows = []
+    for low, high in BUCKETS:
+        chosen = np.flatnonzero((lengths >= low) & (lengths <= high))
+        if chosen.size == 0:
+            continue
+        part = R[chosen]
+        ns = {}
+        for sweeps in (0, 1):
+            Xpart = X[chosen]  # a copy: every run starts from the same factors
+            cpu = time.process_time()
+            kernels.solve_rows(part.indptr, part.indices, part.data, Xpart, Y, gram,
+                               1.0, 1.0, True, 1.0, 0.0, sweeps, 1)
+            ns[sweeps] = (time.process_time() - cpu) / part.nnz * 1e9
+        high_text = f"{high:,}" if high < np.iinfo(np.int64).max else "…"
+        rows.append(f"{low:,}–{high_text} | {chosen.size:,} | {part.nnz / R.nnz:.0%} | "
+                    f"{ns[1]:.0f} | {ns[0]:.0f} | {ns[1] - ns[0]:.0f}")
+    return rows
+
+
+def profile_fit(sizes: list[int], iterations: int, cache: str | None) -> None:
+    """Print where a fit's time goes at each size: phases per epoch, then row buckets."""
+    print(f"k={K}, {THREADS} threads, power-law {SCALE_SHAPE[0]:,} × {SCALE_SHAPE[1]:,}, "
+          f"implicit feedback (linear, alpha=1, l2=0.05), {iterations} iterations; "
+          f"load average {os.getloadavg()[0]:.1f} at the start", flush=True)
+    for nnz in sizes:
+        R = scale_matrix(nnz, cache)
+        backend = _TimedBackend(THREADS)
+        start = time.perf_counter()
+        with threadpool_limits(1, "blas"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fit = fit_nmf(R, n_components=K, feedback="implicit", alpha=1.0,
+                          confidence="linear", l2=0.05, max_iter=iterations, tol=0.0,
+                          rng=np.random.default_rng(0), backend=backend)
+            total = time.perf_counter() - start
+            phases = {**backend.seconds, "the rest (set-up, loss)": total - sum(backend.seconds.values())}
+            print(f"\n{nnz / 1e6:.1f}M interactions: {total / iterations:.3f} s per epoch "
+                  "(wall, set-up included)\n\n| phase | s/epoch | share |\n|---|---|---|")
+            for name, seconds in phases.items():
+                print(f"| {name} | {seconds / iterations:.3f} | {seconds / total:.0%} |")
+            W, H = fit.user_factors, fit.item_factors
+            Rt = sp.csr_matrix(R.T)
+            print("\n| half-step | rows of length | rows | share of entries | ns/entry "
+                  "| gather | sweep |\n|---|---|---|---|---|---|---|", flush=True)
+            sides = (("W (users)", R, W, H), ("H (items)", Rt, H, W))
+            for name, M, X, Y in sides:
+                gram = Y.T @ Y
+                gram[np.diag_indices_from(gram)] += 0.05
+                for row in _bucket_costs(M, X, Y, gram):
+                    print(f"| {name} | {row} |", flush=True)
+            for name, M, _, _ in sides:
+                print(f"{name}: the largest block of {BLOCK_ROWS} rows holds "
+                      f"{_largest_block_share(M.indptr):.2%} of the entries (the most a "
+                      f"thread can idle at the end of a dynamic schedule, as a share of "
+                      f"one thread's work, is {THREADS} times that)")
+        print(f"(load average {os.getloadavg()[0]:.1f} at the end)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -257,9 +387,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=ITERATIONS,
                         help="iterations per --scale fit")
     parser.add_argument("--repeats", type=int, default=3, help="--scale rounds (medians)")
+    parser.add_argument("--profile", action="store_true",
+                        help="where the fit's time goes on the --sizes matrices")
+    parser.add_argument("--cache", metavar="DIR",
+                        help="keep the generated --scale/--profile matrices here")
     args = parser.parse_args(argv)
     if args.scale:
-        compare_scale(args.sizes, args.iterations, args.repeats)
+        compare_scale(args.sizes, args.iterations, args.repeats, args.cache)
+        return
+    if args.profile:
+        profile_fit(args.sizes, args.iterations, args.cache)
         return
     if (args.path is None) == (args.generate is None):
         parser.error("give a path to user_artists.dat, --generate N_USERS N_ITEMS NNZ, "
