@@ -212,15 +212,18 @@ async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Res
     cached = await cache.get(key)
     if cached is not None:
         return web.Response(body=cached, content_type="application/json")
-    # Only known users' answers are cached per id (checked on a miss only: hits stay cheap)
-    if not model.recommender.known_user(user_id):
-        return await _popular(request, model, user_id, req.k)
     if recent is not None:
+        if not model.recommender.known_user(user_id):
+            return await _popular(request, model, user_id, req.k)
         recs = await score(request, "recommend", model.recommender.recommend_with_recent, user_id,
                            {model.item_id(item): plays for item, plays in recent.items.items()},
                            req.k, exclude_seen=req.exclude_seen)
     else:  # the plain question: scored together with concurrent ones
         recs = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
+    # Only known users' answers are cached per id. The scoring thread looked the user up
+    # (one lookup per batch): the event loop does not pay a NumPy lookup per request.
+    if recs.strategy == "popularity":
+        return await _popular(request, model, user_id, req.k)
     body = orjson.dumps({**recs.to_dict(), "model_version": model.version, "cached": False},
                         option=JSON_OPTIONS)
     # "cached" is the last key: the cached copy differs only there

@@ -373,15 +373,29 @@ class Recommender:
                 rows[known], k, exclude_seen=exclude_seen, exclude_items=deny, items=allow,
                 user_items=self.user_items,
             )
-            for j, position in enumerate(known.tolist()):
-                out[position] = Recommendations(
-                    self._users.external(rows[position]), "nmf", self._pairs(ids[j], scores[j])
-                )
+            for position, user, pairs in zip(
+                known.tolist(), self._users.external(rows[known]), self._rows_of_pairs(ids, scores), strict=True
+            ):
+                out[position] = Recommendations(user, "nmf", pairs)
         if known.size < len(user_ids):
             fallback = self._popular(k, deny, allow)
             for position in np.flatnonzero(rows < 0).tolist():
                 out[position] = Recommendations(user_ids[position], "popularity", list(fallback))
         return out  # type: ignore[return-value]
+
+    def _rows_of_pairs(
+        self, ids: NDArray[np.integer], scores: NDArray[np.floating]
+    ) -> list[list[tuple[ExternalId, float]]]:
+        """:meth:`_pairs` of every row of a padded batch, with one id mapping for all rows.
+
+        Per-row NumPy calls cost more than the scoring of a small batch; this maps the
+        whole ``ids`` matrix and converts the scores to Python floats once.
+        """
+        keep = ids >= 0
+        counts = keep.sum(axis=1).tolist()
+        pairs = list(zip(self._items.external(ids[keep]), scores[keep].astype(float).tolist(), strict=True))
+        starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        return [pairs[start:stop] for start, stop in zip(starts[:-1], starts[1:], strict=True)]
 
     def similar(self, item_id: Any, k: int = 10) -> list[tuple[ExternalId, float]]:
         """The ``k`` items closest to ``item_id`` (cosine of item factors), itself excluded.
