@@ -24,6 +24,7 @@ from timbral import __version__
 from timbral.recommender import Recommender
 
 from .cache import cache_key
+from .encoding import encode_rows
 from .errors import ApiError
 from .ingest import RejectedEvents, check_token, parse_events
 from .keys import (
@@ -56,7 +57,6 @@ from .state import LoadedModel
 T = TypeVar("T")
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 PONG = b"pong"
-ENCODE_ITEMS_PER_CALL = 4096  # ~200 KB of JSON, well under a millisecond of GIL per call
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:
@@ -212,20 +212,23 @@ async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Res
     cached = await cache.get(key)
     if cached is not None:
         return web.Response(body=cached, content_type="application/json")
+    ranked: Any
     if recent is not None:
         if not model.recommender.known_user(user_id):
             return await _popular(request, model, user_id, req.k)
         recs = await score(request, "recommend", model.recommender.recommend_with_recent, user_id,
                            {model.item_id(item): plays for item, plays in recent.items.items()},
                            req.k, exclude_seen=req.exclude_seen)
-    else:  # the plain question: scored together with concurrent ones
-        recs = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
+        user, strategy, ranked = recs.user_id, recs.strategy, _items(recs.items)
+    else:  # the plain question: scored (and its items encoded) together with concurrent ones
+        answer = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
+        user, strategy, ranked = answer.user_id, answer.strategy, orjson.Fragment(answer.recommendations)
     # Only known users' answers are cached per id. The scoring thread looked the user up
     # (one lookup per batch): the event loop does not pay a NumPy lookup per request.
-    if recs.strategy == "popularity":
+    if strategy == "popularity":
         return await _popular(request, model, user_id, req.k)
-    body = orjson.dumps({**recs.to_dict(), "model_version": model.version, "cached": False},
-                        option=JSON_OPTIONS)
+    body = orjson.dumps({"user_id": user, "strategy": strategy, "recommendations": ranked,
+                         "model_version": model.version, "cached": False}, option=JSON_OPTIONS)
     # "cached" is the last key: the cached copy differs only there
     await cache.set(key, body[: -len(b"false}")] + b"true}")
     return web.Response(body=body, content_type="application/json")
@@ -266,14 +269,16 @@ async def _recommend_batch(request: web.Request, req: BatchRequest) -> web.Respo
 def _recommend_encoded(recommender: Recommender, user_ids: list[ExternalId], k: int) -> bytes:
     """``recommend_batch``'s answers as comma-separated JSON objects (in a scoring thread).
 
-    Encoded a few thousand items per orjson call: each call holds the GIL, and
-    between calls the event loop gets it back, so /ping stays fast meanwhile.
+    Items are encoded from arrays (:mod:`.encoding`) a few thousand per C call, and each
+    user's object by its own orjson call: between calls the event loop gets the GIL
+    back, so /ping stays fast meanwhile.
     """
-    results = recommender.recommend_batch(user_ids, k)
-    step = max(1, ENCODE_ITEMS_PER_CALL // k)
+    batch = recommender.rank_batch(user_ids, k)
+    rows = encode_rows(batch)
     return b",".join(
-        orjson.dumps([recs.to_dict() for recs in results[start:start + step]], option=JSON_OPTIONS)[1:-1]
-        for start in range(0, len(results), step))
+        orjson.dumps({"user_id": user, "strategy": strategy, "recommendations": orjson.Fragment(row)},
+                     option=JSON_OPTIONS)
+        for user, strategy, row in zip(batch.user_ids, batch.strategies, rows, strict=True))
 
 
 async def explain(request: web.Request) -> web.Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -53,7 +54,7 @@ async def test_unknown_users_in_a_batch_get_popular_items(client):
 class _BrokenRecommender:
     """A recommender whose batch scoring fails, to inject the fault."""
 
-    def recommend_batch(self, user_ids, k, exclude_seen=True):
+    def rank_batch(self, user_ids, k, exclude_seen=True):
         raise MemoryError("scratch allocation failed")
 
 
@@ -69,7 +70,8 @@ async def test_a_failing_batch_fails_its_requests_and_the_batcher_recovers(model
             return_exceptions=True,
         )
         assert isinstance(results[0], MemoryError) and isinstance(results[1], MemoryError)
-        assert len(results[2].items) == 5  # another model's batch was unaffected
+        assert len(json.loads(results[2].recommendations)) == 5  # another model's batch was unaffected
         again = await batcher.recommend(good, "u1", 4, True)
-    assert [item for item, _ in again.items] == [item for item, _ in good.recommender.recommend("u1", 4).items]
+    expected = good.recommender.recommend("u1", 4)
+    assert [r["item_id"] for r in json.loads(again.recommendations)] == [item for item, _ in expected.items]
 
