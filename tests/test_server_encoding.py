@@ -56,6 +56,7 @@ def test_empty_rows_and_answers_spanning_many_calls(monkeypatch):
     empty = RankedBatch(["x", "y"], ["nmf", "nmf"], np.zeros(0, np.int64), np.zeros(0), np.zeros(3, np.int64))
     assert encode_rows(empty) == [b"[]", b"[]"]
     recommender = _recommender(np.arange(200), n_users=10)
+    assert encode_rows(recommender.rank_batch([], 5)) == []
     users = [f"u{i}" for i in range(10)]
     whole = encode_rows(recommender.rank_batch(users, 150))
     monkeypatch.setattr(encoding, "ITEMS_PER_CALL", 7)  # rows cut across C calls

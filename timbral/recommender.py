@@ -431,21 +431,23 @@ class Recommender:
         allow = self._known_items(items)
         rows = self._users.lookup(user_ids)
         known = np.flatnonzero(rows >= 0)
-        ranked = np.full((len(user_ids), k), -1, dtype=np.int64)
-        scores = np.zeros((len(user_ids), k), dtype=np.float64)
         strategies = ["popularity"] * len(user_ids)
         if known.size:
             ids, known_scores = self.model.recommend_batch(
                 rows[known], k, exclude_seen=exclude_seen, exclude_items=deny, items=allow,
                 user_items=self.user_items,
             )
-            ranked[known] = ids
-            scores[known] = known_scores
             external = self._users.external(rows[known])
             for position, user in zip(known.tolist(), external, strict=True):
                 user_ids[position] = user
                 strategies[position] = "nmf"
-        if known.size < len(user_ids):
+        if known.size and known.size == len(user_ids):  # the usual case: no padded copy
+            ranked, scores = ids, known_scores
+        else:
+            ranked = np.full((len(user_ids), k), -1, dtype=np.int64)
+            scores = np.zeros((len(user_ids), k), dtype=np.float64)
+            if known.size:
+                ranked[known], scores[known] = ids, known_scores
             top = self._popular_indices(k, deny, allow)
             unknown = rows < 0
             ranked[unknown, : top.size] = top
@@ -453,7 +455,9 @@ class Recommender:
         keep = ranked >= 0
         offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
         np.cumsum(keep.sum(axis=1), out=offsets[1:])
-        return RankedBatch(user_ids, strategies, self.item_ids[ranked[keep]], scores[keep], offsets)
+        return RankedBatch(
+            user_ids, strategies, self.item_ids[ranked[keep]], scores[keep].astype(np.float64), offsets
+        )
 
     def similar(self, item_id: Any, k: int = 10) -> list[tuple[ExternalId, float]]:
         """The ``k`` items closest to ``item_id`` (cosine of item factors), itself excluded.
