@@ -39,8 +39,10 @@ from .keys import (
     MODEL,
     OPENAPI,
     RELOADER,
+    REQUEST_ID,
     SCORING_THREADS,
 )
+from .middlewares import REQUEST_ID_HEADER
 from .schemas import (
     BatchRequest,
     ExternalId,
@@ -57,6 +59,7 @@ from .state import LoadedModel
 T = TypeVar("T")
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 PONG = b"pong"
+SEND_SLICE_BYTES = 256 * 1024
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:
@@ -183,7 +186,7 @@ async def recommend_get(request: web.Request) -> web.Response:
         exclude_seen=query_bool(query, "exclude_seen", True)))
 
 
-async def recommend_post(request: web.Request) -> web.Response:
+async def recommend_post(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     body = parse_json(await request.read())
     parsed = parse_recommendation_body(body, max_batch=config.max_batch_users,
@@ -252,7 +255,7 @@ async def _popular(request: web.Request, model: LoadedModel, user_id: ExternalId
                           "model_version": model.version, "cached": cached})
 
 
-async def _recommend_batch(request: web.Request, req: BatchRequest) -> web.Response:
+async def _recommend_batch(request: web.Request, req: BatchRequest) -> web.StreamResponse:
     model = request.app[MODEL].require()
     user_ids = [model.user_id(u) for u in req.user_ids]
     # one part per scoring thread: the kernels run single-threaded in the pool
@@ -262,8 +265,33 @@ async def _recommend_batch(request: web.Request, req: BatchRequest) -> web.Respo
         score(request, "recommend_batch", _recommend_encoded, model.recommender,
               user_ids[start:stop], req.k)
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True)))
-    return json_response({"model_version": model.version, "k": req.k,
-                          "results": orjson.Fragment(b"[" + b",".join(parts) + b"]")})
+    head = orjson.dumps({"model_version": model.version, "k": req.k}, option=JSON_OPTIONS)
+    pieces = [head[:-1], b',"results":[']
+    for i, part in enumerate(parts):
+        pieces += (b",", part) if i else (part,)
+    pieces.append(b"]}")
+    return await send_json(request, b"".join(pieces))  # one copy of a body of up to ~5 MB
+
+
+async def send_json(request: web.Request, body: bytes) -> web.StreamResponse:
+    """Answer with ``body`` (JSON), sent in slices of ``SEND_SLICE_BYTES`` when larger.
+
+    A multi-megabyte body written at once keeps the event loop in one long socket
+    write; in slices, other requests (``/ping``) are answered between them.
+    """
+    if len(body) <= SEND_SLICE_BYTES:
+        return web.Response(body=body, content_type="application/json")
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    response.content_length = len(body)
+    # the headers leave with prepare(), before the middleware could add this one
+    response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+    await response.prepare(request)
+    view = memoryview(body)
+    for start in range(0, len(body), SEND_SLICE_BYTES):
+        await response.write(view[start:start + SEND_SLICE_BYTES])
+    await response.write_eof()
+    return response
 
 
 def _recommend_encoded(recommender: Recommender, user_ids: list[ExternalId], k: int) -> bytes:
