@@ -288,9 +288,12 @@ async def send_json(request: web.Request, body: bytes) -> web.StreamResponse:
     response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
     await response.prepare(request)
     view = memoryview(body)
-    for start in range(0, len(body), SEND_SLICE_BYTES):
-        await response.write(view[start:start + SEND_SLICE_BYTES])
-    await response.write_eof()
+    try:
+        for start in range(0, len(body), SEND_SLICE_BYTES):
+            await response.write(view[start:start + SEND_SLICE_BYTES])
+        await response.write_eof()
+    except ConnectionResetError:  # the client left mid-answer: nothing to tell it, nothing failed here
+        pass
     return response
 
 
