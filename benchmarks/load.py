@@ -8,7 +8,9 @@ tier-2 (Redis) hits, a 1000-user batch (sequential latency), and ``/ping`` while
 load saturates the scorer or while the largest batches allowed (users × k = 100 000) are
 answered. The issue's references run in the same invocation (a bare aiohttp + uvloop
 ``/ping``, and an aiohttp handler scoring top-10 with NumPy), and each of our figures is
-also printed as a ratio to its reference.
+also printed as a ratio to its reference: of requests/s, and of requests per CPU second
+of the server process (steadier when other work shares the cores), with the machine's
+load average at the start and the end.
 
 The models are fitted for two epochs only on random interactions: serving cost
 depends on the shapes, not on how well the factors fit. Everything is bounded in time: ``--seconds`` per wrk run.
@@ -274,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     small = build_model(args.models / f"items10k-k{args.components}", 10_000, args.components)
     large = build_model(args.models / f"items100k-k{args.components}", 100_000, args.components)
     results: dict[str, Any] = {}
+    load_at_start = os.getloadavg()  # other work on the machine skews every figure: say how much
     seconds = args.seconds
     random_users = RANDOM_USERS_LUA % {"users": N_USERS}
     few_users = FEW_USERS_LUA % {"users": 1000}
@@ -339,7 +342,12 @@ def main(argv: list[str] | None = None) -> int:
         ("miss 100K items (random users) c8", "reference: NumPy handler, 100K c8"),
     ):
         ratio = results[ours]["rps"] / results[reference]["rps"]
-        print(f"{ours:<34} {ratio:.2f}x the requests/s of {reference}")
+        cpu = (results[reference]["server_cpu_us_per_request"]
+               / max(0.1, results[ours]["server_cpu_us_per_request"]))
+        print(f"{ours:<34} {ratio:.2f}x the requests/s of {reference} "
+              f"({cpu:.2f}x its requests per CPU second)")
+    results["load_average"] = {"start": load_at_start, "end": os.getloadavg()}
+    print(f"load average (1, 5, 15 min): {load_at_start} at the start, {os.getloadavg()} at the end")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

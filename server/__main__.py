@@ -10,6 +10,7 @@ as SIGINT does at once, it stops accepting connections, lets in-flight requests 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -39,6 +40,7 @@ def run(config: Config) -> None:
                                 "model_dir": config.model_dir, "redis": config.redis_url is not None})
     app = create_app(config)
     app.on_startup.append(_drain_on_sigterm(config.shutdown_delay_seconds))
+    app.on_startup.append(_freeze_startup_objects)
     loop = uvloop.new_event_loop()
     # DEBUG=true: asyncio's debug mode, which logs callbacks that block the loop > 100 ms
     loop.set_debug(config.debug)
@@ -73,6 +75,19 @@ def _drain_on_sigterm(delay_seconds: float) -> Callable[[web.Application], Await
         loop.add_signal_handler(signal.SIGTERM, on_sigterm)
 
     return install
+
+
+async def _freeze_startup_objects(app: web.Application) -> None:
+    """Move every object alive after start-up (modules, the model, aiohttp's tables) out of
+    the collector's reach.
+
+    A full collection walks every tracked object while holding the GIL: with ~80K of
+    them from start-up, one that a large answer's allocations set off stalled the event
+    loop for tens of milliseconds (/ping's p99). They live as long as the process, so
+    they need never be walked again.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _graceful_exit() -> None:

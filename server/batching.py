@@ -16,11 +16,19 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from timbral.recommender import Recommendations
-
 from .drain import Batch, Drain
+from .encoding import encode_rows
 from .schemas import ExternalId
 from .state import LoadedModel
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One user's answer: ``recommendations`` is its JSON array of ranked items."""
+
+    user_id: ExternalId
+    strategy: str
+    recommendations: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +65,17 @@ class RecommendBatcher:
         self._executor = executor
         self._max_batch = max(1, max_batch)
         self._observe = observe
-        self._drain: Drain[_Ask, Recommendations] = Drain(
+        self._drain: Drain[_Ask, Answer] = Drain(
             self._score, take=self._take_batch, max_tasks=max_in_flight)
 
     async def recommend(
         self, model: LoadedModel, user_id: ExternalId, k: int, exclude_seen: bool
-    ) -> Recommendations:
-        """What ``model.recommender.recommend(user_id, k, exclude_seen=...)`` returns."""
+    ) -> Answer:
+        """``model.recommender.recommend(user_id, k, exclude_seen=...)``, its items as JSON."""
         return await self._drain.submit(_Ask(model, user_id, k, exclude_seen))
 
-    def _take_batch(self, queue: Batch[_Ask, Recommendations]
-                    ) -> tuple[Batch[_Ask, Recommendations], Batch[_Ask, Recommendations]]:
+    def _take_batch(self, queue: Batch[_Ask, Answer]
+                    ) -> tuple[Batch[_Ask, Answer], Batch[_Ask, Answer]]:
         """The oldest request and every queued one that can share its scoring call."""
         first = queue[0].payload
         batch, rest = [], []
@@ -77,23 +85,25 @@ class RecommendBatcher:
             (batch if same_call and len(batch) < self._max_batch else rest).append(waiting)
         return batch, rest
 
-    async def _score(self, batch: Batch[_Ask, Recommendations]) -> None:
+    async def _score(self, batch: Batch[_Ask, Answer]) -> None:
         asks = [waiting.payload for waiting in batch]
-        k = max(ask.k for ask in asks)  # a shorter list is a prefix of a longer one
         start = time.perf_counter()
-        results = await asyncio.get_running_loop().run_in_executor(
-            self._executor, _recommend_batch, asks[0].model, [ask.user_id for ask in asks], k,
-            asks[0].exclude_seen)
+        results = await asyncio.get_running_loop().run_in_executor(self._executor, _answer, asks)
         if self._observe is not None:
             self._observe(len(asks), time.perf_counter() - start)
         for waiting, result in zip(batch, results, strict=True):
             if not waiting.future.done():
-                ask = waiting.payload
-                waiting.future.set_result(result if ask.k == k else Recommendations(
-                    result.user_id, result.strategy, result.items[: ask.k]))
+                waiting.future.set_result(result)
 
 
-def _recommend_batch(
-    model: LoadedModel, user_ids: list[ExternalId], k: int, exclude_seen: bool
-) -> list[Recommendations]:
-    return model.recommender.recommend_batch(user_ids, k, exclude_seen=exclude_seen)
+def _answer(asks: list[_Ask]) -> list[Answer]:
+    """Score ``asks`` (one model, one ``exclude_seen``) as one batch, encoded in this thread.
+
+    The batch is scored at the largest ``k``; a shorter list is a prefix of a longer one.
+    """
+    k = max(ask.k for ask in asks)
+    batch = asks[0].model.recommender.rank_batch(
+        [ask.user_id for ask in asks], k, exclude_seen=asks[0].exclude_seen)
+    rows = encode_rows(batch, [ask.k for ask in asks])
+    return [Answer(user, strategy, row)
+            for user, strategy, row in zip(batch.user_ids, batch.strategies, rows, strict=True)]

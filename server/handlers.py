@@ -24,6 +24,7 @@ from timbral import __version__
 from timbral.recommender import Recommender
 
 from .cache import cache_key
+from .encoding import encode_rows
 from .errors import ApiError
 from .ingest import RejectedEvents, check_token, parse_events
 from .keys import (
@@ -38,8 +39,10 @@ from .keys import (
     MODEL,
     OPENAPI,
     RELOADER,
+    REQUEST_ID,
     SCORING_THREADS,
 )
+from .middlewares import REQUEST_ID_HEADER
 from .schemas import (
     BatchRequest,
     ExternalId,
@@ -56,7 +59,7 @@ from .state import LoadedModel
 T = TypeVar("T")
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 PONG = b"pong"
-ENCODE_ITEMS_PER_CALL = 4096  # ~200 KB of JSON, well under a millisecond of GIL per call
+SEND_SLICE_BYTES = 256 * 1024
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:
@@ -183,7 +186,7 @@ async def recommend_get(request: web.Request) -> web.Response:
         exclude_seen=query_bool(query, "exclude_seen", True)))
 
 
-async def recommend_post(request: web.Request) -> web.Response:
+async def recommend_post(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     body = parse_json(await request.read())
     parsed = parse_recommendation_body(body, max_batch=config.max_batch_users,
@@ -212,17 +215,23 @@ async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Res
     cached = await cache.get(key)
     if cached is not None:
         return web.Response(body=cached, content_type="application/json")
-    # Only known users' answers are cached per id (checked on a miss only: hits stay cheap)
-    if not model.recommender.known_user(user_id):
-        return await _popular(request, model, user_id, req.k)
+    ranked: Any
     if recent is not None:
+        if not model.recommender.known_user(user_id):
+            return await _popular(request, model, user_id, req.k)
         recs = await score(request, "recommend", model.recommender.recommend_with_recent, user_id,
                            {model.item_id(item): plays for item, plays in recent.items.items()},
                            req.k, exclude_seen=req.exclude_seen)
-    else:  # the plain question: scored together with concurrent ones
-        recs = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
-    body = orjson.dumps({**recs.to_dict(), "model_version": model.version, "cached": False},
-                        option=JSON_OPTIONS)
+        user, strategy, ranked = recs.user_id, recs.strategy, _items(recs.items)
+    else:  # the plain question: scored (and its items encoded) together with concurrent ones
+        answer = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
+        user, strategy, ranked = answer.user_id, answer.strategy, orjson.Fragment(answer.recommendations)
+    # Only known users' answers are cached per id. The scoring thread looked the user up
+    # (one lookup per batch): the event loop does not pay a NumPy lookup per request.
+    if strategy == "popularity":
+        return await _popular(request, model, user_id, req.k)
+    body = orjson.dumps({"user_id": user, "strategy": strategy, "recommendations": ranked,
+                         "model_version": model.version, "cached": False}, option=JSON_OPTIONS)
     # "cached" is the last key: the cached copy differs only there
     await cache.set(key, body[: -len(b"false}")] + b"true}")
     return web.Response(body=body, content_type="application/json")
@@ -246,7 +255,7 @@ async def _popular(request: web.Request, model: LoadedModel, user_id: ExternalId
                           "model_version": model.version, "cached": cached})
 
 
-async def _recommend_batch(request: web.Request, req: BatchRequest) -> web.Response:
+async def _recommend_batch(request: web.Request, req: BatchRequest) -> web.StreamResponse:
     model = request.app[MODEL].require()
     user_ids = [model.user_id(u) for u in req.user_ids]
     # one part per scoring thread: the kernels run single-threaded in the pool
@@ -256,21 +265,51 @@ async def _recommend_batch(request: web.Request, req: BatchRequest) -> web.Respo
         score(request, "recommend_batch", _recommend_encoded, model.recommender,
               user_ids[start:stop], req.k)
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True)))
-    return json_response({"model_version": model.version, "k": req.k,
-                          "results": orjson.Fragment(b"[" + b",".join(parts) + b"]")})
+    head = orjson.dumps({"model_version": model.version, "k": req.k}, option=JSON_OPTIONS)
+    pieces = [head[:-1], b',"results":[']
+    for i, part in enumerate(parts):
+        pieces += (b",", part) if i else (part,)
+    pieces.append(b"]}")
+    return await send_json(request, b"".join(pieces))  # one copy of a body of up to ~5 MB
+
+
+async def send_json(request: web.Request, body: bytes) -> web.StreamResponse:
+    """Answer with ``body`` (JSON), sent in slices of ``SEND_SLICE_BYTES`` when larger.
+
+    A multi-megabyte body written at once keeps the event loop in one long socket
+    write; in slices, other requests (``/ping``) are answered between them.
+    """
+    if len(body) <= SEND_SLICE_BYTES:
+        return web.Response(body=body, content_type="application/json")
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    response.content_length = len(body)
+    # the headers leave with prepare(), before the middleware could add this one
+    response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+    await response.prepare(request)
+    view = memoryview(body)
+    try:
+        for start in range(0, len(body), SEND_SLICE_BYTES):
+            await response.write(view[start:start + SEND_SLICE_BYTES])
+        await response.write_eof()
+    except ConnectionResetError:  # the client left mid-answer: nothing to tell it, nothing failed here
+        pass
+    return response
 
 
 def _recommend_encoded(recommender: Recommender, user_ids: list[ExternalId], k: int) -> bytes:
     """``recommend_batch``'s answers as comma-separated JSON objects (in a scoring thread).
 
-    Encoded a few thousand items per orjson call: each call holds the GIL, and
-    between calls the event loop gets it back, so /ping stays fast meanwhile.
+    Items are encoded from arrays (:mod:`.encoding`) a few thousand per C call, and each
+    user's object by its own orjson call: between calls the event loop gets the GIL
+    back, so /ping stays fast meanwhile.
     """
-    results = recommender.recommend_batch(user_ids, k)
-    step = max(1, ENCODE_ITEMS_PER_CALL // k)
+    batch = recommender.rank_batch(user_ids, k)
+    rows = encode_rows(batch)
     return b",".join(
-        orjson.dumps([recs.to_dict() for recs in results[start:start + step]], option=JSON_OPTIONS)[1:-1]
-        for start in range(0, len(results), step))
+        orjson.dumps({"user_id": user, "strategy": strategy, "recommendations": orjson.Fragment(row)},
+                     option=JSON_OPTIONS)
+        for user, strategy, row in zip(batch.user_ids, batch.strategies, rows, strict=True))
 
 
 async def explain(request: web.Request) -> web.Response:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
+import orjson
 import pytest
 from server_support import N_USERS, config
 
+from timbral.server import handlers
 from timbral.server.app import create_app
 from timbral.server.batching import RecommendBatcher
 from timbral.server.metrics import Metrics
@@ -53,7 +56,7 @@ async def test_unknown_users_in_a_batch_get_popular_items(client):
 class _BrokenRecommender:
     """A recommender whose batch scoring fails, to inject the fault."""
 
-    def recommend_batch(self, user_ids, k, exclude_seen=True):
+    def rank_batch(self, user_ids, k, exclude_seen=True):
         raise MemoryError("scratch allocation failed")
 
 
@@ -69,7 +72,24 @@ async def test_a_failing_batch_fails_its_requests_and_the_batcher_recovers(model
             return_exceptions=True,
         )
         assert isinstance(results[0], MemoryError) and isinstance(results[1], MemoryError)
-        assert len(results[2].items) == 5  # another model's batch was unaffected
+        assert len(json.loads(results[2].recommendations)) == 5  # another model's batch was unaffected
         again = await batcher.recommend(good, "u1", 4, True)
-    assert [item for item, _ in again.items] == [item for item, _ in good.recommender.recommend("u1", 4).items]
+    expected = good.recommender.recommend("u1", 4)
+    assert [r["item_id"] for r in json.loads(again.recommendations)] == [item for item, _ in expected.items]
 
+
+
+async def test_a_large_batch_answer_sent_in_slices_equals_the_whole_answer(client, monkeypatch):
+    body = {"user_ids": [f"u{i}" for i in range(40)] + ["nobody"], "k": 50}
+    whole = await client.post("/api/v1/recommendations", json=body)
+    whole_bytes = await whole.read()
+    assert len(whole_bytes) > 1000
+    monkeypatch.setattr(handlers, "SEND_SLICE_BYTES", 1000)  # every batch answer is now sliced
+    sliced = await client.post("/api/v1/recommendations", json=body, headers={"X-Request-ID": "slices-1"})
+    assert sliced.status == 200 and sliced.headers["Content-Type"].startswith("application/json")
+    assert sliced.headers["X-Request-ID"] == "slices-1"
+    assert await sliced.read() == whole_bytes
+    parsed = orjson.loads(whole_bytes)
+    assert [r["strategy"] for r in parsed["results"]] == ["nmf"] * 40 + ["popularity"]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'timbral_requests_total{method="POST",route="/api/v1/recommendations",status="200"} 2.0' in metrics

@@ -33,7 +33,7 @@ from timbral.ids import IdMap
 from timbral.nmf import Explanation, NMFModel
 from timbral.scoring import item_mask
 
-__all__ = ["Recommendations", "Recommender"]
+__all__ = ["RankedBatch", "Recommendations", "Recommender"]
 
 ExternalId = int | str
 
@@ -64,6 +64,45 @@ class Recommendations:
             "strategy": self.strategy,
             "recommendations": [{"item_id": i, "score": s} for i, s in self.items],
         }
+
+
+@dataclass(frozen=True)
+class RankedBatch:
+    """Ranked items for many users, as flat arrays (what the service encodes without
+    building a Python object per item).
+
+    Row ``r`` (user ``user_ids[r]``, strategy ``strategies[r]``) holds the items
+    ``item_ids[offsets[r]:offsets[r + 1]]``, best first, with their ``scores``.
+
+    Attributes
+    ----------
+    user_ids : list of int or str
+    strategies : list of {"nmf", "popularity"}
+    item_ids : ndarray of shape (total,)
+        External item ids: int64, or an object array of str.
+    scores : float64 ndarray of shape (total,)
+    offsets : int64 ndarray of shape (n_users + 1,)
+    """
+
+    user_ids: list[ExternalId]
+    strategies: list[str]
+    item_ids: NDArray[Any]
+    scores: NDArray[np.float64]
+    offsets: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def rows(self) -> list[Recommendations]:
+        """One :class:`Recommendations` per user, in order."""
+        pairs = list(zip(self.item_ids.tolist(), self.scores.tolist(), strict=True))
+        bounds = self.offsets.tolist()
+        return [
+            Recommendations(user, strategy, pairs[start:stop])
+            for user, strategy, start, stop in zip(
+                self.user_ids, self.strategies, bounds[:-1], bounds[1:], strict=True
+            )
+        ]
 
 
 class Recommender:
@@ -217,12 +256,18 @@ class Recommender:
     def _popular(
         self, k: int, exclude: NDArray[np.int64] | None, allow: NDArray[np.int64] | None
     ) -> list[tuple[ExternalId, float]]:
+        top = self._popular_indices(k, exclude, allow)
+        return self._pairs(top, self.item_popularity[top])
+
+    def _popular_indices(
+        self, k: int, exclude: NDArray[np.int64] | None, allow: NDArray[np.int64] | None
+    ) -> NDArray[np.int64]:
+        """Internal indices of the ``k`` most popular items allowed and not excluded."""
         order = self._popular_order
         banned = item_mask(self.n_items, allow=allow, deny=exclude)
         if banned is not None:
             order = order[~banned[order]]
-        top = order[:k]
-        return self._pairs(top, self.item_popularity[top])
+        return order[:k]
 
     def recommend(
         self,
@@ -350,6 +395,25 @@ class Recommender:
         items: Iterable[Any] | None = None,
     ) -> list[Recommendations]:
         """:meth:`recommend` for many users at once; known users are scored in one batch."""
+        return self.rank_batch(
+            user_ids, k, exclude_seen=exclude_seen, exclude_items=exclude_items, items=items
+        ).rows()
+
+    def rank_batch(
+        self,
+        user_ids: Sequence[Any],
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        exclude_items: Iterable[Any] | None = None,
+        items: Iterable[Any] | None = None,
+    ) -> RankedBatch:
+        """:meth:`recommend_batch` as flat arrays (:class:`RankedBatch`).
+
+        Known users get strategy ``nmf`` (scored in one kernel call), unknown ones the
+        popular items (``popularity``). The ids are mapped for the whole batch at once:
+        per-row NumPy calls would cost more than scoring a small batch.
+        """
         k = check_k(k, limit=self.n_items)
         if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, Iterable):
             raise ValidationError(f"`user_ids` must be a list of user ids; got {user_ids!r}")
@@ -358,21 +422,33 @@ class Recommender:
         allow = self._known_items(items)
         rows = self._users.lookup(user_ids)
         known = np.flatnonzero(rows >= 0)
-        out: list[Recommendations | None] = [None] * len(user_ids)
+        strategies = ["popularity"] * len(user_ids)
         if known.size:
-            ids, scores = self.model.recommend_batch(
+            ids, known_scores = self.model.recommend_batch(
                 rows[known], k, exclude_seen=exclude_seen, exclude_items=deny, items=allow,
                 user_items=self.user_items,
             )
-            for j, position in enumerate(known.tolist()):
-                out[position] = Recommendations(
-                    self._users.external(rows[position]), "nmf", self._pairs(ids[j], scores[j])
-                )
-        if known.size < len(user_ids):
-            fallback = self._popular(k, deny, allow)
-            for position in np.flatnonzero(rows < 0).tolist():
-                out[position] = Recommendations(user_ids[position], "popularity", list(fallback))
-        return out  # type: ignore[return-value]
+            external = self._users.external(rows[known])
+            for position, user in zip(known.tolist(), external, strict=True):
+                user_ids[position] = user
+                strategies[position] = "nmf"
+        if known.size and known.size == len(user_ids):  # the usual case: no padded copy
+            ranked, scores = ids, known_scores
+        else:
+            ranked = np.full((len(user_ids), k), -1, dtype=np.int64)
+            scores = np.zeros((len(user_ids), k), dtype=np.float64)
+            if known.size:
+                ranked[known], scores[known] = ids, known_scores
+            top = self._popular_indices(k, deny, allow)
+            unknown = rows < 0
+            ranked[unknown, : top.size] = top
+            scores[unknown, : top.size] = self.item_popularity[top]
+        keep = ranked >= 0
+        offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
+        np.cumsum(keep.sum(axis=1), out=offsets[1:])
+        return RankedBatch(
+            user_ids, strategies, self.item_ids[ranked[keep]], scores[keep].astype(np.float64), offsets
+        )
 
     def similar(self, item_id: Any, k: int = 10) -> list[tuple[ExternalId, float]]:
         """The ``k`` items closest to ``item_id`` (cosine of item factors), itself excluded.
