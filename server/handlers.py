@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -47,12 +46,14 @@ from .schemas import (
     BatchRequest,
     ExternalId,
     RecommendRequest,
+    bearer_credentials,
     check_path_id,
     parse_json,
     parse_recommendation_body,
     parse_reload_body,
     query_bool,
     query_k,
+    token_matches,
 )
 from .state import LoadedModel
 
@@ -150,8 +151,8 @@ def is_admin(request: web.Request) -> bool:
     token = request.app[CONFIG].admin_token
     if token is None:
         return False
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    given = bearer_credentials(request.headers.get("Authorization", ""))
+    return bool(given) and token_matches(given, token)
 
 
 def _system(model_dir: Path | None) -> dict[str, Any]:

@@ -30,7 +30,6 @@ finite number > 0 that fits a 32-bit float, a time from 1970 to a day ahead of t
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
 import time
@@ -49,7 +48,7 @@ from timbral.ids import check_id_text
 
 from .errors import ApiError
 from .metrics import LATENCY_BUCKETS, Metrics
-from .schemas import describe
+from .schemas import bearer_credentials, describe, token_matches
 
 log = logging.getLogger("timbral.server.ingest")
 
@@ -85,15 +84,15 @@ class _Pending:
 def check_token(header: str, token: str | None) -> None:
     """Bearer ``TIMBRAL_INGEST_TOKEN``: 401 without bearer credentials (whether or not ingestion
     is on, as HTTP asks), 403 when ingestion is off, 401 when the token does not match."""
-    scheme, _, given = header.partition(" ")
+    given = bearer_credentials(header)
     unauthorized = ApiError(401, "unauthorized", "send Authorization: Bearer <TIMBRAL_INGEST_TOKEN>",
                             headers={"WWW-Authenticate": 'Bearer realm="timbral-ingest"'})
-    if scheme.lower() != "bearer" or not given:
+    if not given:
         raise unauthorized
     if token is None:
         raise ApiError(403, "ingest_disabled",
                        "interaction ingestion is disabled; set TIMBRAL_INGEST_TOKEN and DATABASE_URL")
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    if not token_matches(given, token):
         raise unauthorized
 
 

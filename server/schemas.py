@@ -6,6 +6,7 @@ expected, so a client can fix its call from the message alone.
 
 from __future__ import annotations
 
+import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,6 +53,18 @@ class BatchRequest:
 
 def invalid(message: str) -> ApiError:
     return ApiError(422, "invalid_request", message)
+
+
+def bearer_credentials(header: str) -> str:
+    """The credentials of an ``Authorization: Bearer <credentials>`` header, without
+    surrounding whitespace (as the configured tokens are stored); "" for any other header."""
+    scheme, _, given = header.partition(" ")
+    return given.strip() if scheme.lower() == "bearer" else ""
+
+
+def token_matches(given: str, token: str) -> bool:
+    """Whether ``given`` equals the configured secret ``token``, in constant time."""
+    return hmac.compare_digest(given.encode(), token.encode())
 
 
 def describe(value: Any) -> str:

@@ -147,12 +147,17 @@ async def test_the_ingest_token_guards_the_endpoint(aiohttp_client, db, model_di
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {config(None).admin_token}"}):
         response = await client.post(URL, json={"events": events(1)}, headers=headers)
         assert response.status == 401
+    for spelling in (f"bearer {TOKEN}", f"Bearer  {TOKEN}"):  # read as the admin token is: scheme case, spaces
+        response = await client.post(URL, json={"events": events(1, prefix=spelling[:7])},
+                                     headers={"Authorization": spelling})
+        assert response.status == 200, spelling
+    assert len(stored(db)) == 2
     closed = await aiohttp_client(create_app(config(model_dir)))
     response = await closed.post(URL, json={"events": events(1)}, headers=AUTH)
     assert response.status == 403 and "set TIMBRAL_INGEST_TOKEN" in (await response.json())["error"]["message"]
     anonymous = await closed.post(URL, json={"events": events(1)})  # no credentials: 401 first, as HTTP asks
     assert anonymous.status == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
-    assert stored(db) == []
+    assert len(stored(db)) == 2
 
 
 def test_ingestion_needs_a_database_and_a_long_token():
