@@ -17,7 +17,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 dd = pytest.importorskip("dask.dataframe")
 
-from timbral import NMFModel, load_interactions  # noqa: E402
+from timbral import NMFModel, Recommender, load_interactions  # noqa: E402
 from timbral.dask import CleaningRules, fit, read_blocks, recommend_all  # noqa: E402
 from timbral.exceptions import ArtifactError, DataError, ValidationError  # noqa: E402
 from timbral.generate import write_partitioned  # noqa: E402
@@ -223,13 +223,50 @@ def test_fit_refuses_what_it_cannot_do(client, plays):
         fit(NMFModel(), plays / "parts", client, rules=CleaningRules(feedback="frobenius"))
 
 
+def test_workers_write_the_model_directory(client, plays, tmp_path):
+    """output=: the workers write the one model format (checksums, loads with Recommender.load), equal
+    to the gathered model's save; the client keeps no model unless gather=True."""
+    written = fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=3,
+                  output=tmp_path / "model")
+    gathered = fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=3)
+    assert written.model is None and written.user_ids is None and written.n_iter == 4
+    loaded, reference = Recommender.load(tmp_path / "model"), gathered.recommender()
+    assert loaded.model_version == written.model_version == written.recommender().model_version
+    assert loaded.model_version.split("-")[1] == reference.model_version.split("-")[1]  # same factors' hash
+    np.testing.assert_array_equal(loaded.model.user_factors_, reference.model.user_factors_)
+    np.testing.assert_array_equal(loaded.model.item_factors_, reference.model.item_factors_)
+    assert (loaded.user_items != reference.user_items).nnz == 0
+    np.testing.assert_array_equal(loaded.user_ids, reference.user_ids)
+    np.testing.assert_array_equal(loaded.item_ids, reference.item_ids)
+    np.testing.assert_array_equal(loaded.item_popularity, reference.item_popularity)
+    assert loaded.model.loss_history_ == reference.model.loss_history_
+    assert loaded.metadata["data"] == reference.metadata["data"]
+    assert loaded.recommend(reference.user_ids[3], 5).items == reference.recommend(reference.user_ids[3], 5).items
+    both = fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=3,
+               output=tmp_path / "again", gather=True)
+    np.testing.assert_array_equal(both.model.user_factors_, reference.model.user_factors_)
+    assert sorted(p.name for p in tmp_path.iterdir() if ".parts-" in p.name) == []  # staging removed
+
+
+def test_model_output_refusals(client, plays, tmp_path):
+    with pytest.raises(ValidationError, match=r"gather=False with output=None keeps the fitted model nowhere"):
+        fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", gather=False)
+    with pytest.raises(ValidationError, match=r"gather='yes' .* pass output="):
+        fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", gather="yes")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match=r"non-empty directory that holds no model"):
+        fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", output=tmp_path / "notes")
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes"]  # no staging pieces left behind
+
+
 # -- batch scoring --------------------------------------------------------------------------
 
 
 def test_recommend_all_matches_recommend(client, plays, tmp_path):
-    result = fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=2)
-    rec = result.recommender()
-    rec.save(tmp_path / "model")
+    fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=2, output=tmp_path / "model")
+    rec = Recommender.load(tmp_path / "model")
     summary = recommend_all(tmp_path / "model", client, k=7, output=tmp_path / "top", n_partitions=3)
     table = pq.read_table(tmp_path / "top").to_pandas()
     assert len(summary.files) == 3 and summary.n_users == rec.n_users == table.user_id.nunique()

@@ -22,13 +22,20 @@ import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
 from timbral._validation import check_k
-from timbral.artifact import model_artifact, model_from_artifact, read_model_dir, write_model_dir
+from timbral.artifact import (
+    ArrayParts,
+    array_chunks,
+    model_artifact,
+    model_from_artifact,
+    read_model_dir,
+    write_model_dir,
+)
 from timbral.exceptions import ValidationError
 from timbral.ids import IdMap
 from timbral.nmf import Explanation, NMFModel
 from timbral.scoring import item_mask
 
-__all__ = ["Recommendations", "Recommender"]
+__all__ = ["Recommendations", "Recommender", "version_metadata"]
 
 ExternalId = int | str
 
@@ -66,11 +73,24 @@ def _item_popularity(user_items: sp.csr_matrix) -> NDArray[np.float64]:
     return np.bincount(user_items.indices, minlength=user_items.shape[1]).astype(np.float64)
 
 
-def _model_version(model: NMFModel, created_at: datetime) -> str:
-    """``YYYYmmddTHHMMSSZ-<first 8 hex of sha256(item factors, user factors)>``."""
-    digest = hashlib.sha256(np.ascontiguousarray(model.item_factors_).tobytes())
-    digest.update(np.ascontiguousarray(model.user_factors_).tobytes())
-    return f"{created_at:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
+def version_metadata(
+    item_factors: NDArray[np.floating] | ArrayParts, user_factors: NDArray[np.floating] | ArrayParts
+) -> dict[str, str]:
+    """``created_at`` (now, UTC) and ``model_version``: ``YYYYmmddTHHMMSSZ-<first 8 hex of
+    sha256(item factors, user factors)>``.
+
+    The factors may be :class:`timbral.artifact.ArrayParts` (hashed piece by piece), so a
+    writer that never holds them (the Dask fit) names its model as ``Recommender`` does.
+    """
+    created = datetime.now(UTC)
+    digest = hashlib.sha256()
+    for factors in (item_factors, user_factors):
+        for chunk in array_chunks(factors):
+            digest.update(chunk.reshape(-1).view(np.uint8))
+    return {
+        "created_at": created.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "model_version": f"{created:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}",
+    }
 
 
 class Recommender:
@@ -140,9 +160,7 @@ class Recommender:
         self._popular_order = np.argsort(-self.item_popularity, kind="stable")
         self.metadata: dict[str, Any] = dict(metadata or {})
         if "model_version" not in self.metadata:
-            created = datetime.now(UTC)
-            self.metadata["created_at"] = created.isoformat(timespec="seconds").replace("+00:00", "Z")
-            self.metadata["model_version"] = _model_version(model, created)
+            self.metadata |= version_metadata(model.item_factors_, model.user_factors_)
 
     # -- facts ---------------------------------------------------------------------------
 
