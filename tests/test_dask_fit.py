@@ -180,6 +180,35 @@ def test_fit_equals_the_single_machine_fit(client, plays, params, tmp_path):
     assert sorted(os.listdir(tmp_path / "ck")) == ["epoch-000004"]  # only the last epoch is kept
 
 
+def test_auto_regularization_is_searched_like_the_local_fit(client, plays):
+    """Data within the search's sample size: the workers hand every row to the search, which chooses
+    and starts the fit as NMFModel.fit does."""
+    ref = load_reference(plays / "all.parquet")
+    local = NMFModel(**{**SETTINGS, "max_iter": 3}).fit(ref.user_items)
+    result = fit(NMFModel(**{**SETTINGS, "max_iter": 3}), plays / "parts", client, rating_col="plays", n_blocks=3)
+    assert result.model.regularization_ == local.regularization_
+    assert [row["ndcg@10"] for row in result.model.search_results_] == pytest.approx(
+        [row["ndcg@10"] for row in local.search_results_], rel=1e-6)
+    np.testing.assert_allclose(result.model.user_factors_, local.user_factors_, rtol=1e-3, atol=1e-5)
+
+
+def test_auto_regularization_searches_a_sample_drawn_on_the_workers(client, plays, monkeypatch):
+    """Above the sample size only a seeded sample of users (the users tuning.sample_rows draws for
+    the local search) reaches the client; the search runs on it."""
+    from timbral import tuning
+
+    monkeypatch.setattr(tuning, "SAMPLE_MAX_INTERACTIONS", 2_000)  # the in-process workers see it too
+    ref = load_reference(plays / "all.parquet")
+    rows = tuning.sample_rows(np.diff(ref.user_items.indptr), np.random.default_rng(SETTINGS["random_state"]))
+    assert 0 < ref.user_items[rows].nnz <= 2_000 < ref.user_items.nnz
+    expected = tuning.search(ref.user_items[rows], NMFModel(**SETTINGS).get_params())
+    result = fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=3)
+    assert result.model.regularization_ == expected.params["regularization"]
+    assert [row["ndcg@10"] for row in result.model.search_results_] == pytest.approx(
+        [row["ndcg@10"] for row in expected.table], rel=1e-6)
+    assert result.model.n_iter_ == SETTINGS["max_iter"]  # a fit from the random start, not the sample's factors
+
+
 def test_fit_distributed_hands_a_dataset_to_the_workers_and_a_matrix_to_the_fit_loop(client, plays):
     """timbral.distributed.fit_distributed is the one entry point: a Parquet dataset goes to the
     block fit (the client never reads it), a matrix to the fit loop's Dask backend; same answer."""

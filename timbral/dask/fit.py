@@ -359,7 +359,7 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
     dtype = np.dtype(np.float32)
     n_users, n_items = data.shape
     given = model
-    model, table, start = _search(model, data, client)
+    model, table, start = _search(model, data, client, state)
     k, alpha = model.n_components, float(model.alpha)
     sums = client.gather([
         client.submit(_block_sums, b, model.feedback, alpha, model.confidence) for b in data.user_blocks
@@ -442,19 +442,56 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
     return result
 
 
-def _search(model: NMFModel, data: Blocks, client: Client) -> tuple[NMFModel, list[dict] | None, Any]:
-    """``model`` with its "auto" λ and k chosen as ``NMFModel.fit`` chooses them (``timbral.tuning.search``),
-    the search's table and the factors to start from (None: the random start).
+def _search(model: NMFModel, data: Blocks, client: Client, state: dict) -> tuple[NMFModel, list[dict] | None, Any]:
+    """``model`` with its "auto" λ and k chosen by ``timbral.tuning.search``, the search's table
+    and the factors to start from (None: the random start).
 
-    The search needs the matrix: the user blocks come to the client for it and go (the
-    fit gathers them again at its end); it fits a user sample of at most
-    ``tuning.SAMPLE_MAX_INTERACTIONS`` interactions.
+    The search fits a user sample of at most ``tuning.SAMPLE_MAX_INTERACTIONS``
+    interactions. The workers draw it (``tuning.sample_rows`` on the rows' lengths, with
+    the fit's seed: the users ``NMFModel.fit``'s search would draw) and only the sample
+    comes to the client. Data that small is the sample itself: then the search sees
+    what the local one sees, and the fit starts from its factors as ``NMFModel.fit`` does.
     """
     params = model.get_params()
     if not tuning.searched_parameters(params):
         return model, None, None
-    found = tuning.search(sp.vstack(client.gather(data.user_blocks), format="csr"), params)
-    return NMFModel(**(params | found.params)), found.table, found.factors
+    lengths = [client.submit(_row_lengths, b) for b in data.user_blocks]
+    if data.report.nnz <= tuning.SAMPLE_MAX_INTERACTIONS:
+        rows = [client.submit(_all_rows, n) for n in lengths]
+    else:
+        plan = client.submit(_sample_plan, state, *lengths)
+        rows = [client.submit(operator.getitem, plan, b) for b in range(len(lengths))]
+    pieces = [client.submit(_take_rows, b, r) for b, r in zip(data.user_blocks, rows, strict=True)]
+    sample = client.submit(_stack, *pieces).result()
+    found = tuning.search(sample, params)
+    start = found.factors if sample.shape == data.shape else None
+    return NMFModel(**(params | found.params)), found.table, start
+
+
+def _row_lengths(block: sp.csr_matrix) -> NDArray[np.int64]:
+    return np.diff(block.indptr).astype(np.int64)
+
+
+def _all_rows(lengths: NDArray[np.int64]) -> NDArray[np.int64]:
+    return np.arange(lengths.size)
+
+
+def _sample_plan(state: dict, *lengths: NDArray[np.int64]) -> list[NDArray[np.int64]]:
+    """Runs on a worker: the sampled users (``tuning.sample_rows``) as local rows of each block."""
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = state
+    chosen = tuning.sample_rows(np.concatenate(lengths), rng)
+    bounds = np.r_[0, np.cumsum([n.size for n in lengths])]
+    cuts = np.searchsorted(chosen, bounds)
+    return [chosen[a:b] - lo for a, b, lo in zip(cuts[:-1], cuts[1:], bounds[:-1], strict=True)]
+
+
+def _take_rows(block: sp.csr_matrix, rows: NDArray[np.int64]) -> sp.csr_matrix:
+    return block[rows]
+
+
+def _stack(*pieces: sp.csr_matrix) -> sp.csr_matrix:
+    return sp.vstack(pieces, format="csr")
 
 
 def _checkpoint(
