@@ -3,7 +3,8 @@ factor bytes moved per epoch, against the single-machine fit of the same data.
 
 Makes the partitioned Parquet dataset with ``timbral generate --partitions`` when the
 directory does not exist yet. The distributed fit runs on a LocalCluster of worker
-processes with a memory limit each; the single-machine fit (``--single``) runs in a
+processes with a memory limit each and the workers write the model directory
+(``DIR.model``: the client never holds the factors); the single-machine fit (``--single``) runs in a
 fresh process afterwards, so each peak RSS is that run's own. Speed is reported as
 the ratio of per-interaction epoch costs measured in the same run (the machine is
 shared: absolute seconds are noise). Issue 11's target run is 100M interactions
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's timbral
 
 SINGLE = """
-import json, resource, sys, time
+import json, sys, time
 import pyarrow as pa, pyarrow.parquet as pq
 sys.path.insert(0, {root!r})
 from timbral import NMFModel
@@ -44,16 +45,22 @@ parts = sorted(__import__("glob").glob(path + "/*.parquet"))
 pq.write_table(pa.concat_tables([pq.read_table(f) for f in parts]), whole)
 data = load_interactions(whole, rating_col="plays", max_value=None, max_user_interactions=None)
 ticks = [time.perf_counter()]
-NMFModel(n_components={k}, max_iter={epochs}, tol=0, random_state=0, n_threads={threads}).fit(
+NMFModel(n_components={k}, max_iter={epochs}, tol=0, random_state=0, n_threads={threads},
+         regularization={regularization!r}).fit(
     data.user_items, callback=lambda i, loss: ticks.append(time.perf_counter()))
 epochs = [b - a for a, b in zip(ticks[:-1], ticks[1:])]
-print(json.dumps({{"nnz": data.nnz, "epoch_seconds": epochs,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({{"nnz": data.nnz, "epoch_seconds": epochs, "peak_rss_mb": hwm / 1024}}))
 """
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS (Linux VmHWM: unlike ru_maxrss it does not inherit a parent's peak)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
 
 
 def _outgoing_bytes(dask_worker) -> int:  # runs on each worker
@@ -72,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, help="blocks per side (default: one per worker thread)")
     parser.add_argument("-k", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--regularization", default="auto",
+                        help="λ, or 'auto' (searched on a sample the workers draw); the single-machine "
+                             "fit uses the λ the distributed fit ended with")
     parser.add_argument("--single", action="store_true", help="also run the single-machine fit (if it fits)")
     args = parser.parse_args(argv)
+    regularization = args.regularization if args.regularization == "auto" else float(args.regularization)
 
     import distributed
 
@@ -92,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         client_rss_before = _peak_rss_mb()
         started = time.perf_counter()
         moved_before = sum(client.run(_outgoing_bytes).values())
-        result = fit(NMFModel(n_components=args.k, max_iter=args.epochs, tol=0, random_state=0),
+        model_dir = Path(str(args.path) + ".model")
+        result = fit(NMFModel(n_components=args.k, max_iter=args.epochs, tol=0, random_state=0,
+                              regularization=regularization),
                      str(args.path), client, rating_col="plays", n_blocks=args.blocks,
-                     rules=CleaningRules(min_user_interactions=5))
+                     rules=CleaningRules(min_user_interactions=5), output=model_dir)
         total = time.perf_counter() - started
         moved = sum(client.run(_outgoing_bytes).values()) - moved_before
         worker_rss = client.run(_peak_rss_mb)
@@ -103,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     dist = {
         "nnz": nnz, "n_users": result.report.n_users, "n_items": result.report.n_items, "k": args.k,
         "workers": args.workers, "epoch_seconds": result.epoch_seconds, "total_seconds": total,
+        "model_dir": str(model_dir), "model_version": result.model_version,
         "routed_factor_bytes_per_epoch": result.bytes_per_epoch, "broadcast_pairs": result.broadcast_blocks,
         "transferred_bytes_total": moved,
         "worker_peak_rss_mb": sorted(worker_rss.values()), "worker_limit_mb": sorted(limits.values()),
@@ -111,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     out = {"distributed": dist}
     best = min(result.epoch_seconds)
     if args.single:
+        lam = json.loads((model_dir / "metadata.json").read_text())["fit"]["regularization"]  # no second search
         code = SINGLE.format(root=str(ROOT), path=str(args.path), whole=str(args.path) + ".single.parquet",
-                             k=args.k, epochs=args.epochs, threads=args.workers)
+                             k=args.k, epochs=args.epochs, threads=args.workers, regularization=lam)
         single = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                            text=True).stdout.strip().splitlines()[-1])
         Path(str(args.path) + ".single.parquet").unlink(missing_ok=True)

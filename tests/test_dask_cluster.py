@@ -115,3 +115,9 @@ def test_unreachable_scheduler(tmp_path, capsys):
     assert main(["recommend-all", str(tmp_path), "--dask", f"tcp://127.0.0.1:{free_port()}",
                  "-o", str(tmp_path / "top")]) == 2
     assert "cannot reach the scheduler at tcp://127.0.0.1:" in capsys.readouterr().err
+
+
+def test_train_dask_needs_an_output_directory(tmp_path, capsys):
+    """The workers write the model: without --output there is nowhere to write it (and no cluster starts)."""
+    assert main(["train", str(tmp_path), "--dask", "local:1"]) == 2
+    assert "train --dask needs --output DIR: the model directory the workers write" in capsys.readouterr().err

@@ -442,16 +442,19 @@ def _search_table(table: list[dict[str, Any]], metric: str) -> str:
 def _cmd_train_dask(args: argparse.Namespace) -> int:
     from timbral.dask import CleaningRules, fit
 
+    if args.output is None:
+        raise _UsageError("train --dask needs --output DIR: the model directory the workers write "
+                          "(on storage every worker can reach)")
     model = _estimator(args, n_threads=1)
     rules = CleaningRules(feedback=args.feedback, min_user_interactions=(
         5 if args.min_user_interactions is None else args.min_user_interactions))
     with _dask_client(args.dask, args.worker_memory) as client:
         result = fit(model, args.data, client, user_col=args.user_col or "user_id",
                      item_col=args.item_col or "item_id", rating_col=args.rating_col, rules=rules,
-                     checkpoint=args.checkpoint)
-    path = result.recommender().save(args.output)
+                     checkpoint=args.checkpoint, output=args.output)  # the workers write the model
+    path = args.output
     summary = {"path": str(path), "n_users": result.report.n_users, "n_items": result.report.n_items,
-               "nnz": result.report.nnz, "n_iter": result.model.n_iter_,
+               "nnz": result.report.nnz, "n_iter": result.n_iter, "model_version": result.model_version,
                "seconds_per_epoch": sum(result.epoch_seconds) / len(result.epoch_seconds),
                "bytes_per_epoch": result.bytes_per_epoch}
     if args.json:
