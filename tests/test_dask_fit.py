@@ -209,6 +209,35 @@ def test_auto_regularization_searches_a_sample_drawn_on_the_workers(client, play
     assert result.model.n_iter_ == SETTINGS["max_iter"]  # a fit from the random start, not the sample's factors
 
 
+def test_held_out_ndcg_equals_the_single_machine_fit(client, tmp_path):
+    """Issue 11's quality bar on a sample both can fit: the same seed, the same held-out split, and
+    NDCG@10 of the model the workers wrote within 0.5 % of NMFModel.fit's (default "auto" λ)."""
+    from timbral.metrics import ranking_metrics
+    from timbral.split import random_split
+
+    write_partitioned(tmp_path / "all", 1_500, 300, 40_000, seed=11, n_partitions=1)
+    ref = load_reference(tmp_path / "all" / "part-00000.parquet", min_user_interactions=0)
+    train, test = random_split(ref.user_items, test_fraction=0.2, seed=0)
+    assert np.diff(train.indptr).min() > 0 and np.bincount(train.indices, minlength=train.shape[1]).min() > 0
+    rows = train.tocoo()
+    for part, users in enumerate(np.array_split(np.arange(train.shape[0]), 3)):  # whole users per file
+        mine = np.isin(rows.row, users)
+        (tmp_path / "train").mkdir(exist_ok=True)
+        pq.write_table(pa.table({"user_id": ref.user_ids[rows.row[mine]], "item_id": ref.item_ids[rows.col[mine]],
+                                 "plays": rows.data[mine]}), tmp_path / "train" / f"part-{part}.parquet")
+    settings = dict(n_components=16, max_iter=15, tol=0, random_state=7, n_threads=1)
+    local = NMFModel(**settings).fit(train)
+    fit(NMFModel(**settings), tmp_path / "train", client, rating_col="plays", n_blocks=3,
+        rules=CleaningRules(min_user_interactions=0), output=tmp_path / "model")
+    distributed_model = Recommender.load(tmp_path / "model")
+    np.testing.assert_array_equal(distributed_model.user_ids, ref.user_ids)  # the same rows and columns
+    np.testing.assert_array_equal(distributed_model.item_ids, ref.item_ids)
+    expected = ranking_metrics(local, train, test, k=10)["ndcg"]
+    got = ranking_metrics(distributed_model.model, train, test, k=10)["ndcg"]
+    assert expected > 0.05  # a model worth comparing, not noise
+    assert got == pytest.approx(expected, rel=0.005)
+
+
 def test_fit_distributed_hands_a_dataset_to_the_workers_and_a_matrix_to_the_fit_loop(client, plays):
     """timbral.distributed.fit_distributed is the one entry point: a Parquet dataset goes to the
     block fit (the client never reads it), a matrix to the fit loop's Dask backend; same answer."""
