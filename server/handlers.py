@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from timbral import __version__
 from timbral.recommender import Recommender
 
-from .cache import cache_key
+from .cache import cache_key, recommendation_bodies, recommendation_key
 from .errors import ApiError
 from .ingest import RejectedEvents, check_token, parse_events
 from .keys import (
@@ -208,7 +208,7 @@ async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Res
     follower = request.app[FOLLOWER]  # plays since training, folded in (DATABASE_URL only)
     recent = follower.recent.get(str(user_id)) if follower is not None else None
     # a digest of those plays keys the answer: older answers of this user are never reused
-    key = cache_key(model.version, "rec", user_id, req.k, req.exclude_seen, *((recent.digest,) if recent else ()))
+    key = recommendation_key(model.version, user_id, req.k, req.exclude_seen, *((recent.digest,) if recent else ()))
     cached = await cache.get(key)
     if cached is not None:
         return web.Response(body=cached, content_type="application/json")
@@ -221,10 +221,8 @@ async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Res
                            req.k, exclude_seen=req.exclude_seen)
     else:  # the plain question: scored together with concurrent ones
         recs = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
-    body = orjson.dumps({**recs.to_dict(), "model_version": model.version, "cached": False},
-                        option=JSON_OPTIONS)
-    # "cached" is the last key: the cached copy differs only there
-    await cache.set(key, body[: -len(b"false}")] + b"true}")
+    body, cached_body = recommendation_bodies(model.version, recs)
+    await cache.set(key, cached_body)
     return web.Response(body=body, content_type="application/json")
 
 

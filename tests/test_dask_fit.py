@@ -347,6 +347,61 @@ def test_recommend_all_matches_recommend(client, plays, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.fixture
+def prewarmed(client, plays, tmp_path, redis_url):
+    """A model the workers wrote, scored by recommend_all with the service's Redis pre-warmed."""
+    fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=2, output=tmp_path / "model")
+    summary = recommend_all(tmp_path / "model", client, k=5, output=tmp_path / "top", redis_url=redis_url,
+                            redis_ttl_seconds=600)
+    return tmp_path / "model", summary
+
+
+async def test_recommend_all_prewarms_the_services_redis(prewarmed, aiohttp_client, redis_url):
+    """A real server on the same model answers every known user from Redis on its first request,
+    with what it would have computed."""
+    import redis.asyncio as aioredis
+    from server_support import config
+
+    from timbral.server import create_app
+
+    model_dir, summary = prewarmed
+    rec = Recommender.load(model_dir)
+    store = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = await store.keys(f"timbral:{summary.model_version}:rec:*")
+        ttl = await store.pttl(keys[0])
+    finally:
+        await store.aclose()
+    assert len(keys) == rec.n_users and 500_000 < ttl <= 600_000
+    server = await aiohttp_client(create_app(config(model_dir, redis_url=redis_url, tier1_max_bytes=0)))
+    for user in rec.user_ids[[0, 57, -1]].tolist():
+        response = await server.get(f"/api/v1/recommendations/{user}?k=5")
+        answer = await response.json()
+        assert response.status == 200 and answer["cached"] is True
+        assert answer["model_version"] == summary.model_version and answer["strategy"] == "nmf"
+        expected = rec.recommend(user, 5)
+        assert [r["item_id"] for r in answer["recommendations"]] == [item for item, _ in expected.items]
+        np.testing.assert_allclose([r["score"] for r in answer["recommendations"]],
+                                   [score for _, score in expected.items], rtol=1e-6)
+    fresh = await (await server.get(f"/api/v1/recommendations/{rec.user_ids[3]}?k=4")).json()
+    assert fresh["cached"] is False  # another k is another key: computed as before
+
+
+def test_recommend_all_redis_refusals(client, plays, tmp_path):
+    fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=2, output=tmp_path / "model")
+    with pytest.raises(ValidationError, match=r"redis_url must be a redis:// or rediss:// URL, got 'http://"):
+        recommend_all(tmp_path / "model", client, output=tmp_path / "a", redis_url="http://cache:6379")
+    with pytest.raises(ValidationError, match=r"redis_ttl_seconds must be a number of seconds >= 0.001, got 0"):
+        recommend_all(tmp_path / "model", client, output=tmp_path / "a", redis_url="redis://x", redis_ttl_seconds=0)
+    from redis_server import free_port
+
+    with pytest.raises(ValidationError, match=r"cannot pre-warm Redis at redis://<redacted>@127.0.0.1") as caught:
+        recommend_all(tmp_path / "model", client, output=tmp_path / "b",
+                      redis_url=f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0")
+    assert "hunter2" not in str(caught.value)
+    assert not (tmp_path / "a").exists()
+
+
 # -- faults ---------------------------------------------------------------------------------
 
 
