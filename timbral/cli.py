@@ -263,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     recommend_all.add_argument("-k", type=_positive_int, default=10, help="items per user (10)")
     recommend_all.add_argument("--partitions", type=_positive_int, metavar="N",
                                help="output files (default: four per worker thread)")
+    recommend_all.add_argument("--prewarm-redis", action="store_true",
+                               help="also store every answer in the service's Redis under its cache keys: "
+                                    "REDIS_URL and CACHE_TTL_SECONDS from the environment, as the service "
+                                    "reads them (no password on the command line)")
     _dask_options(recommend_all, "the cluster that scores", required=True)
 
     generate = commands.add_parser("generate", help="write synthetic music-like interactions",
@@ -469,11 +473,29 @@ def _cmd_train_dask(args: argparse.Namespace) -> int:
 def _cmd_recommend_all(args: argparse.Namespace) -> int:
     from timbral.dask import recommend_all
 
+    redis_url, ttl = None, None
+    if args.prewarm_redis:
+        redis_url = os.environ.get("REDIS_URL")
+        if not redis_url:
+            raise _UsageError("--prewarm-redis reads the service's REDIS_URL from the environment; it is not set")
+        ttl = _float_env("CACHE_TTL_SECONDS")
     with _dask_client(args.dask, args.worker_memory) as client:
-        summary = recommend_all(args.model, client, args.k, args.output, n_partitions=args.partitions)
+        summary = recommend_all(args.model, client, args.k, args.output, n_partitions=args.partitions,
+                                redis_url=redis_url, redis_ttl_seconds=ttl)
     print(f"Wrote the top {summary.k} of {summary.n_users:,} users ({summary.n_rows:,} rows, model "
           f"{summary.model_version}) to {summary.output} in {len(summary.files)} files.")
     return 0
+
+
+def _float_env(name: str) -> float | None:
+    """A number from the environment (None when unset), refused with the variable's name."""
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise _UsageError(f"{name}={value!r} is not a number of seconds; set it like the service's, e.g. 300") from None
 
 
 def _cmd_tune(args: argparse.Namespace, progress: bool) -> int:
