@@ -41,7 +41,7 @@ from timbral import NMFModel
 from timbral.data import load_interactions
 path = {path!r}
 whole = {whole!r}
-parts = sorted(__import__("glob").glob(path + "/*.parquet"))
+parts = sorted(__import__("glob").glob(path + "/*.parquet"))[:{n_parts}]
 pq.write_table(pa.concat_tables([pq.read_table(f) for f in parts]), whole)
 data = load_interactions(whole, rating_col="plays", max_value=None, max_user_interactions=None)
 ticks = [time.perf_counter()]
@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="λ, or 'auto' (searched on a sample the workers draw); the single-machine "
                              "fit uses the λ the distributed fit ended with")
     parser.add_argument("--single", action="store_true", help="also run the single-machine fit (if it fits)")
+    parser.add_argument("--single-partitions", type=int,
+                        help="fit the single machine on the first N files only (whole users) when all of "
+                             "them do not fit in memory; the ratio is per interaction")
     args = parser.parse_args(argv)
     regularization = args.regularization if args.regularization == "auto" else float(args.regularization)
 
@@ -103,11 +106,15 @@ def main(argv: list[str] | None = None) -> int:
         client_rss_before = _peak_rss_mb()
         started = time.perf_counter()
         moved_before = sum(client.run(_outgoing_bytes).values())
+        moved_at_epoch: list[int] = []  # worker-to-worker bytes sent, read after every epoch
+
+        def after_epoch(iteration: int, loss: float) -> None:
+            moved_at_epoch.append(sum(client.run(_outgoing_bytes).values()))
         model_dir = Path(str(args.path) + ".model")
         result = fit(NMFModel(n_components=args.k, max_iter=args.epochs, tol=0, random_state=0,
                               regularization=regularization),
                      str(args.path), client, rating_col="plays", n_blocks=args.blocks,
-                     rules=CleaningRules(min_user_interactions=5), output=model_dir)
+                     rules=CleaningRules(min_user_interactions=5), output=model_dir, callback=after_epoch)
         total = time.perf_counter() - started
         moved = sum(client.run(_outgoing_bytes).values()) - moved_before
         worker_rss = client.run(_peak_rss_mb)
@@ -119,20 +126,26 @@ def main(argv: list[str] | None = None) -> int:
         "model_dir": str(model_dir), "model_version": result.model_version,
         "routed_factor_bytes_per_epoch": result.bytes_per_epoch, "broadcast_pairs": result.broadcast_blocks,
         "transferred_bytes_total": moved,
+        "transferred_bytes_per_epoch": [b - a for a, b in zip(moved_at_epoch[:-1], moved_at_epoch[1:], strict=True)],
         "worker_peak_rss_mb": sorted(worker_rss.values()), "worker_limit_mb": sorted(limits.values()),
         "client_peak_rss_mb": _peak_rss_mb(), "client_rss_before_fit_mb": client_rss_before,
     }
     out = {"distributed": dist}
+    print(json.dumps(out), file=sys.stderr, flush=True)  # kept even if the single-machine fit dies
     best = min(result.epoch_seconds)
     if args.single:
         lam = json.loads((model_dir / "metadata.json").read_text())["fit"]["regularization"]  # no second search
         code = SINGLE.format(root=str(ROOT), path=str(args.path), whole=str(args.path) + ".single.parquet",
-                             k=args.k, epochs=args.epochs, threads=args.workers, regularization=lam)
-        single = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                                           text=True).stdout.strip().splitlines()[-1])
+                             k=args.k, epochs=args.epochs, threads=args.workers, regularization=lam,
+                             n_parts=args.single_partitions)
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         Path(str(args.path) + ".single.parquet").unlink(missing_ok=True)
-        out["single"] = single
-        out["per_interaction_cost_ratio"] = (best / nnz) / (min(single["epoch_seconds"]) / single["nnz"])
+        if run.returncode != 0:  # e.g. killed for memory: say so, keep the distributed numbers
+            out["single_error"] = f"exit {run.returncode}: {run.stderr.strip()[-2000:]}"
+        else:
+            single = json.loads(run.stdout.strip().splitlines()[-1])
+            out["single"] = single
+            out["per_interaction_cost_ratio"] = (best / nnz) / (min(single["epoch_seconds"]) / single["nnz"])
     out["c_row_seconds"] = best * args.workers / (nnz * args.k)  # per interaction × factor, per thread
     print(json.dumps(out, indent=2))
     return 0
