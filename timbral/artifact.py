@@ -149,7 +149,15 @@ class ArrayParts:
         """The parts of ``paths`` (read from their headers: pieces share dtype and trailing shape)."""
         if not paths:
             raise ArtifactError("ArrayParts needs at least one .npy piece; got an empty list of paths")
-        pieces = [np.load(p, mmap_mode="r", allow_pickle=False) for p in paths]
+        pieces = []
+        for path in paths:
+            try:
+                pieces.append(np.load(path, mmap_mode="r", allow_pickle=False))
+            except (ValueError, OSError) as exc:  # not a .npy, an object array, missing
+                raise ArtifactError(
+                    f"piece {os.fspath(path)!r} is not a readable .npy of plain values ({exc}); "
+                    "write it again with numpy.save"
+                ) from None
         first = pieces[0]
         for path, piece in zip(paths, pieces, strict=True):
             if piece.dtype != first.dtype or piece.shape[1:] != first.shape[1:] or piece.ndim == 0:

@@ -306,7 +306,9 @@ def fit(
         raise ValidationError(f"broadcast_fraction must be between 0 and 1, got {broadcast_fraction!r}")
     if gather is None:
         gather = output is None
-    if not isinstance(gather, bool) or not (gather or output is not None):
+    if not isinstance(gather, bool):
+        raise ValidationError(f"gather must be True, False or None (the default), got {gather!r}")
+    if not gather and output is None:
         raise ValidationError(
             f"gather={gather!r} with output={output!r} keeps the fitted model nowhere; pass output= (a model "
             "directory the workers write) or gather=True"
