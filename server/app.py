@@ -3,9 +3,11 @@ server``, ``timbral serve`` and the tests)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .access_log import AccessLog
 from .cache import LRUCache, TieredCache
@@ -18,6 +20,38 @@ from .routes import ROUTES
 from .state import Lifecycle, ModelSlot, Reloader
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+_SHOWN_REASON = 120  # characters of the parser's reason kept in the log line
+
+
+class ClientErrorFilter(logging.Filter):
+    """Log a request aiohttp's HTTP parser refused as one WARNING line, without traceback.
+
+    A NUL in a header, a garbled request line or an oversized header is the client's
+    error: aiohttp answers it 400 itself (no handler runs) but logs it on
+    ``aiohttp.server`` at ERROR with a traceback, which pages an operator for someone
+    else's garbage. Every other record of that logger (real server errors) is left as is.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError) or not 400 <= error.code < 500:
+            return True  # a server error: ERROR, with its traceback
+        if record.levelno <= logging.WARNING:
+            return True  # already quiet (aiohttp logs non-HTTP bytes at DEBUG)
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        record.msg, record.args = "refused a malformed HTTP request (answered %d)", (error.code,)
+        record.exc_info = record.exc_text = None
+        record.error = type(error).__name__
+        # The first line only: the parser's next lines quote the raw bytes, which may hold a credential.
+        record.reason = (error.message or "").strip().split("\n", 1)[0][:_SHOWN_REASON]
+        return logging.getLogger(record.name).isEnabledFor(logging.WARNING)
+
+
+def quiet_client_errors() -> None:
+    """Install :class:`ClientErrorFilter` on ``aiohttp.server`` (once per process)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrorFilter) for f in logger.filters):
+        logger.addFilter(ClientErrorFilter())
 
 
 def create_app(config: Config) -> web.Application:
@@ -27,6 +61,7 @@ def create_app(config: Config) -> web.Application:
     reloads each have a cleanup context, so they are set up in order before the first
     request and released in reverse at shutdown.
     """
+    quiet_client_errors()
     app = web.Application(middlewares=[observe], client_max_size=config.max_body_bytes)
     metrics = Metrics()
     slot = ModelSlot()

@@ -9,11 +9,14 @@ clear message.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
+
+from timbral._validation import DEFAULT_SEED
+from timbral.ids import MAX_ID_BYTES
+from timbral.logs import REDACTED, redact_url
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
@@ -49,7 +52,7 @@ class Config:
     # Training defaults of `timbral train`/`quickstart` (read there); validated here too so
     # a deployment with a bad value fails at start, with the rest of its configuration.
     nmf_n_components: int = 50
-    nmf_random_state: int = 42
+    nmf_random_state: int = DEFAULT_SEED
     model_dir: Path | None = None
     cache_ttl_seconds: float = 300.0
     admin_token: str | None = None
@@ -59,7 +62,9 @@ class Config:
     max_batch_users: int = 1000
     max_batch_items: int = 100_000  # users × k in one batch request: bounds the answer's size
     max_body_bytes: int = 1 << 20
-    max_id_length: int = 256
+    # Longest string id, in bytes of UTF-8 (as the loader counts): at most MAX_ID_BYTES,
+    # since ingested ids are trained on with the loader's limit.
+    max_id_length: int = MAX_ID_BYTES
     executor_threads: int = 0  # 0 = one per available core
     tier1_max_bytes: int = 128 << 20
     redis_timeout_seconds: float = 0.05
@@ -120,24 +125,6 @@ class Config:
 
 _SECRET_FIELDS = {"admin_token", "ingest_token"}
 _URL_FIELDS = {"redis_url", "database_url"}
-_URL_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
-_URL_PASSWORD_PARAM = re.compile(r"(?P<name>[?&]password=)[^&#]*", re.IGNORECASE)
-REDACTED = "<redacted>"
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its user info and any ``password=`` query value replaced by a marker.
-
-    Works on malformed values too (they are the ones printed in errors): everything up
-    to the last ``@`` after the scheme goes, since an unencoded password may hold an ``@``.
-    """
-    head, at, tail = url.rpartition("@")
-    if at:
-        scheme = _URL_SCHEME.match(head)
-        url = f"{scheme.group(0) if scheme else ''}{REDACTED}@{tail}"
-    return _URL_PASSWORD_PARAM.sub(rf"\g<name>{REDACTED}", url)
-
-
 def redact(field: str, value: Any) -> Any:
     """``value`` as it may be printed or logged: tokens hidden, URL credentials removed."""
     if value is None:
@@ -186,6 +173,7 @@ def _check(config: Config) -> list[str]:
     )
     problems.extend(_check_redis_tls(config))
     need(config.nmf_n_components >= 1, "nmf_n_components", "an integer >= 1")
+    need(config.nmf_random_state >= 0, "nmf_random_state", "a seed >= 0, as `timbral train --seed` takes")
     need(config.cache_ttl_seconds > 0, "cache_ttl_seconds", "a number of seconds > 0")
     need(config.log_level in LOG_LEVELS, "log_level", f"one of {', '.join(LOG_LEVELS)}")
     need(config.log_format in LOG_FORMATS, "log_format", f"one of {', '.join(LOG_FORMATS)}")
@@ -194,7 +182,9 @@ def _check(config: Config) -> list[str]:
     need(config.max_batch_users >= 1, "max_batch_users", "an integer >= 1")
     need(config.max_batch_items >= 1, "max_batch_items", "an integer >= 1 (users × k per batch)")
     need(config.max_body_bytes >= 1024, "max_body_bytes", "at least 1024 bytes")
-    need(config.max_id_length >= 1, "max_id_length", "an integer >= 1")
+    need(1 <= config.max_id_length <= MAX_ID_BYTES, "max_id_length",
+         f"a number of bytes (UTF-8) in 1..{MAX_ID_BYTES}, the longest id the model files and the "
+         "loader accept")
     need(config.executor_threads >= 0, "executor_threads", "an integer >= 0 (0 = one per core)")
     need(config.tier1_max_bytes >= 0, "tier1_max_bytes", "a number of bytes >= 0 (0 = no tier 1)")
     need(config.redis_timeout_seconds > 0, "redis_timeout_seconds", "a number of seconds > 0")

@@ -18,10 +18,13 @@ table and moves them into ``timbral_interactions`` in one transaction, which als
 announces the users concerned (``NOTIFY timbral_interactions``) so that every replica
 folds their new plays into their next answer.
 
-Validation follows the rules ``timbral.load_interactions`` applies to each row: ids
-present (strings or integers, bounded length), a play count that is a finite number
-> 0 (default 1), a timestamp as ISO 8601 or epoch seconds (ms/µs/ns recognised by
-magnitude) that is not negative and at most one day ahead of the clock.
+Validation applies the rules of ``timbral.load_interactions``, from their owners: ids
+present, strings or integers of at most ``TIMBRAL_MAX_ID_LENGTH`` bytes of UTF-8
+(:func:`timbral.ids.check_id_text`), and no NUL (PostgreSQL text cannot hold one); a
+play count (default 1) and a timestamp (ISO 8601, or epoch seconds, with ms/µs/ns
+recognised by each number's magnitude; default now) that pass the loader's rating and
+timestamp rules (:func:`timbral.cleaning.rating_faults`, ``timestamp_faults``): a
+finite number > 0 that fits a 32-bit float, a time from 1970 to a day ahead of the clock.
 """
 
 from __future__ import annotations
@@ -36,20 +39,32 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
+from timbral.cleaning import epoch_scale, rating_faults, timestamp_faults
+from timbral.exceptions import ValidationError
+from timbral.ids import check_id_text
+
 from .errors import ApiError
 from .metrics import LATENCY_BUCKETS, Metrics
+from .schemas import describe
 
 log = logging.getLogger("timbral.server.ingest")
 
 INTERACTIONS_CHANNEL = "timbral_interactions"  # replicas refresh these users' recent plays
 MAX_NOTIFY_BYTES = 7000  # PostgreSQL caps a NOTIFY payload just under 8000 bytes
 EVENT_FIELDS = frozenset({"event_id", "user_id", "item_id", "value", "timestamp"})
-MAX_FUTURE = timedelta(days=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_SCALES = ((1e17, 1e-9), (1e14, 1e-6), (1e11, 1e-3))  # ns, µs, ms → s, as the loader reads them
+# What ingestion says when a row breaks one of the loader's rules (timbral.cleaning).
+_REASONS = {
+    "dropped_nonfinite_rating": "value {value!r} is not finite or does not fit a 32-bit float",
+    "dropped_negative_rating": "value must be > 0 (a play count), got {value!r}",
+    "dropped_zero_rating": "value must be > 0 (a play count), got {value!r}",
+    "dropped_invalid_timestamp": "timestamp must be finite, got {timestamp!r}",
+    "dropped_out_of_range_timestamp": "timestamp {timestamp!r} is {when}",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,71 +97,91 @@ def check_token(header: str, token: str | None) -> None:
         raise unauthorized
 
 
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _id(event: dict[str, Any], name: str, max_length: int) -> str:
     value = event.get(name)
     if value is None:
         raise ValueError(f"{name} is missing")
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError(f"{name} must be a string or an integer, got {_describe(value)}")
-    text = str(value)
-    if not text or len(text) > max_length:
-        raise ValueError(f"{name} must be 1..{max_length} characters long, got {len(text)}")
+        raise ValueError(f"{name} must be a string or an integer, got {describe(value)}")
+    try:
+        text = check_id_text(str(value), name=name, max_bytes=max_length)
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
     if "\x00" in text:
         raise ValueError(f"{name} must not contain NUL characters")
     return text
 
 
 def _value(raw: Any) -> float:
+    """The play count as a number (default 1, as a file without a rating column); the
+    loader's rules on it are applied to the whole batch."""
     if raw is None:
-        return 1.0  # as the loader: without a play count an interaction counts 1
+        return 1.0
     if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise ValueError(f"value must be a number, got {_describe(raw)}")
-    value = float(raw)
-    if not math.isfinite(value):
-        raise ValueError(f"value must be finite, got {raw!r}")
-    if value <= 0:
-        raise ValueError(f"value must be > 0 (a play count), got {raw!r}")
-    if value > 3.4e38:
-        raise ValueError(f"value {raw!r} does not fit a 32-bit float")
-    return value
+        raise ValueError(f"value must be a number, got {describe(raw)}")
+    return float(raw)
 
 
-def _timestamp(raw: Any, now: datetime) -> datetime:
-    if raw is None:
-        return now
+def _seconds(raw: Any) -> tuple[float, datetime | None]:
+    """Epoch seconds of a timestamp (numbers scaled by their own magnitude), and the moment
+    itself when given as ISO 8601 text (kept to the microsecond)."""
     if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-        raise ValueError(f"timestamp must be ISO 8601 text or epoch seconds, got {_describe(raw)}")
+        raise ValueError(f"timestamp must be ISO 8601 text or epoch seconds, got {describe(raw)}")
     if isinstance(raw, str):
         try:
             moment = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
         except ValueError:
-            raise ValueError(f"timestamp {_describe(raw)} is not ISO 8601 (2024-05-01T12:00:00Z)") from None
+            raise ValueError(f"timestamp {describe(raw)} is not ISO 8601 (2024-05-01T12:00:00Z)") from None
         moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    else:
-        seconds = float(raw)
-        if not math.isfinite(seconds):
-            raise ValueError(f"timestamp must be finite, got {raw!r}")
-        seconds *= next((scale for bound, scale in _SCALES if seconds > bound), 1.0)
-        if seconds < 0:
-            raise ValueError(f"timestamp {raw!r} is before 1970")
-        moment = _EPOCH + timedelta(seconds=seconds)
-    if moment < _EPOCH:
-        raise ValueError(f"timestamp {raw!r} is before 1970")
-    if moment > now + MAX_FUTURE:
-        raise ValueError(f"timestamp {raw!r} is more than a day in the future")
-    return moment
+        return (moment - _EPOCH).total_seconds(), moment
+    seconds = float(raw)
+    return (seconds * epoch_scale(seconds) if math.isfinite(seconds) else seconds), None
+
+
+@dataclass(slots=True)
+class _Row:
+    """An event whose fields parsed, before the loader's rules are applied to its batch."""
+
+    index: int
+    raw: dict[str, Any]
+    ids: tuple[str, str, str]
+    value: float
+    seconds: float
+    moment: datetime | None
+
+
+def _parse_row(index: int, raw: Any, now: datetime, max_id_length: int) -> _Row:
+    """The fields of one event, typed; ValueError says what is wrong with it."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"an event must be an object, got {describe(raw)}")
+    extra = set(raw) - EVENT_FIELDS
+    if extra:
+        raise ValueError(f"unknown fields {sorted(extra)}; expected {sorted(EVENT_FIELDS)}")
+    ids = (_id(raw, "event_id", max_id_length), _id(raw, "user_id", max_id_length),
+           _id(raw, "item_id", max_id_length))
+    value = _value(raw.get("value"))
+    stamp = raw.get("timestamp")
+    seconds, moment = ((now - _EPOCH).total_seconds(), now) if stamp is None else _seconds(stamp)
+    return _Row(index, raw, ids, value, seconds, moment)
+
+
+def _first_faults(rows: list[_Row], now: datetime) -> list[str | None]:
+    """Per row, the report field of the first loader rule (rating, then timestamp) it breaks."""
+    ok = np.ones(len(rows), bool)
+    faults = [*rating_faults(np.array([row.value for row in rows]), ok, "implicit"),
+              *timestamp_faults(np.array([row.seconds for row in rows]), ok, (now - _EPOCH).total_seconds())]
+    first: list[str | None] = [None] * len(rows)
+    for name, bad in reversed(faults):
+        for position in np.flatnonzero(bad).tolist():
+            first[position] = name
+    return first
 
 
 def parse_events(body: Any, *, max_events: int, max_id_length: int) -> list[Event]:
     """``{"events": [...]}`` → events, or 422 listing every bad row and its reason."""
     if not isinstance(body, dict) or not isinstance(body.get("events"), list):
         raise ApiError(422, "invalid_request",
-                       f'the body must be {{"events": [...]}}, got {_describe(body)}')
+                       f'the body must be {{"events": [...]}}, got {describe(body)}')
     raw_events = body["events"]
     if not 1 <= len(raw_events) <= max_events:
         raise ApiError(422, "invalid_request",
@@ -155,23 +190,29 @@ def parse_events(body: Any, *, max_events: int, max_id_length: int) -> list[Even
     if unknown:
         raise ApiError(422, "invalid_request", f"unknown fields {sorted(unknown)}; send only \"events\"")
     now = datetime.now(UTC)
-    events, rejected = [], []
+    rows: list[_Row] = []
+    rejected: dict[int, dict[str, Any]] = {}
+
+    def reject(index: int, raw: Any, reason: str) -> None:
+        event_id = raw.get("event_id") if isinstance(raw, dict) else None
+        rejected[index] = {"index": index, "event_id": event_id if isinstance(event_id, str | int) else None,
+                           "reason": reason}
+
     for index, raw in enumerate(raw_events):
         try:
-            if not isinstance(raw, dict):
-                raise ValueError(f"an event must be an object, got {_describe(raw)}")
-            extra = set(raw) - EVENT_FIELDS
-            if extra:
-                raise ValueError(f"unknown fields {sorted(extra)}; expected {sorted(EVENT_FIELDS)}")
-            events.append(Event(_id(raw, "event_id", max_id_length), _id(raw, "user_id", max_id_length),
-                                _id(raw, "item_id", max_id_length), _value(raw.get("value")),
-                                _timestamp(raw.get("timestamp"), now)))
+            rows.append(_parse_row(index, raw, now, max_id_length))
         except ValueError as exc:
-            event_id = raw.get("event_id") if isinstance(raw, dict) else None
-            rejected.append({"index": index, "event_id": event_id if isinstance(event_id, str | int) else None,
-                             "reason": str(exc)})
+            reject(index, raw, str(exc))
+    events = []
+    for row, fault in zip(rows, _first_faults(rows, now), strict=True):
+        if fault is not None:
+            when = "before 1970" if row.seconds < 0 else "more than a day in the future"
+            reject(row.index, row.raw, _REASONS[fault].format(
+                value=row.raw.get("value"), timestamp=row.raw.get("timestamp"), when=when))
+        else:
+            events.append(Event(*row.ids, row.value, row.moment or _EPOCH + timedelta(seconds=row.seconds)))
     if rejected:
-        raise RejectedEvents(rejected, len(raw_events))
+        raise RejectedEvents([rejected[index] for index in sorted(rejected)], len(raw_events))
     return events
 
 

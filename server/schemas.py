@@ -13,6 +13,9 @@ from typing import Any
 
 import orjson
 
+from timbral.exceptions import ValidationError
+from timbral.ids import INT64_MAX, INT64_MIN, check_id_text
+
 from .errors import ApiError
 
 MIN_K, MAX_K = 1, 1000
@@ -51,7 +54,8 @@ def invalid(message: str) -> ApiError:
     return ApiError(422, "invalid_request", message)
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """``repr`` of a received value, cut to 40 characters for an error message."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -68,29 +72,30 @@ def parse_json(raw: bytes) -> Any:
 
 def check_k(value: Any, source: str = "k") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid(f"{source} must be an integer in {MIN_K}..{MAX_K}, got {_describe(value)}")
+        raise invalid(f"{source} must be an integer in {MIN_K}..{MAX_K}, got {describe(value)}")
     if not MIN_K <= value <= MAX_K:
         raise invalid(f"{source} must be in {MIN_K}..{MAX_K}, got {value}")
     return value
 
 
 def check_id(value: Any, field: str, max_length: int) -> ExternalId:
-    """A user or item id: a non-empty string or an integer, of bounded length."""
+    """A user or item id: an int64, or a string of at most ``max_length`` bytes of UTF-8.
+
+    The length rule is :func:`timbral.ids.check_id_text`'s, the loader's: an id the
+    service accepts can be trained on.
+    """
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise invalid(f"{field} must be a string or an integer, got {_describe(value)}")
+        raise invalid(f"{field} must be a string or an integer, got {describe(value)}")
     if isinstance(value, str):
-        if not value:
-            raise invalid(f"{field} must not be empty")
-        if len(value) > max_length:
-            raise invalid(f"{field} is {len(value)} characters long; ids are at most {max_length}")
-    elif not -(2**63) <= value < 2**63:
-        raise invalid(f"{field} must fit in 64 bits, got {_describe(value)}")
+        return check_path_id(value, field, max_length)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise invalid(f"{field} must fit in 64 bits, got {describe(value)}")
     return value
 
 
 def _check_id_list(value: Any, field: str, max_length: int, max_count: int) -> tuple[ExternalId, ...]:
     if not isinstance(value, list):
-        raise invalid(f"{field} must be a list of ids, got {_describe(value)}")
+        raise invalid(f"{field} must be a list of ids, got {describe(value)}")
     if len(value) > max_count:
         raise invalid(f"{field} has {len(value)} entries; at most {max_count} are accepted")
     return tuple(check_id(item, f"{field}[{i}]", max_length) for i, item in enumerate(value))
@@ -98,7 +103,7 @@ def _check_id_list(value: Any, field: str, max_length: int, max_count: int) -> t
 
 def _check_bool(value: Any, field: str) -> bool:
     if not isinstance(value, bool):
-        raise invalid(f"{field} must be true or false, got {_describe(value)}")
+        raise invalid(f"{field} must be true or false, got {describe(value)}")
     return value
 
 
@@ -115,14 +120,14 @@ def parse_recommendation_body(body: Any, *, max_batch: int, max_batch_items: int
     """
     if not isinstance(body, dict):
         raise invalid('the body must be a JSON object like {"user_id": "u1", "k": 10} '
-                      f'or {{"user_ids": ["u1", "u2"], "k": 10}}, got {_describe(body)}')
+                      f'or {{"user_ids": ["u1", "u2"], "k": 10}}, got {describe(body)}')
     if "user_ids" in body:
         if "user_id" in body:
             raise invalid("send either user_id (one user) or user_ids (a batch), not both")
         _reject_unknown(body, _BATCH_FIELDS)
         user_ids = body["user_ids"]
         if not isinstance(user_ids, list) or not user_ids:
-            raise invalid(f"user_ids must be a non-empty list of ids, got {_describe(user_ids)}")
+            raise invalid(f"user_ids must be a non-empty list of ids, got {describe(user_ids)}")
         if len(user_ids) > max_batch:
             raise invalid(f"user_ids has {len(user_ids)} entries; a batch holds at most {max_batch}")
         batch = BatchRequest(
@@ -166,7 +171,7 @@ def query_k(query: Mapping[str, str]) -> int:
     # ASCII digits only: int() would also take " 5", "+5", "1_0" and "٥"
     if not _DECIMAL.fullmatch(raw):
         raise invalid(f"query parameter k must be an integer in {MIN_K}..{MAX_K}, "
-                      f"got {_describe(raw)}")
+                      f"got {describe(raw)}")
     return check_k(int(raw), "query parameter k")
 
 
@@ -178,13 +183,15 @@ def query_bool(query: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if raw in _FALSE:
         return False
-    raise invalid(f"query parameter {name} must be true or false (or 1 or 0), got {_describe(raw)}")
+    raise invalid(f"query parameter {name} must be true or false (or 1 or 0), got {describe(raw)}")
 
 
 def check_path_id(raw: str, field: str, max_length: int) -> str:
-    if len(raw) > max_length:
-        raise invalid(f"{field} is {len(raw)} characters long; ids are at most {max_length}")
-    return raw
+    """A string id (a URL path segment or a JSON string): non-empty, at most ``max_length`` bytes of UTF-8."""
+    try:
+        return check_id_text(raw, name=field, max_bytes=max_length)
+    except ValidationError as exc:
+        raise invalid(str(exc)) from None
 
 
 def parse_reload_body(raw: bytes) -> str | None:
@@ -196,11 +203,11 @@ def parse_reload_body(raw: bytes) -> str | None:
         return None
     body = parse_json(raw)
     if not isinstance(body, dict):
-        raise invalid(f'the body must be a JSON object like {{"path": "/models/v2"}}, got {_describe(body)}')
+        raise invalid(f'the body must be a JSON object like {{"path": "/models/v2"}}, got {describe(body)}')
     _reject_unknown(body, {"path"})
     path = body.get("path")
     if path is not None and (not isinstance(path, str) or not 0 < len(path) <= 4096
                              or "\x00" in path):
         raise invalid(f"path must be a non-empty string of at most 4096 characters without "
-                      f"NUL, got {_describe(path)}")
+                      f"NUL, got {describe(path)}")
     return path

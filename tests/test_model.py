@@ -1,5 +1,7 @@
 """NMFModel's public contract: validation, recommendation semantics, threads, persistence."""
 
+import json
+import re
 import sys
 import threading
 import time
@@ -308,6 +310,20 @@ def test_save_load_round_trip(tmp_path, fitted):
     assert (loaded.user_items_ != fitted.user_items_).nnz == 0
     np.testing.assert_array_equal(loaded.recommend(3)[0], fitted.recommend(3)[0])
     assert Recommender.load(path).recommend(3).items[0][0] == int(fitted.recommend(3)[0][0])  # ids 0..n-1
+
+
+def test_save_records_the_metadata_every_model_directory_has(tmp_path, fitted):
+    """NMFModel.save and Recommender.save write the same metadata, model version included,
+    so replicas loading one directory agree on its version (and on cache keys)."""
+    bare = json.loads((fitted.save(tmp_path / "bare") / "metadata.json").read_text())
+    n_users, n_items = fitted.user_factors_.shape[0], fitted.item_factors_.shape[0]
+    full = Recommender(fitted, np.arange(n_users), np.arange(n_items)).save(tmp_path / "full")
+    assert set(bare) == set(json.loads((full / "metadata.json").read_text()))
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", bare["model_version"])
+    assert bare["created_at"].endswith("Z")
+    assert bare["model_version"].split("-")[1] == Recommender.load(full).model_version.split("-")[1]  # same factors
+    first, again = Recommender.load(tmp_path / "bare"), Recommender.load(tmp_path / "bare")
+    assert first.model_version == again.model_version == bare["model_version"]
 
 
 def test_truncated_file_is_refused(tmp_path, fitted):

@@ -81,4 +81,7 @@ def test_errors_are_one_line_and_name_the_fix(database_url, monkeypatch, capsys,
     secret = "postgresql://app:hunter2-secret@127.0.0.1:1/db"
     assert main(["models", "list", "--database-url", secret]) == 2
     err = capsys.readouterr().err
-    assert "hunter2" not in err and "postgresql://app:***@127.0.0.1:1/db" in err
+    assert "hunter2" not in err and "postgresql://<redacted>@127.0.0.1:1/db" in err
+    assert main(["models", "list", "--database-url", "postgresql://127.0.0.1:1/db?user=app&password=hunter2"]) == 2
+    err = capsys.readouterr().err  # libpq takes a password in the query string too
+    assert "hunter2" not in err and "password=<redacted>" in err

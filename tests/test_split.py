@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from timbral._validation import DEFAULT_SEED
 from timbral.data import Interactions
 from timbral.exceptions import ValidationError
 from timbral.split import leave_k_out, per_user_temporal_split, random_split, temporal_split
@@ -57,6 +58,23 @@ def test_seeds_change_random_splits():
     assert (leave_k_out(data, seed=1)[1] != leave_k_out(data, seed=2)[1]).nnz > 0
     generator = np.random.default_rng(5)
     assert_partition(data.user_items, *random_split(data, seed=generator))
+
+
+def test_the_default_seed_is_the_projects():
+    """One default seed (42) for splits, fits and the command line: a default split is
+    the split `timbral evaluate` and `train()` make."""
+    data = random_data()
+    for split in (random_split, leave_k_out):
+        assert (split(data)[1] != split(data, seed=DEFAULT_SEED)[1]).nnz == 0
+    assert_partition(data.user_items, *random_split(data, seed=None))  # None: fresh entropy, still a partition
+
+
+def test_the_service_reads_the_same_default_seed():
+    from timbral.server.config import Config, ConfigError
+
+    assert Config.from_env({}).nmf_random_state == DEFAULT_SEED
+    with pytest.raises(ConfigError, match=r"NMF_RANDOM_STATE=-1: expected a seed >= 0, as `timbral train --seed`"):
+        Config.from_env({"NMF_RANDOM_STATE": "-1"})
 
 
 def test_random_split_per_user_counts_and_small_users():
@@ -120,5 +138,8 @@ def test_split_errors():
         per_user_temporal_split(data.user_items, sp.eye(data.n_users, data.n_items, format="csr"))
     with pytest.raises(ValidationError, match="data must be an Interactions or a scipy.sparse matrix, got list"):
         random_split([[1, 2]])
-    with pytest.raises(ValidationError, match="seed must be an int"):
+    with pytest.raises(ValidationError, match=r"`seed` must be a non-negative integer seed, a numpy.random.Generator "
+                                              r"or None; got '0'\. Pass e.g. seed=42"):
         random_split(data, seed="0")
+    with pytest.raises(ValidationError, match="`seed` .* got -1"):
+        leave_k_out(data, seed=-1)

@@ -4,8 +4,9 @@ Layout of a model directory::
 
     model -> .model.version-XXXXXXXX/     (a symlink, flipped atomically on every save)
       arrays.npz       factors and biases, id maps, training CSR, seen CSR, popularity
-      metadata.json    format version, model version, parameters, fit facts, data report,
-                       metrics, timings, shapes and dtypes of every array, sha256 of every file
+      metadata.json    format version, model version and creation time, parameters, fit
+                       facts, data report, metrics, timings, shapes and dtypes of every
+                       array, sha256 of every file
 
 ``metadata.json["checksums"]`` holds the sha256 of ``arrays.npz`` and of the metadata
 itself (of its canonical JSON encoding, sorted keys, without the ``checksums`` field),
@@ -43,6 +44,7 @@ import uuid
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +65,16 @@ __all__ = [
     "ArrayParts",
     "ModelArtifact",
     "array_chunks",
+    "factors_version_metadata",
     "fit_record",
     "fitted_artifact",
+    "item_popularity",
     "load_model",
     "model_artifact",
     "model_from_artifact",
     "read_model_dir",
     "save_model",
+    "version_metadata",
     "write_model_dir",
 ]
 
@@ -227,6 +232,41 @@ class ModelArtifact:
 # -- the model <-> arrays mapping ---------------------------------------------------------
 
 
+def version_metadata(model: NMFModel, created_at: datetime | None = None) -> dict[str, str]:
+    """``created_at`` (ISO 8601, UTC, seconds) and ``model_version`` of a fitted model.
+
+    ``model_version`` is ``YYYYmmddTHHMMSSZ-<first 8 hex of sha256(item factors, user
+    factors)>``: every saved model records one, and a directory keeps it across loads,
+    so the replicas serving one directory agree on its version (and on cache keys).
+    """
+    return factors_version_metadata(model.item_factors_, model.user_factors_, created_at)
+
+
+def factors_version_metadata(
+    item_factors: NDArray[np.floating] | ArrayParts,
+    user_factors: NDArray[np.floating] | ArrayParts,
+    created_at: datetime | None = None,
+) -> dict[str, str]:
+    """:func:`version_metadata` from the factors alone, which may be :class:`ArrayParts`
+    (hashed piece by piece): a writer that never holds the model (the Dask fit) names
+    it as a saved model is named."""
+    created = (created_at or datetime.now(UTC)).astimezone(UTC)
+    digest = hashlib.sha256()
+    for factors in (item_factors, user_factors):
+        for chunk in array_chunks(factors):
+            digest.update(chunk.reshape(-1).view(np.uint8))
+    return {
+        "created_at": created.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "model_version": f"{created:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}",
+    }
+
+
+def item_popularity(user_items: sp.csr_matrix) -> NDArray[np.float64]:
+    """Number of users who interacted with each item: the answer for users a model does not know."""
+    return np.bincount(user_items.indices, minlength=user_items.shape[1]).astype(np.float64)
+
+
+
 def model_artifact(
     model: NMFModel,
     *,
@@ -236,7 +276,10 @@ def model_artifact(
     item_popularity: ArrayLike,
     metadata: Mapping[str, Any],
 ) -> ModelArtifact:
-    """The artifact of a fitted model with its id maps, seen items and popularity."""
+    """The artifact of a fitted model with its id maps, seen items and popularity.
+
+    ``metadata`` without a ``model_version`` gets one (:func:`version_metadata`).
+    """
     fit = fit_record(
         model.get_params(), regularization=model.regularization_, confidence=model.confidence_,
         alpha=model.alpha_, search_results=model.search_results_, global_mean=model.global_mean_,
@@ -263,8 +306,15 @@ def model_artifact(
 def fitted_artifact(
     arrays: Mapping[str, NDArray[Any] | ArrayParts], fit: dict[str, Any], metadata: Mapping[str, Any]
 ) -> ModelArtifact:
-    """The artifact of a fitted model's arrays, its :func:`fit_record` and the caller's metadata."""
-    return ModelArtifact(arrays, dict(metadata) | {"timbral_version": __version__, "params": fit["params"], "fit": fit})
+    """The artifact of a fitted model's arrays, its :func:`fit_record` and the caller's metadata.
+
+    ``metadata`` without a ``model_version`` gets one from the arrays' factors
+    (:func:`factors_version_metadata`: :class:`ArrayParts` are hashed piece by piece).
+    """
+    meta = dict(metadata)
+    if "model_version" not in meta:
+        meta |= factors_version_metadata(arrays["item_factors"], arrays["user_factors"])
+    return ModelArtifact(arrays, meta | {"timbral_version": __version__, "params": fit["params"], "fit": fit})
 
 
 def fit_record(
@@ -353,13 +403,12 @@ def model_from_artifact(
 def save_model(model: NMFModel, path: str | os.PathLike[str]) -> Path:
     """Write a fitted ``NMFModel`` as a model directory whose ids are 0..n-1."""
     n_users, n_items = model.user_factors_.shape[0], model.item_factors_.shape[0]
-    popularity = np.bincount(model.user_items_.indices, minlength=n_items)
     artifact = model_artifact(
         model,
         users=IdMap.from_ids(np.arange(n_users, dtype=np.int64), name="user_id"),
         items=IdMap.from_ids(np.arange(n_items, dtype=np.int64), name="item_id"),
         seen=model.user_items_,
-        item_popularity=popularity,
+        item_popularity=item_popularity(model.user_items_),
         metadata={},
     )
     return write_model_dir(path, artifact)

@@ -5,8 +5,9 @@ Rules, in the order they apply (a row is counted under the first rule that drops
 1. rows the parser cannot split into the header's number of fields (the reader counts them);
 2. :func:`drop_missing_ids`: a missing or unparseable user or item id;
 3. :func:`drop_bad_ratings`: a missing or non-numeric rating, then a NaN or infinite
-   one, then a negative one, then (``feedback`` other than ``"explicit"``) a zero one,
-   which carries no signal;
+   one (or one beyond float32's range, which the model's float32 matrix would hold as
+   infinite), then a negative one, then (``feedback`` other than ``"explicit"``) a zero
+   one, which carries no signal;
 4. :func:`drop_bad_timestamps`: a missing or unparseable timestamp, then one before
    1970 or more than a day in the future (only when a timestamp column is used);
 5. :func:`drop_excluded_users`: users in ``exclude_users``;
@@ -24,6 +25,11 @@ Rules, in the order they apply (a row is counted under the first rule that drops
 
 ``max_value="auto"`` is robust: more than 10 median absolute deviations (MADs) above
 the median of ``log1p(value)``; when the MAD is zero there is no cap.
+
+Rules 3 and 4 are also what the service checks on each ingested event
+(``POST /api/v1/interactions``): :func:`rating_faults` and :func:`timestamp_faults` give
+each rule's mask, keyed by the report field that counts it, so the loader drops and
+counts the rows while ingestion refuses them and says why.
 """
 
 from __future__ import annotations
@@ -43,7 +49,10 @@ from timbral.exceptions import DataError, ValidationError
 from timbral.ids import IdMap
 from timbral.io import RawColumns
 
-__all__ = ["MAX_USER_ITEMS", "CleaningOptions", "ValidationReport", "clean"]
+__all__ = [
+    "MAX_FUTURE_SECONDS", "MAX_USER_ITEMS", "CleaningOptions", "ValidationReport", "clean", "epoch_scale",
+    "rating_faults", "timestamp_faults",
+]
 
 Feedback = Literal["implicit", "explicit", "frobenius"]
 FEEDBACKS = ("implicit", "explicit", "frobenius")
@@ -54,6 +63,11 @@ Ten years of listening eight hours a day is about 500 000 plays; 100 000 *distin
 tracks, artists or films is beyond what the most engaged person reaches, and what
 bots, shared and aggregate accounts do."""
 _MAD_CAP = 10.0
+MAX_FUTURE_SECONDS = 86400.0
+"""How far past the clock a timestamp may be (clock skew between sources), in seconds."""
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Epoch numbers above these magnitudes are nanoseconds, microseconds, milliseconds.
+_EPOCH_SCALES = ((1e17, 1e-9), (1e14, 1e-6), (1e11, 1e-3))
 
 
 @dataclass
@@ -187,31 +201,65 @@ def drop_missing_ids(keep: NDArray[np.bool_], user_ok: NDArray[np.bool_], item_o
     report.dropped_missing_id = _drop(keep, ~(user_ok & item_ok))
 
 
+def rating_faults(values: NDArray[np.float64], ok: NDArray[np.bool_],
+                  feedback: str) -> list[tuple[str, NDArray[np.bool_]]]:
+    """Rule 3 as ``(report field, mask of the rows it refuses)``, in the rule's order.
+
+    ``ok`` marks the values that parsed as numbers. A row may be in several masks;
+    the first one is its reason.
+    """
+    with np.errstate(invalid="ignore"):
+        faults = [
+            ("dropped_invalid_rating", ~ok),
+            ("dropped_nonfinite_rating", ~np.isfinite(values) | (np.abs(values) > _FLOAT32_MAX)),
+            ("dropped_negative_rating", values < 0),
+        ]
+        if feedback != "explicit":
+            faults.append(("dropped_zero_rating", values == 0))
+    return faults
+
+
+def epoch_scale(magnitude: float) -> float:
+    """The factor turning an epoch number of this magnitude into seconds.
+
+    Above 1e17, 1e14 and 1e11 a number is read as nanoseconds, microseconds and
+    milliseconds (1e11 seconds is the year 5138); below, as seconds.
+    """
+    return next((scale for bound, scale in _EPOCH_SCALES if magnitude > bound), 1.0)
+
+
+def timestamp_faults(seconds: NDArray[np.float64], ok: NDArray[np.bool_],
+                     now: float) -> list[tuple[str, NDArray[np.bool_]]]:
+    """Rule 4 as ``(report field, mask of the rows it refuses)``: unparseable or non-finite
+    times, then times before 1970 or more than :data:`MAX_FUTURE_SECONDS` after ``now``."""
+    with np.errstate(invalid="ignore"):
+        return [
+            ("dropped_invalid_timestamp", ~ok | ~np.isfinite(seconds)),
+            ("dropped_out_of_range_timestamp", (seconds < 0) | (seconds > now + MAX_FUTURE_SECONDS)),
+        ]
+
+
 def drop_bad_ratings(keep: NDArray[np.bool_], values: NDArray[np.float64], ok: NDArray[np.bool_],
                      feedback: str, report: ValidationReport) -> None:
     """Rule 3: unparseable, non-finite, negative, and (implicit feedback) zero ratings."""
-    report.dropped_invalid_rating = _drop(keep, ~ok)
-    report.dropped_nonfinite_rating = _drop(keep, ~np.isfinite(values))
-    report.dropped_negative_rating = _drop(keep, values < 0)
-    if feedback != "explicit":
-        report.dropped_zero_rating = _drop(keep, values == 0)
+    for name, bad in rating_faults(values, ok, feedback):
+        setattr(report, name, _drop(keep, bad))
 
 
 def drop_bad_timestamps(keep: NDArray[np.bool_], times: NDArray[np.float64], ok: NDArray[np.bool_],
                         numeric: bool, report: ValidationReport) -> NDArray[np.float64]:
     """Rule 4: unparseable timestamps, then those before 1970 or over a day ahead.
 
-    Returns the times in seconds: numbers whose median exceeds 1e11, 1e14 or 1e17 are
-    read as milliseconds, microseconds or nanoseconds.
+    Returns the times in seconds: numbers are scaled by :func:`epoch_scale` of their
+    median (a file holds one unit).
     """
-    report.dropped_invalid_timestamp = _drop(keep, ~ok | ~np.isfinite(times))
+    now = time.time()
+    (_, invalid), _ = timestamp_faults(times, ok, now)
+    report.dropped_invalid_timestamp = _drop(keep, invalid)
     if numeric and keep.any():
-        median = float(np.median(times[keep]))
-        for threshold, scale in ((1e17, 1e-9), (1e14, 1e-6), (1e11, 1e-3)):
-            if median > threshold:
-                times = times * scale
-                break
-    report.dropped_out_of_range_timestamp = _drop(keep, (times < 0) | (times > time.time() + 86400.0))
+        times = times * epoch_scale(float(np.median(times[keep])))
+    _, (_, out_of_range) = timestamp_faults(times, ok, now)
+    report.dropped_out_of_range_timestamp = _drop(keep, out_of_range)
     return times
 
 

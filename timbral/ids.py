@@ -10,8 +10,13 @@ A ``"str"`` map matches strings exactly (an integer matches its decimal string),
 
 String ids live in a NumPy object array of Python strings (memory proportional to
 their total length, never a fixed-width ``U<longest>`` array) and are saved as UTF-8
-bytes plus offsets (:meth:`IdMap.to_arrays`), which need no pickle. An id is at most
-:data:`MAX_ID_BYTES` bytes of UTF-8 unless a caller sets another limit.
+bytes plus offsets (:meth:`IdMap.to_arrays`), which need no pickle.
+
+The length of a string id is counted in bytes of UTF-8, everywhere: an id is at most
+:data:`MAX_ID_BYTES` bytes unless a caller sets another limit (the loader's
+``max_id_bytes=``, the server's ``TIMBRAL_MAX_ID_LENGTH``, which may only lower it, as
+the ids it accepts are later loaded with the default). :func:`check_id_text` applies
+the limit to one id.
 """
 
 from __future__ import annotations
@@ -27,10 +32,14 @@ from numpy.typing import NDArray
 
 from timbral.exceptions import ArtifactError, UnknownIdError, ValidationError
 
-__all__ = ["INT64_MAX", "INT64_MIN", "MAX_ID_BYTES", "IdMap", "canonical_int", "encodes_utf8"]
+__all__ = [
+    "INT64_MAX", "INT64_MIN", "MAX_ID_BYTES", "IdMap", "canonical_int", "check_id_text", "encodes_utf8",
+]
 
 MAX_ID_BYTES = 256
-"""Longest id accepted by default, in bytes of UTF-8 (the server's ``TIMBRAL_MAX_ID_LENGTH``)."""
+"""Longest string id accepted by default, in bytes of UTF-8: the loader's limit, and the
+most the server's ``TIMBRAL_MAX_ID_LENGTH`` may allow (the service's ids end up in
+training data read with this limit)."""
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]{0,18}")
@@ -137,6 +146,30 @@ def _check_strings(ids: NDArray[Any], name: str, max_bytes: int | None) -> None:
             f"`{name}` id at position {position} is {int(lengths[position])} bytes long ({_show(ids[position])}); "
             f"ids are at most {max_bytes} bytes"
         )
+
+
+def check_id_text(text: str, *, name: str, max_bytes: int = MAX_ID_BYTES) -> str:
+    """``text`` if it can be a string id: non-empty, valid UTF-8, at most ``max_bytes`` bytes.
+
+    The one-id form of the rule :meth:`IdMap.from_ids` applies to whole columns, for
+    ids that arrive one at a time (request fields, URL path segments, events).
+
+    Raises
+    ------
+    ValidationError
+        Naming ``name``, the length received in bytes and the limit in bytes.
+    """
+    if not text:
+        raise ValidationError(f"{name} must not be empty")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValidationError(f"{name} {_show(text)} is not valid Unicode text (a lone surrogate); "
+                              "ids must encode as UTF-8") from None
+    if size > max_bytes:
+        raise ValidationError(f"{name} is {size} bytes long in UTF-8 ({len(text)} characters); "
+                              f"ids are at most {max_bytes} bytes")
+    return text
 
 
 def encodes_utf8(text: str) -> bool:

@@ -12,12 +12,15 @@ terminal) writes every record as one line of JSON::
     12:00:00 INFO  fitted model n_iter=15 seconds=1.2
 
 Fields passed with ``extra=`` are added as they are; values orjson cannot encode
-(paths, NumPy scalars, ...) are written as their ``str``.
+(paths, NumPy scalars, ...) are written as their ``str``. A URL that may carry a
+password (``REDIS_URL``, ``DATABASE_URL``, ``--source``) goes through
+:func:`redact_url` before it is printed or logged, wherever that happens.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -26,10 +29,13 @@ import orjson
 
 from timbral.exceptions import ValidationError
 
-__all__ = ["LOG_FORMATS", "SERVICE", "JsonFormatter", "TextFormatter", "configure_logging"]
+__all__ = ["LOG_FORMATS", "REDACTED", "SERVICE", "JsonFormatter", "TextFormatter", "configure_logging", "redact_url"]
 
 SERVICE = "timbral-ml"
 LOG_FORMATS = ("json", "text")
+REDACTED = "<redacted>"
+_URL_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_URL_PASSWORD_PARAM = re.compile(r"(?P<name>[?&]password=)[^&#]*", re.IGNORECASE)
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -37,6 +43,19 @@ _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "asctime",
     "taskName",
 }
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its user info and any ``password=`` query value replaced by a marker.
+
+    Works on malformed values too (they are the ones printed in errors): everything up
+    to the last ``@`` after the scheme goes, since an unencoded password may hold an ``@``.
+    """
+    head, at, tail = url.rpartition("@")
+    if at:
+        scheme = _URL_SCHEME.match(head)
+        url = f"{scheme.group(0) if scheme else ''}{REDACTED}@{tail}"
+    return _URL_PASSWORD_PARAM.sub(rf"\g<name>{REDACTED}", url)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -9,11 +9,9 @@ line use nothing else.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +20,12 @@ import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
 from timbral._validation import check_k
+from timbral.artifact import item_popularity as popularity_of  # `item_popularity` is also an argument
 from timbral.artifact import (
-    ArrayParts,
-    array_chunks,
     model_artifact,
     model_from_artifact,
     read_model_dir,
+    version_metadata,
     write_model_dir,
 )
 from timbral.exceptions import ValidationError
@@ -35,7 +33,7 @@ from timbral.ids import IdMap
 from timbral.nmf import Explanation, NMFModel
 from timbral.scoring import item_mask
 
-__all__ = ["Recommendations", "Recommender", "version_metadata"]
+__all__ = ["Recommendations", "Recommender"]
 
 ExternalId = int | str
 
@@ -66,31 +64,6 @@ class Recommendations:
             "strategy": self.strategy,
             "recommendations": [{"item_id": i, "score": s} for i, s in self.items],
         }
-
-
-def _item_popularity(user_items: sp.csr_matrix) -> NDArray[np.float64]:
-    """Number of users who interacted with each item."""
-    return np.bincount(user_items.indices, minlength=user_items.shape[1]).astype(np.float64)
-
-
-def version_metadata(
-    item_factors: NDArray[np.floating] | ArrayParts, user_factors: NDArray[np.floating] | ArrayParts
-) -> dict[str, str]:
-    """``created_at`` (now, UTC) and ``model_version``: ``YYYYmmddTHHMMSSZ-<first 8 hex of
-    sha256(item factors, user factors)>``.
-
-    The factors may be :class:`timbral.artifact.ArrayParts` (hashed piece by piece), so a
-    writer that never holds them (the Dask fit) names its model as ``Recommender`` does.
-    """
-    created = datetime.now(UTC)
-    digest = hashlib.sha256()
-    for factors in (item_factors, user_factors):
-        for chunk in array_chunks(factors):
-            digest.update(chunk.reshape(-1).view(np.uint8))
-    return {
-        "created_at": created.isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "model_version": f"{created:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}",
-    }
 
 
 class Recommender:
@@ -150,7 +123,7 @@ class Recommender:
             seen = seen.sorted_indices()
         self.user_items = seen
         if item_popularity is None:
-            self.item_popularity = _item_popularity(seen)
+            self.item_popularity = popularity_of(seen)
         else:
             self.item_popularity = np.asarray(item_popularity, dtype=np.float64)
             if self.item_popularity.shape != (n_items,):
@@ -160,7 +133,7 @@ class Recommender:
         self._popular_order = np.argsort(-self.item_popularity, kind="stable")
         self.metadata: dict[str, Any] = dict(metadata or {})
         if "model_version" not in self.metadata:
-            self.metadata |= version_metadata(model.item_factors_, model.user_factors_)
+            self.metadata |= version_metadata(model)
 
     # -- facts ---------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 Every function takes an :class:`~timbral.interactions.Interactions` or a scipy.sparse matrix
 and returns ``(train, test)``: two CSR matrices of the input's shape and dtype whose
 stored entries partition the input's (nothing lost, nothing duplicated). All
-randomness comes from ``seed``; the work is vectorised over all interactions.
+randomness comes from ``seed`` (default the project's seed, 42, as for fits and
+``timbral evaluate``); the work is vectorised over all interactions.
 
 Per-user splits hold out ``round(test_fraction * n_u)`` interactions of a user with
 ``n_u`` of them, at least 1 and at most ``n_u - 1``, so every tested user keeps
@@ -18,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from timbral._validation import DEFAULT_SEED, check_random_state
 from timbral.exceptions import ValidationError
 from timbral.interactions import Interactions
 
@@ -29,7 +31,7 @@ Split = tuple[sp.csr_matrix, sp.csr_matrix]
 def random_split(
     data: Interactions | sp.spmatrix | sp.sparray,
     test_fraction: float = 0.2,
-    seed: int | np.random.Generator = 0,
+    seed: int | np.random.Generator | None = DEFAULT_SEED,
     min_interactions: int = 5,
 ) -> Split:
     """Hold out a random fraction of each user's interactions.
@@ -39,7 +41,8 @@ def random_split(
     data : Interactions or sparse matrix of shape (n_users, n_items)
     test_fraction : float, default 0.2
         Fraction of each eligible user's interactions moved to test, in (0, 1).
-    seed : int or numpy.random.Generator, default 0
+    seed : int, numpy.random.Generator or None, default DEFAULT_SEED (42)
+        None draws fresh entropy (a different split each call).
     min_interactions : int, default 5
         Users with fewer interactions stay in train only.
 
@@ -52,14 +55,14 @@ def random_split(
     _check_count("min_interactions", min_interactions, 0)
     counts = np.diff(user_items.indptr)
     n_test = _per_user_test_counts(counts, test_fraction, min_interactions)
-    keys = _rng(seed).random(user_items.nnz)
+    keys = check_random_state(seed, name="seed").random(user_items.nnz)
     return _split_by_rank(user_items, keys, n_test)
 
 
 def leave_k_out(
     data: Interactions | sp.spmatrix | sp.sparray,
     k: int = 1,
-    seed: int | np.random.Generator = 0,
+    seed: int | np.random.Generator | None = DEFAULT_SEED,
     min_interactions: int = 5,
 ) -> Split:
     """Hold out ``k`` random interactions of each user.
@@ -69,7 +72,8 @@ def leave_k_out(
     data : Interactions or sparse matrix of shape (n_users, n_items)
     k : int, default 1
         Interactions per user moved to test.
-    seed : int or numpy.random.Generator, default 0
+    seed : int, numpy.random.Generator or None, default DEFAULT_SEED (42)
+        None draws fresh entropy (a different split each call).
     min_interactions : int, default 5
         Users with fewer than ``max(min_interactions, k + 1)`` interactions stay in
         train only, so every tested user keeps at least one training interaction.
@@ -83,7 +87,7 @@ def leave_k_out(
     _check_count("min_interactions", min_interactions, 0)
     counts = np.diff(user_items.indptr)
     n_test = np.where(counts >= max(min_interactions, k + 1), k, 0)
-    keys = _rng(seed).random(user_items.nnz)
+    keys = check_random_state(seed, name="seed").random(user_items.nnz)
     return _split_by_rank(user_items, keys, n_test)
 
 
@@ -209,14 +213,6 @@ def _canonical(matrix: Any) -> sp.csr_matrix:
         csr = csr.copy()
         csr.sum_duplicates()
     return csr
-
-
-def _rng(seed: int | np.random.Generator) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValidationError(f"seed must be an int or a numpy.random.Generator, got {seed!r}")
-    return np.random.default_rng(seed)
 
 
 def _check_fraction(value: float) -> None:

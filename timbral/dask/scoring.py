@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from timbral._validation import check_k
 from timbral.dask.blocks import even_bounds
 from timbral.exceptions import ValidationError
+from timbral.logs import redact_url
 from timbral.recommender import Recommendations, Recommender
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ def _check_redis(redis_url: str | None, ttl_seconds: float | None) -> float:
     """The TTL to use; refuses a URL that is not Redis's and a TTL that is not a positive number."""
     if redis_url is None:
         return 0.0
-    from timbral.server.config import Config, redact_url  # the service's names, imported only to pre-warm
+    from timbral.server.config import Config  # the service's default TTL, imported only to pre-warm
 
     if ttl_seconds is None:
         ttl_seconds = Config().cache_ttl_seconds
@@ -194,8 +195,6 @@ def _redis(redis_url: str) -> Any:
     with the URL's credentials hidden."""
     import redis
     from redis.exceptions import RedisError
-
-    from timbral.server.config import redact_url
 
     try:
         connection = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10)

@@ -24,7 +24,6 @@ from numpy.typing import NDArray
 
 from timbral.artifact import ArrayParts, fit_record, fitted_artifact, write_model_dir
 from timbral.ids import IdMap
-from timbral.recommender import version_metadata
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -77,9 +76,9 @@ def _write(
         }
         for name in ("indptr", "indices", "data"):  # the seen items are the training matrix
             arrays[f"seen_{name}"] = parts[f"user_items_{name}"]
-        meta = metadata | version_metadata(parts["item_factors"], parts["user_factors"])
-        write_model_dir(directory, fitted_artifact(arrays, fit, meta))
-        return str(meta["model_version"])
+        artifact = fitted_artifact(arrays, fit, metadata)  # names the model from the factor pieces
+        write_model_dir(directory, artifact)
+        return str(artifact.metadata["model_version"])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -622,6 +622,10 @@ class NMFModel:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the fitted model as a model directory (``timbral.artifact``, ids 0..n-1).
 
+        The directory is the one ``Recommender.save`` writes, metadata included
+        (``model_version``, ``created_at``, parameters, checksums), so the server and
+        ``Recommender.load`` read it as any other model.
+
         Returns
         -------
         pathlib.Path

@@ -30,7 +30,6 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import dict_row
@@ -39,6 +38,7 @@ from psycopg.types.json import Jsonb
 from timbral._version import __version__
 from timbral.artifact import METADATA_FILE
 from timbral.exceptions import RegistryError
+from timbral.logs import redact_url as redact  # `redact` is this package's public name for it
 from timbral.registry import migrations
 from timbral.registry import store as _store
 
@@ -47,19 +47,6 @@ __all__ = ["CHANNEL", "ModelVersion", "Registry", "connect", "redact"]
 CHANNEL = "timbral_registry"  # NOTIFY payload: the new production version number
 STATUSES = ("staged", "production", "archived")
 _PROMOTION_LOCK = int.from_bytes(hashlib.sha256(b"timbral promotion").digest()[:8], "big", signed=True)
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, parts.fragment))
 
 
 def connect(url: str, *, autocommit: bool = False, timeout: float = 10.0) -> psycopg.Connection:
