@@ -86,10 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-partitions", type=int,
                         help="fit the single machine on the first N files only (whole users) when all of "
                              "them do not fit in memory; the ratio is per interaction")
+    parser.add_argument("--score", type=int, metavar="K",
+                        help="only batch scoring: recommend_all top-K of every user of the model in DIR.model "
+                             "(written by a previous run), peak RSS per worker, spot-checked against recommend")
     args = parser.parse_args(argv)
     regularization = args.regularization if args.regularization == "auto" else float(args.regularization)
 
     import distributed
+
+    if args.score is not None:
+        return _score(args, distributed)
 
     from timbral import NMFModel
     from timbral.dask import CleaningRules, fit
@@ -148,6 +154,42 @@ def main(argv: list[str] | None = None) -> int:
             out["per_interaction_cost_ratio"] = (best / nnz) / (min(single["epoch_seconds"]) / single["nnz"])
     out["c_row_seconds"] = best * args.workers / (nnz * args.k)  # per interaction × factor, per thread
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def _score(args: argparse.Namespace, distributed) -> int:
+    """recommend_all over the model a previous run wrote, then three users checked against recommend."""
+    import shutil
+
+    import pyarrow.dataset as ds
+
+    from timbral import Recommender
+    from timbral.dask import recommend_all
+
+    model_dir, output = Path(str(args.path) + ".model"), Path(str(args.path) + ".top")
+    shutil.rmtree(output, ignore_errors=True)
+    with distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                                  memory_limit=args.memory_limit, dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        started = time.perf_counter()
+        summary = recommend_all(model_dir, client, k=args.score, output=output)
+        seconds = time.perf_counter() - started
+        worker_rss = sorted(client.run(_peak_rss_mb).values())
+    client_rss = _peak_rss_mb()
+    rec = Recommender.load(model_dir)  # after the measurement: the check needs the whole model here
+    table = ds.dataset(output).to_table(filter=ds.field("user_id").isin(rec.user_ids[[0, 4321, -1]].tolist()))
+    rows = table.to_pandas()
+    checked = 0
+    for user in rec.user_ids[[0, 4321, -1]].tolist():
+        mine = rows[rows.user_id == user].sort_values("rank")
+        expected = rec.recommend(user, args.score)
+        if list(mine.item_id) != [item for item, _ in expected.items]:
+            raise SystemExit(f"user {user}: recommend_all wrote {list(mine.item_id)}, recommend says {expected.items}")
+        checked += 1
+    print(json.dumps({"users": summary.n_users, "rows": summary.n_rows, "files": len(summary.files),
+                      "k": args.score, "seconds": seconds, "users_per_second": summary.n_users / seconds,
+                      "worker_peak_rss_mb": worker_rss, "client_peak_rss_mb": client_rss,
+                      "spot_checked_users": checked}, indent=2))
     return 0
 
 
