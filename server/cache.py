@@ -17,10 +17,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from timbral.recommender import ExternalId
 
 from .config import Config
 from .drain import Batch, Drain
@@ -36,6 +39,28 @@ def cache_key(model_version: str, kind: str, *parts: object) -> str:
     ``repr`` keeps the integer user ``1`` and the string user ``"1"`` apart.
     """
     return f"timbral:{model_version}:{kind}:" + ":".join(repr(part) for part in parts)
+
+
+def recommendation_key(model_version: str, user_id: ExternalId, k: int, exclude_seen: bool,
+                       *recent_digest: str) -> str:
+    """The key of a plain (cacheable) recommendation answer; ``recent_digest``: the user's
+    plays since training, when the answer folds them in."""
+    return cache_key(model_version, "rec", user_id, k, exclude_seen, *recent_digest)
+
+
+def recommendation_bodies(model_version: str, user_id: ExternalId, strategy: str,
+                          recommendations: bytes) -> tuple[bytes, bytes]:
+    """A recommendation answer as served (``"cached": false``) and as cached (``true``);
+    ``recommendations``: the JSON array of items (``server.encoding.encode_rows``).
+
+    One encoder for the service and for ``timbral.dask.recommend_all``'s Redis pre-warm,
+    so a pre-warmed entry is byte for byte what the service would have cached.
+    """
+    body = orjson.dumps({"user_id": user_id, "strategy": strategy,
+                         "recommendations": orjson.Fragment(recommendations),
+                         "model_version": model_version, "cached": False},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+    return body, body[: -len(b"false}")] + b"true}"  # "cached" is the last key
 
 
 def redis_tls_options(config: Config) -> dict[str, Any]:

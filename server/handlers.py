@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from timbral import __version__
 from timbral.recommender import Recommender
 
-from .cache import cache_key
+from .cache import cache_key, recommendation_bodies, recommendation_key
 from .encoding import encode_rows
 from .errors import ApiError
 from .ingest import RejectedEvents, check_token, parse_events
@@ -212,7 +212,7 @@ async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Res
     follower = request.app[FOLLOWER]  # plays since training, folded in (DATABASE_URL only)
     recent = follower.recent.get(str(user_id)) if follower is not None else None
     # a digest of those plays keys the answer: older answers of this user are never reused
-    key = cache_key(model.version, "rec", user_id, req.k, req.exclude_seen, *((recent.digest,) if recent else ()))
+    key = recommendation_key(model.version, user_id, req.k, req.exclude_seen, *((recent.digest,) if recent else ()))
     cached = await cache.get(key)
     if cached is not None:
         return web.Response(body=cached, content_type="application/json")
@@ -223,18 +223,16 @@ async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Res
         recs = await score(request, "recommend", model.recommender.recommend_with_recent, user_id,
                            {model.item_id(item): plays for item, plays in recent.items.items()},
                            req.k, exclude_seen=req.exclude_seen)
-        user, strategy, ranked = recs.user_id, recs.strategy, _items(recs.items)
+        user, strategy, ranked = recs.user_id, recs.strategy, orjson.dumps(_items(recs.items))
     else:  # the plain question: scored (and its items encoded) together with concurrent ones
         answer = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
-        user, strategy, ranked = answer.user_id, answer.strategy, orjson.Fragment(answer.recommendations)
+        user, strategy, ranked = answer.user_id, answer.strategy, answer.recommendations
     # Only known users' answers are cached per id. The scoring thread looked the user up
     # (one lookup per batch): the event loop does not pay a NumPy lookup per request.
     if strategy == "popularity":
         return await _popular(request, model, user_id, req.k)
-    body = orjson.dumps({"user_id": user, "strategy": strategy, "recommendations": ranked,
-                         "model_version": model.version, "cached": False}, option=JSON_OPTIONS)
-    # "cached" is the last key: the cached copy differs only there
-    await cache.set(key, body[: -len(b"false}")] + b"true}")
+    body, cached_body = recommendation_bodies(model.version, user, strategy, ranked)
+    await cache.set(key, cached_body)
     return web.Response(body=body, content_type="application/json")
 
 

@@ -144,3 +144,26 @@ def test_shape_mismatch_is_refused(tmp_path, model_dir):
     (model_dir / "metadata.json").write_text(json.dumps(artifact.metadata))
     with pytest.raises(ArtifactError, match=r"'user_factors' has shape \(7, 3\), expected \(8, 3\)"):
         read_model_dir(model_dir)
+
+
+def test_array_parts_stream_into_the_same_format(tmp_path):
+    """Arrays given as .npy pieces (as Dask workers write them) load back as one array; pieces that
+    do not concatenate, or are not plain .npy files, are refused with the piece's name."""
+    from timbral.artifact import ArrayParts
+
+    artifact = make_artifact()
+    factors = artifact.arrays["user_factors"]
+    for i, rows in enumerate((factors[:2], factors[2:])):
+        np.save(tmp_path / f"W-{i}.npy", rows)
+    artifact.arrays["user_factors"] = ArrayParts.from_files([tmp_path / "W-0.npy", tmp_path / "W-1.npy"])
+    loaded = read_model_dir(write_model_dir(tmp_path / "model", artifact))
+    np.testing.assert_array_equal(loaded.arrays["user_factors"], factors)
+    assert loaded.metadata["arrays"]["user_factors"]["shape"] == list(factors.shape)
+    np.save(tmp_path / "odd.npy", factors[:, :1])
+    with pytest.raises(ArtifactError, match=r"piece '.*odd.npy' has dtype .* every piece must have dtype"):
+        ArrayParts.from_files([tmp_path / "W-0.npy", tmp_path / "odd.npy"])
+    np.save(tmp_path / "objects.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ArtifactError, match=r"piece '.*objects.npy' is not a readable .npy of plain values"):
+        ArrayParts.from_files([tmp_path / "objects.npy"])
+    with pytest.raises(ArtifactError, match=r"needs at least one .npy piece"):
+        ArrayParts.from_files([])

@@ -75,7 +75,7 @@ def _wait_for_port(port: int, process: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow  # ~60 s on a loaded 2-core machine: three dask processes start and stop
-def test_train_and_recommend_all_through_a_tcp_cluster(scheduler, tmp_path, capsys):
+def test_train_and_recommend_all_through_a_tcp_cluster(scheduler, tmp_path, capsys, redis_url, monkeypatch):
     write_partitioned(tmp_path / "plays", 200, 80, 3_000, seed=4, n_partitions=3)
     assert main(["train", str(tmp_path / "plays"), "--dask", scheduler, "--rating-col", "plays",
                  "--components", "4", "--iterations", "3", "-o", str(tmp_path / "model"),
@@ -83,9 +83,17 @@ def test_train_and_recommend_all_through_a_tcp_cluster(scheduler, tmp_path, caps
     assert '"n_iter": 3' in capsys.readouterr().out
     rec = Recommender.load(tmp_path / "model")
     assert rec.n_users == 200 and rec.model.n_iter_ == 3
+    monkeypatch.setenv("REDIS_URL", redis_url)
     assert main(["recommend-all", str(tmp_path / "model"), "--dask", scheduler, "-k", "3",
-                 "-o", str(tmp_path / "top"), "--partitions", "2"]) == 0
+                 "-o", str(tmp_path / "top"), "--partitions", "2", "--prewarm-redis"]) == 0
     assert "Wrote the top 3 of 200 users (600 rows" in capsys.readouterr().out
+    import redis
+
+    store = redis.Redis.from_url(redis_url)
+    try:  # the worker processes stored one answer per user under the service's keys
+        assert len(store.keys(f"timbral:{rec.model_version}:rec:*:3:True")) == 200
+    finally:
+        store.close()
     table = pq.read_table(tmp_path / "top").to_pandas()
     user = rec.user_ids[17]
     assert list(table[table.user_id == user].sort_values("rank").item_id) == [
@@ -115,3 +123,22 @@ def test_unreachable_scheduler(tmp_path, capsys):
     assert main(["recommend-all", str(tmp_path), "--dask", f"tcp://127.0.0.1:{free_port()}",
                  "-o", str(tmp_path / "top")]) == 2
     assert "cannot reach the scheduler at tcp://127.0.0.1:" in capsys.readouterr().err
+
+
+def test_train_dask_needs_an_output_directory(tmp_path, capsys):
+    """The workers write the model: without --output there is nowhere to write it (and no cluster starts)."""
+    assert main(["train", str(tmp_path), "--dask", "local:1"]) == 2
+    assert "train --dask needs --output DIR: the model directory the workers write" in capsys.readouterr().err
+
+
+def test_prewarm_needs_the_services_redis_url(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert main(["recommend-all", str(tmp_path), "--dask", "local:1", "-o", str(tmp_path / "top"),
+                 "--prewarm-redis"]) == 2
+    assert "--prewarm-redis reads the service's REDIS_URL from the environment; it is not set" in (
+        capsys.readouterr().err)
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("CACHE_TTL_SECONDS", "soon")
+    assert main(["recommend-all", str(tmp_path), "--dask", "local:1", "-o", str(tmp_path / "top"),
+                 "--prewarm-redis"]) == 2
+    assert "CACHE_TTL_SECONDS='soon' is not a number of seconds" in capsys.readouterr().err

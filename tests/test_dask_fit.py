@@ -17,7 +17,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 dd = pytest.importorskip("dask.dataframe")
 
-from timbral import NMFModel, load_interactions  # noqa: E402
+from timbral import NMFModel, Recommender, load_interactions  # noqa: E402
 from timbral.dask import CleaningRules, fit, read_blocks, recommend_all  # noqa: E402
 from timbral.exceptions import ArtifactError, DataError, ValidationError  # noqa: E402
 from timbral.generate import write_partitioned  # noqa: E402
@@ -180,6 +180,64 @@ def test_fit_equals_the_single_machine_fit(client, plays, params, tmp_path):
     assert sorted(os.listdir(tmp_path / "ck")) == ["epoch-000004"]  # only the last epoch is kept
 
 
+def test_auto_regularization_is_searched_like_the_local_fit(client, plays):
+    """Data within the search's sample size: the workers hand every row to the search, which chooses
+    and starts the fit as NMFModel.fit does."""
+    ref = load_reference(plays / "all.parquet")
+    local = NMFModel(**{**SETTINGS, "max_iter": 3}).fit(ref.user_items)
+    result = fit(NMFModel(**{**SETTINGS, "max_iter": 3}), plays / "parts", client, rating_col="plays", n_blocks=3)
+    assert result.model.regularization_ == local.regularization_
+    assert [row["ndcg@10"] for row in result.model.search_results_] == pytest.approx(
+        [row["ndcg@10"] for row in local.search_results_], rel=1e-6)
+    np.testing.assert_allclose(result.model.user_factors_, local.user_factors_, rtol=1e-3, atol=1e-5)
+
+
+def test_auto_regularization_searches_a_sample_drawn_on_the_workers(client, plays, monkeypatch):
+    """Above the sample size only a seeded sample of users (the users tuning.sample_rows draws for
+    the local search) reaches the client; the search runs on it."""
+    from timbral import tuning
+
+    monkeypatch.setattr(tuning, "SAMPLE_MAX_INTERACTIONS", 2_000)  # the in-process workers see it too
+    ref = load_reference(plays / "all.parquet")
+    rows = tuning.sample_rows(np.diff(ref.user_items.indptr), np.random.default_rng(SETTINGS["random_state"]))
+    assert 0 < ref.user_items[rows].nnz <= 2_000 < ref.user_items.nnz
+    expected = tuning.search(ref.user_items[rows], NMFModel(**SETTINGS).get_params())
+    result = fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=3)
+    assert result.model.regularization_ == expected.params["regularization"]
+    assert [row["ndcg@10"] for row in result.model.search_results_] == pytest.approx(
+        [row["ndcg@10"] for row in expected.table], rel=1e-6)
+    assert result.model.n_iter_ == SETTINGS["max_iter"]  # a fit from the random start, not the sample's factors
+
+
+def test_held_out_ndcg_equals_the_single_machine_fit(client, tmp_path):
+    """Issue 11's quality bar on a sample both can fit: the same seed, the same held-out split, and
+    NDCG@10 of the model the workers wrote within 0.5 % of NMFModel.fit's (default "auto" λ)."""
+    from timbral.metrics import ranking_metrics
+    from timbral.split import random_split
+
+    write_partitioned(tmp_path / "all", 1_500, 300, 40_000, seed=11, n_partitions=1)
+    ref = load_reference(tmp_path / "all" / "part-00000.parquet", min_user_interactions=0)
+    train, test = random_split(ref.user_items, test_fraction=0.2, seed=0)
+    assert np.diff(train.indptr).min() > 0 and np.bincount(train.indices, minlength=train.shape[1]).min() > 0
+    rows = train.tocoo()
+    for part, users in enumerate(np.array_split(np.arange(train.shape[0]), 3)):  # whole users per file
+        mine = np.isin(rows.row, users)
+        (tmp_path / "train").mkdir(exist_ok=True)
+        pq.write_table(pa.table({"user_id": ref.user_ids[rows.row[mine]], "item_id": ref.item_ids[rows.col[mine]],
+                                 "plays": rows.data[mine]}), tmp_path / "train" / f"part-{part}.parquet")
+    settings = dict(n_components=16, max_iter=15, tol=0, random_state=7, n_threads=1)
+    local = NMFModel(**settings).fit(train)
+    fit(NMFModel(**settings), tmp_path / "train", client, rating_col="plays", n_blocks=3,
+        rules=CleaningRules(min_user_interactions=0), output=tmp_path / "model")
+    distributed_model = Recommender.load(tmp_path / "model")
+    np.testing.assert_array_equal(distributed_model.user_ids, ref.user_ids)  # the same rows and columns
+    np.testing.assert_array_equal(distributed_model.item_ids, ref.item_ids)
+    expected = ranking_metrics(local, train, test, k=10)["ndcg"]
+    got = ranking_metrics(distributed_model.model, train, test, k=10)["ndcg"]
+    assert expected > 0.05  # a model worth comparing, not noise
+    assert got == pytest.approx(expected, rel=0.005)
+
+
 def test_fit_distributed_hands_a_dataset_to_the_workers_and_a_matrix_to_the_fit_loop(client, plays):
     """timbral.distributed.fit_distributed is the one entry point: a Parquet dataset goes to the
     block fit (the client never reads it), a matrix to the fit loop's Dask backend; same answer."""
@@ -223,13 +281,50 @@ def test_fit_refuses_what_it_cannot_do(client, plays):
         fit(NMFModel(), plays / "parts", client, rules=CleaningRules(feedback="frobenius"))
 
 
+def test_workers_write_the_model_directory(client, plays, tmp_path):
+    """output=: the workers write the one model format (checksums, loads with Recommender.load), equal
+    to the gathered model's save; the client keeps no model unless gather=True."""
+    written = fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=3,
+                  output=tmp_path / "model")
+    gathered = fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=3)
+    assert written.model is None and written.user_ids is None and written.n_iter == 4
+    loaded, reference = Recommender.load(tmp_path / "model"), gathered.recommender()
+    assert loaded.model_version == written.model_version == written.recommender().model_version
+    assert loaded.model_version.split("-")[1] == reference.model_version.split("-")[1]  # same factors' hash
+    np.testing.assert_array_equal(loaded.model.user_factors_, reference.model.user_factors_)
+    np.testing.assert_array_equal(loaded.model.item_factors_, reference.model.item_factors_)
+    assert (loaded.user_items != reference.user_items).nnz == 0
+    np.testing.assert_array_equal(loaded.user_ids, reference.user_ids)
+    np.testing.assert_array_equal(loaded.item_ids, reference.item_ids)
+    np.testing.assert_array_equal(loaded.item_popularity, reference.item_popularity)
+    assert loaded.model.loss_history_ == reference.model.loss_history_
+    assert loaded.metadata["data"] == reference.metadata["data"]
+    assert loaded.recommend(reference.user_ids[3], 5).items == reference.recommend(reference.user_ids[3], 5).items
+    both = fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=3,
+               output=tmp_path / "again", gather=True)
+    np.testing.assert_array_equal(both.model.user_factors_, reference.model.user_factors_)
+    assert sorted(p.name for p in tmp_path.iterdir() if ".parts-" in p.name) == []  # staging removed
+
+
+def test_model_output_refusals(client, plays, tmp_path):
+    with pytest.raises(ValidationError, match=r"gather=False with output=None keeps the fitted model nowhere"):
+        fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", gather=False)
+    with pytest.raises(ValidationError, match=r"gather must be True, False or None \(the default\), got 'yes'"):
+        fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", gather="yes")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match=r"non-empty directory that holds no model"):
+        fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", output=tmp_path / "notes")
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes"]  # no staging pieces left behind
+
+
 # -- batch scoring --------------------------------------------------------------------------
 
 
 def test_recommend_all_matches_recommend(client, plays, tmp_path):
-    result = fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=2)
-    rec = result.recommender()
-    rec.save(tmp_path / "model")
+    fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=2, output=tmp_path / "model")
+    rec = Recommender.load(tmp_path / "model")
     summary = recommend_all(tmp_path / "model", client, k=7, output=tmp_path / "top", n_partitions=3)
     table = pq.read_table(tmp_path / "top").to_pandas()
     assert len(summary.files) == 3 and summary.n_users == rec.n_users == table.user_id.nunique()
@@ -250,6 +345,61 @@ def test_recommend_all_matches_recommend(client, plays, tmp_path):
     with pytest.raises(ArtifactError, match=r"model directory '.*nowhere'"):
         recommend_all(tmp_path / "nowhere", client, k=3, output=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture
+def prewarmed(client, plays, tmp_path, redis_url):
+    """A model the workers wrote, scored by recommend_all with the service's Redis pre-warmed."""
+    fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=2, output=tmp_path / "model")
+    summary = recommend_all(tmp_path / "model", client, k=5, output=tmp_path / "top", redis_url=redis_url,
+                            redis_ttl_seconds=600)
+    return tmp_path / "model", summary
+
+
+async def test_recommend_all_prewarms_the_services_redis(prewarmed, aiohttp_client, redis_url):
+    """A real server on the same model answers every known user from Redis on its first request,
+    with what it would have computed."""
+    import redis.asyncio as aioredis
+    from server_support import config
+
+    from timbral.server import create_app
+
+    model_dir, summary = prewarmed
+    rec = Recommender.load(model_dir)
+    store = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = await store.keys(f"timbral:{summary.model_version}:rec:*")
+        ttl = await store.pttl(keys[0])
+    finally:
+        await store.aclose()
+    assert len(keys) == rec.n_users and 500_000 < ttl <= 600_000
+    server = await aiohttp_client(create_app(config(model_dir, redis_url=redis_url, tier1_max_bytes=0)))
+    for user in rec.user_ids[[0, 57, -1]].tolist():
+        response = await server.get(f"/api/v1/recommendations/{user}?k=5")
+        answer = await response.json()
+        assert response.status == 200 and answer["cached"] is True
+        assert answer["model_version"] == summary.model_version and answer["strategy"] == "nmf"
+        expected = rec.recommend(user, 5)
+        assert [r["item_id"] for r in answer["recommendations"]] == [item for item, _ in expected.items]
+        np.testing.assert_allclose([r["score"] for r in answer["recommendations"]],
+                                   [score for _, score in expected.items], rtol=1e-6)
+    fresh = await (await server.get(f"/api/v1/recommendations/{rec.user_ids[3]}?k=4")).json()
+    assert fresh["cached"] is False  # another k is another key: computed as before
+
+
+def test_recommend_all_redis_refusals(client, plays, tmp_path):
+    fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=2, output=tmp_path / "model")
+    with pytest.raises(ValidationError, match=r"redis_url must be a redis:// or rediss:// URL, got 'http://"):
+        recommend_all(tmp_path / "model", client, output=tmp_path / "a", redis_url="http://cache:6379")
+    with pytest.raises(ValidationError, match=r"redis_ttl_seconds must be a number of seconds >= 0.001, got 0"):
+        recommend_all(tmp_path / "model", client, output=tmp_path / "a", redis_url="redis://x", redis_ttl_seconds=0)
+    from redis_server import free_port
+
+    with pytest.raises(ValidationError, match=r"cannot pre-warm Redis at redis://<redacted>@127.0.0.1") as caught:
+        recommend_all(tmp_path / "model", client, output=tmp_path / "b",
+                      redis_url=f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0")
+    assert "hunter2" not in str(caught.value)
+    assert not (tmp_path / "a").exists()
 
 
 # -- faults ---------------------------------------------------------------------------------

@@ -25,6 +25,11 @@ the old model or the new one, never a mix or an error.
 The previous version is kept until the next save (a reader mid-load still finds it).
 A destination that is a plain directory (written by timbral 0.1) is moved aside once,
 on its first overwrite.
+
+An array too large for the writing process may be given as :class:`ArrayParts`:
+``.npy`` pieces (written by several processes, e.g. the Dask workers that own the
+factor blocks) that ``arrays.npz`` receives one piece at a time. The directory is the
+same format either way; only the writer's memory differs.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ import shutil
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,7 +62,12 @@ __all__ = [
     "ARRAYS_FILE",
     "FORMAT_VERSION",
     "METADATA_FILE",
+    "ArrayParts",
     "ModelArtifact",
+    "array_chunks",
+    "factors_version_metadata",
+    "fit_record",
+    "fitted_artifact",
     "item_popularity",
     "load_model",
     "model_artifact",
@@ -114,12 +125,79 @@ def _layout(arrays: Mapping[str, NDArray[Any]]) -> dict[str, tuple[tuple[str, ..
     return layout
 
 
+#: Bytes of a piece written to ``arrays.npz`` at once (bounds the writer's extra memory).
+_WRITE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class ArrayParts:
+    """An array stored as ``.npy`` pieces that concatenate along the first axis.
+
+    Build it with :meth:`from_files`; :func:`write_model_dir` streams the pieces into
+    ``arrays.npz``, so the process writing the directory never holds the whole array.
+
+    Attributes
+    ----------
+    paths : tuple of str
+        Local (or shared file system) paths of the pieces, in order.
+    shape : tuple of int
+        Shape of the concatenation.
+    dtype : numpy.dtype
+    """
+
+    paths: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @classmethod
+    def from_files(cls, paths: Sequence[str | os.PathLike[str]]) -> ArrayParts:
+        """The parts of ``paths`` (read from their headers: pieces share dtype and trailing shape)."""
+        if not paths:
+            raise ArtifactError("ArrayParts needs at least one .npy piece; got an empty list of paths")
+        pieces = []
+        for path in paths:
+            try:
+                pieces.append(np.load(path, mmap_mode="r", allow_pickle=False))
+            except (ValueError, OSError) as exc:  # not a .npy, an object array, missing
+                raise ArtifactError(
+                    f"piece {os.fspath(path)!r} is not a readable .npy of plain values ({exc}); "
+                    "write it again with numpy.save"
+                ) from None
+        first = pieces[0]
+        for path, piece in zip(paths, pieces, strict=True):
+            if piece.dtype != first.dtype or piece.shape[1:] != first.shape[1:] or piece.ndim == 0:
+                raise ArtifactError(
+                    f"piece {os.fspath(path)!r} has dtype {piece.dtype} and shape {piece.shape}; every piece "
+                    f"must have dtype {first.dtype} and shape (n, {', '.join(map(str, first.shape[1:]))}) "
+                    "to be concatenated: rewrite it from the same blocks"
+                )
+        shape = (sum(p.shape[0] for p in pieces), *first.shape[1:])
+        return cls(tuple(os.fspath(p) for p in paths), shape, first.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def array_chunks(array: NDArray[Any] | ArrayParts) -> Iterator[NDArray[Any]]:
+    """The C-contiguous pieces of an array or of :class:`ArrayParts` (memory-mapped), in order."""
+    if isinstance(array, ArrayParts):
+        for path in array.paths:
+            yield np.load(path, mmap_mode="r", allow_pickle=False)
+    else:
+        yield np.ascontiguousarray(array)
+
+
 class ModelArtifact:
     """The arrays and metadata of one model directory.
 
     Parameters
     ----------
-    arrays : mapping of str to ndarray
+    arrays : mapping of str to ndarray or ArrayParts
         Exactly the arrays of the format (see ``_SCHEMA`` and ``_ID_LAYOUTS``):
         ``user_factors`` (n_users, k), ``item_factors`` (n_items, k), ``user_bias``
         (n_users,), ``item_bias`` (n_items,), the id maps of
@@ -161,9 +239,22 @@ def version_metadata(model: NMFModel, created_at: datetime | None = None) -> dic
     factors)>``: every saved model records one, and a directory keeps it across loads,
     so the replicas serving one directory agree on its version (and on cache keys).
     """
+    return factors_version_metadata(model.item_factors_, model.user_factors_, created_at)
+
+
+def factors_version_metadata(
+    item_factors: NDArray[np.floating] | ArrayParts,
+    user_factors: NDArray[np.floating] | ArrayParts,
+    created_at: datetime | None = None,
+) -> dict[str, str]:
+    """:func:`version_metadata` from the factors alone, which may be :class:`ArrayParts`
+    (hashed piece by piece): a writer that never holds the model (the Dask fit) names
+    it as a saved model is named."""
     created = (created_at or datetime.now(UTC)).astimezone(UTC)
-    digest = hashlib.sha256(np.ascontiguousarray(model.item_factors_).tobytes())
-    digest.update(np.ascontiguousarray(model.user_factors_).tobytes())
+    digest = hashlib.sha256()
+    for factors in (item_factors, user_factors):
+        for chunk in array_chunks(factors):
+            digest.update(chunk.reshape(-1).view(np.uint8))
     return {
         "created_at": created.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "model_version": f"{created:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}",
@@ -189,20 +280,11 @@ def model_artifact(
 
     ``metadata`` without a ``model_version`` gets one (:func:`version_metadata`).
     """
-    params = model.get_params()
-    if not isinstance(params["random_state"], (int, type(None))):
-        params["random_state"] = None  # a Generator cannot be written down
-    fit = {
-        "params": params,
-        "regularization": model.regularization_,
-        "confidence": model.confidence_,
-        "alpha": model.alpha_,
-        "search_results": model.search_results_,
-        "global_mean": model.global_mean_,
-        "n_iter": model.n_iter_,
-        "loss_history": [float(x) for x in model.loss_history_],
-        "shape": list(model.user_items_.shape),
-    }
+    fit = fit_record(
+        model.get_params(), regularization=model.regularization_, confidence=model.confidence_,
+        alpha=model.alpha_, search_results=model.search_results_, global_mean=model.global_mean_,
+        n_iter=model.n_iter_, loss_history=model.loss_history_, shape=model.user_items_.shape,
+    )
     arrays = {
         "user_factors": model.user_factors_,
         "item_factors": model.item_factors_,
@@ -218,11 +300,55 @@ def model_artifact(
         "seen_indices": seen.indices.astype(np.int64),
         "seen_data": np.asarray(seen.data, dtype=np.float32 if seen.dtype != np.float64 else np.float64),
     }
+    return fitted_artifact(arrays, fit, metadata)
+
+
+def fitted_artifact(
+    arrays: Mapping[str, NDArray[Any] | ArrayParts], fit: dict[str, Any], metadata: Mapping[str, Any]
+) -> ModelArtifact:
+    """The artifact of a fitted model's arrays, its :func:`fit_record` and the caller's metadata.
+
+    ``metadata`` without a ``model_version`` gets one from the arrays' factors
+    (:func:`factors_version_metadata`: :class:`ArrayParts` are hashed piece by piece).
+    """
     meta = dict(metadata)
     if "model_version" not in meta:
-        meta |= version_metadata(model)
-    meta |= {"timbral_version": __version__, "params": params, "fit": fit}
-    return ModelArtifact(arrays, meta)
+        meta |= factors_version_metadata(arrays["item_factors"], arrays["user_factors"])
+    return ModelArtifact(arrays, meta | {"timbral_version": __version__, "params": fit["params"], "fit": fit})
+
+
+def fit_record(
+    params: Mapping[str, Any],
+    *,
+    regularization: float,
+    confidence: str | None,
+    alpha: float | None,
+    search_results: list[dict[str, Any]] | None,
+    global_mean: float,
+    n_iter: int,
+    loss_history: Sequence[float],
+    shape: tuple[int, int],
+) -> dict[str, Any]:
+    """``metadata["fit"]``: what :func:`model_from_artifact` needs besides the arrays.
+
+    :func:`model_artifact` records a fitted model's; a writer that never holds the
+    model (the Dask fit, whose factors stay on the workers) records the same facts
+    from its reductions and passes :class:`ArrayParts` as the arrays.
+    """
+    params = dict(params)
+    if not isinstance(params["random_state"], (int, type(None))):
+        params["random_state"] = None  # a Generator cannot be written down
+    return {
+        "params": params,
+        "regularization": float(regularization),
+        "confidence": confidence,
+        "alpha": alpha,
+        "search_results": search_results,
+        "global_mean": float(global_mean),
+        "n_iter": int(n_iter),
+        "loss_history": [float(x) for x in loss_history],
+        "shape": [int(n) for n in shape],
+    }
 
 
 def model_from_artifact(
@@ -334,6 +460,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_npz(handle: Any, arrays: Mapping[str, NDArray[Any] | ArrayParts]) -> None:
+    """``np.savez``'s layout (one stored ``.npy`` member per array), written piece by piece."""
+    with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
+                          "shape": tuple(array.shape)}
+                np.lib.format.write_array_header_2_0(member, header)
+                for chunk in array_chunks(array):
+                    flat = chunk.reshape(-1).view(np.uint8)
+                    for start in range(0, flat.size, _WRITE_BYTES):
+                        member.write(flat[start : start + _WRITE_BYTES])
+
+
 def _write_durably(path: Path, write: Any) -> None:
     """Create ``path``, let ``write(handle)`` fill it, and fsync it before returning."""
     with path.open("xb") as handle:
@@ -409,7 +549,8 @@ def write_model_dir(
         A symlink already there (``current -> v1``) is flipped, never turned into a
         directory; what it pointed to is kept unless a previous save created it.
     artifact : ModelArtifact
-        What to write; arrays are checked against the format first.
+        What to write; arrays are checked against the format first. An
+        :class:`ArrayParts` array is streamed into ``arrays.npz`` piece by piece.
     overwrite : bool, default=True
         Replace an existing model directory at ``directory``.
 
@@ -425,7 +566,7 @@ def write_model_dir(
         replaceable (not ``overwrite``, or a file, or a non-model directory with files).
     """
     target = Path(directory)
-    arrays = {name: np.ascontiguousarray(a) for name, a in artifact.arrays.items()}
+    arrays = {name: a if isinstance(a, ArrayParts) else np.ascontiguousarray(a) for name, a in artifact.arrays.items()}
     where = f"cannot save to {str(target)!r}"
     _check_names(arrays, where)
     sizes = ModelArtifact(arrays, {}).sizes()
@@ -452,7 +593,7 @@ def write_model_dir(
     version = target.with_name(f".{target.name}{_VERSION_MARK}{staging.name.rsplit('-', 1)[-1]}")
     link = target.with_name(f".{target.name}.link-{uuid.uuid4().hex}")
     try:
-        _write_durably(staging / ARRAYS_FILE, lambda handle: np.savez(handle, **arrays))
+        _write_durably(staging / ARRAYS_FILE, lambda handle: _write_npz(handle, arrays))
         metadata["checksums"] = {
             ARRAYS_FILE: _sha256_file(staging / ARRAYS_FILE),
             METADATA_FILE: hashlib.sha256(_canonical(metadata)).hexdigest(),

@@ -263,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     recommend_all.add_argument("-k", type=_positive_int, default=10, help="items per user (10)")
     recommend_all.add_argument("--partitions", type=_positive_int, metavar="N",
                                help="output files (default: four per worker thread)")
+    recommend_all.add_argument("--prewarm-redis", action="store_true",
+                               help="also store every answer in the service's Redis under its cache keys: "
+                                    "REDIS_URL and CACHE_TTL_SECONDS from the environment, as the service "
+                                    "reads them (no password on the command line)")
     _dask_options(recommend_all, "the cluster that scores", required=True)
 
     generate = commands.add_parser("generate", help="write synthetic music-like interactions",
@@ -442,16 +446,19 @@ def _search_table(table: list[dict[str, Any]], metric: str) -> str:
 def _cmd_train_dask(args: argparse.Namespace) -> int:
     from timbral.dask import CleaningRules, fit
 
+    if args.output is None:
+        raise _UsageError("train --dask needs --output DIR: the model directory the workers write "
+                          "(on storage every worker can reach)")
     model = _estimator(args, n_threads=1)
     rules = CleaningRules(feedback=args.feedback, min_user_interactions=(
         5 if args.min_user_interactions is None else args.min_user_interactions))
     with _dask_client(args.dask, args.worker_memory) as client:
         result = fit(model, args.data, client, user_col=args.user_col or "user_id",
                      item_col=args.item_col or "item_id", rating_col=args.rating_col, rules=rules,
-                     checkpoint=args.checkpoint)
-    path = result.recommender().save(args.output)
+                     checkpoint=args.checkpoint, output=args.output)  # the workers write the model
+    path = args.output
     summary = {"path": str(path), "n_users": result.report.n_users, "n_items": result.report.n_items,
-               "nnz": result.report.nnz, "n_iter": result.model.n_iter_,
+               "nnz": result.report.nnz, "n_iter": result.n_iter, "model_version": result.model_version,
                "seconds_per_epoch": sum(result.epoch_seconds) / len(result.epoch_seconds),
                "bytes_per_epoch": result.bytes_per_epoch}
     if args.json:
@@ -466,11 +473,29 @@ def _cmd_train_dask(args: argparse.Namespace) -> int:
 def _cmd_recommend_all(args: argparse.Namespace) -> int:
     from timbral.dask import recommend_all
 
+    redis_url, ttl = None, None
+    if args.prewarm_redis:
+        redis_url = os.environ.get("REDIS_URL")
+        if not redis_url:
+            raise _UsageError("--prewarm-redis reads the service's REDIS_URL from the environment; it is not set")
+        ttl = _float_env("CACHE_TTL_SECONDS")
     with _dask_client(args.dask, args.worker_memory) as client:
-        summary = recommend_all(args.model, client, args.k, args.output, n_partitions=args.partitions)
+        summary = recommend_all(args.model, client, args.k, args.output, n_partitions=args.partitions,
+                                redis_url=redis_url, redis_ttl_seconds=ttl)
     print(f"Wrote the top {summary.k} of {summary.n_users:,} users ({summary.n_rows:,} rows, model "
           f"{summary.model_version}) to {summary.output} in {len(summary.files)} files.")
     return 0
+
+
+def _float_env(name: str) -> float | None:
+    """A number from the environment (None when unset), refused with the variable's name."""
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise _UsageError(f"{name}={value!r} is not a number of seconds; set it like the service's, e.g. 300") from None
 
 
 def _cmd_tune(args: argparse.Namespace, progress: bool) -> int:

@@ -112,8 +112,9 @@ def fit_distributed(
     - ``source`` a Parquet dataset (directory, glob, list of files, fsspec URL) or a
       ``dask.dataframe.DataFrame``: the workers read, clean and id-map it and keep R, W
       and H as blocks; the client never holds the interactions
-      (:func:`timbral.dask.fit`). Returns a :class:`timbral.dask.DaskFit` (the model,
-      its id maps and the cleaning report; ``.recommender()`` builds the Recommender).
+      (:func:`timbral.dask.fit`). Returns a :class:`timbral.dask.DaskFit` (the cleaning
+      report, and the model directory the workers wrote with ``output=`` or the model
+      and its id maps gathered; ``.recommender()`` builds the Recommender).
 
     Parameters
     ----------
@@ -129,7 +130,8 @@ def fit_distributed(
         Kernel threads each shard task uses.
     **read_options
         For a dataset only: ``user_col``, ``item_col``, ``rating_col``, ``rules``,
-        ``checkpoint``, ``broadcast_fraction`` (see :func:`timbral.dask.fit`).
+        ``checkpoint``, ``broadcast_fraction``, ``output`` (the model directory the
+        workers write) and ``gather`` (see :func:`timbral.dask.fit`).
 
     Returns
     -------

@@ -64,6 +64,7 @@ __all__ = [
     "CONFIDENCE_GRID",
     "N_COMPONENTS_GRID",
     "SearchResult",
+    "sample_rows",
     "search",
     "searched_parameters",
 ]
@@ -285,9 +286,18 @@ def _sample_users(user_items: sp.csr_matrix, rng: np.random.Generator) -> sp.csr
     interactions (all users when the matrix is that small); every item is kept."""
     if user_items.nnz <= SAMPLE_MAX_INTERACTIONS:
         return user_items
-    order = rng.permutation(user_items.shape[0])
-    keep = order[np.cumsum(np.diff(user_items.indptr)[order]) <= SAMPLE_MAX_INTERACTIONS]
-    return user_items[np.sort(keep)]
+    return user_items[sample_rows(np.diff(user_items.indptr), rng)]
+
+
+def sample_rows(row_lengths: NDArray[np.integer], rng: np.random.Generator) -> NDArray[np.int64]:
+    """Sorted indices of the users the search samples: a random order of all users, kept while
+    their interactions (``row_lengths``) add up to at most ``SAMPLE_MAX_INTERACTIONS``.
+
+    Public so a caller holding only the row lengths (the Dask fit, whose rows stay on the
+    workers) draws the same users as :func:`search` from the same generator state.
+    """
+    order = rng.permutation(row_lengths.shape[0])
+    return np.sort(order[np.cumsum(row_lengths[order]) <= SAMPLE_MAX_INTERACTIONS])
 
 
 def _limit_users(valid: sp.csr_matrix, rng: np.random.Generator) -> sp.csr_matrix:

@@ -113,6 +113,8 @@ class Blocks:
         The sorted external ids of the final rows and columns (the model's id maps).
     report : ValidationReport
         Counts summed over partitions and blocks.
+    user_block_nnz : list of int
+        Interactions in each user block.
     """
 
     user_blocks: list[Future]
@@ -122,6 +124,7 @@ class Blocks:
     user_ids: Future
     item_ids: Future
     report: ValidationReport
+    user_block_nnz: list[int]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -482,8 +485,9 @@ def read_blocks(
     ]
     user_blocks = [client.submit(_first, f) for f in finals]
     report.n_users, report.n_items = int(user_bounds[-1]), int(n_items)
-    report.nnz = int(sum(client.gather([client.submit(_nnz, b) for b in user_blocks])))
-    return Blocks(user_blocks, item_blocks, user_bounds, item_bounds, user_ids, item_ids, report)
+    block_nnz = [int(n) for n in client.gather([client.submit(_nnz, b) for b in user_blocks])]
+    report.nnz = sum(block_nnz)
+    return Blocks(user_blocks, item_blocks, user_bounds, item_bounds, user_ids, item_ids, report, block_nnz)
 
 
 def _n_final_items(codes: tuple[Any, NDArray[Any], int]) -> int:

@@ -26,6 +26,7 @@ the checkpoint and from the interaction blocks' lineage (the Parquet files).
 from __future__ import annotations
 
 import operator
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from timbral._validation import check_random_state
 from timbral.cleaning import ValidationReport
 from timbral.dask import solve as rowsolve
 from timbral.dask.blocks import Blocks, CleaningRules, read_blocks
+from timbral.dask.writing import write_model
 from timbral.exceptions import ConvergenceWarning, ValidationError
 from timbral.nmf import FittedState, NMFModel
 
@@ -62,11 +64,11 @@ class DaskFit:
 
     Attributes
     ----------
-    model : NMFModel
-        A new fitted model with the parameters of the one passed (factors gathered
-        to the client at the end).
-    user_ids, item_ids : ndarray
-        External ids of the model's rows and columns (sorted).
+    model : NMFModel or None
+        A new fitted model with the parameters of the one passed, its factors gathered
+        to the client (``gather=True``); None when only the model directory was written.
+    user_ids, item_ids : ndarray or None
+        External ids of the model's rows and columns (sorted); None with the model.
     report : ValidationReport
         What reading and cleaning did, summed over partitions and blocks.
     epoch_seconds : list of float
@@ -75,20 +77,33 @@ class DaskFit:
         Factor bytes the routing ships per epoch (both half-steps; Gram matrices aside).
     broadcast_blocks : int
         (block, block) pairs served by sending a whole block rather than selected rows.
+    n_iter : int
+        Epochs run.
+    output : str or None
+        The model directory the workers wrote (``output=``), else None.
+    model_version : str or None
+        Its ``model_version``.
     """
 
-    model: NMFModel
-    user_ids: NDArray[Any]
-    item_ids: NDArray[Any]
+    model: NMFModel | None
+    user_ids: NDArray[Any] | None
+    item_ids: NDArray[Any] | None
     report: ValidationReport
     epoch_seconds: list[float] = field(default_factory=list)
     bytes_per_epoch: int = 0
     broadcast_blocks: int = 0
+    n_iter: int = 0
+    output: str | None = None
+    model_version: str | None = None
 
     def recommender(self) -> Recommender:
         """The fitted model with its id maps and data report, ready to ``save``."""
         from timbral.recommender import Recommender
 
+        if self.output is not None:
+            return Recommender.load(self.output)
+        if self.model is None or self.user_ids is None or self.item_ids is None:
+            raise ValidationError("this fit kept no model; pass output= or gather=True to fit")
         return Recommender(self.model, self.user_ids, self.item_ids, metadata={"data": self.report.to_dict()})
 
 
@@ -239,6 +254,8 @@ def fit(
     checkpoint: str | None = None,
     broadcast_fraction: float = BROADCAST_FRACTION,
     callback: Callable[[int, float], None] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    gather: bool | None = None,
 ) -> DaskFit:
     """Fit ``model`` on a dataset the client never holds (module docstring).
 
@@ -268,6 +285,13 @@ def fit(
         Send a whole block instead of selected rows above this needed share.
     callback : callable(iteration, loss), optional
         Called after every epoch on the client.
+    output : path, optional
+        Model directory the workers write (``timbral.dask.writing``): storage every
+        worker can reach. The factors and the training matrix never come to the client.
+    gather : bool, optional
+        Also bring the fitted model to the client (``DaskFit.model``). Default: only
+        without ``output``; at scale the model outgrows the client (W alone is
+        n_users · k · 4 bytes, the training matrix 12 bytes per interaction).
 
     Returns
     -------
@@ -280,6 +304,15 @@ def fit(
         raise ValidationError(f"n_blocks must be a positive integer, got {n_blocks!r}")
     if not 0.0 <= broadcast_fraction <= 1.0:
         raise ValidationError(f"broadcast_fraction must be between 0 and 1, got {broadcast_fraction!r}")
+    if gather is None:
+        gather = output is None
+    if not isinstance(gather, bool):
+        raise ValidationError(f"gather must be True, False or None (the default), got {gather!r}")
+    if not gather and output is None:
+        raise ValidationError(
+            f"gather={gather!r} with output={output!r} keeps the fitted model nowhere; pass output= (a model "
+            "directory the workers write) or gather=True"
+        )
     state = check_random_state(model.random_state).bit_generator.state
     rules = rules if rules is not None else CleaningRules(feedback=model.feedback)
     if rules.feedback != model.feedback:
@@ -289,7 +322,8 @@ def fit(
 
     data = read_blocks(source, client, n_blocks=n_blocks, user_col=user_col, item_col=item_col,
                        rating_col=rating_col, rules=rules)
-    return _fit_blocks(model, data, client, state, n_threads, checkpoint, broadcast_fraction, callback)
+    return _fit_blocks(model, data, client, state, n_threads, checkpoint, broadcast_fraction, callback,
+                       None if output is None else os.fspath(output), gather)
 
 
 def _check_model(model: NMFModel) -> None:
@@ -323,11 +357,11 @@ def _check_model(model: NMFModel) -> None:
 
 def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_threads: int,
                 checkpoint: str | None, broadcast_fraction: float,
-                callback: Callable[[int, float], None] | None) -> DaskFit:
+                callback: Callable[[int, float], None] | None, output: str | None, gather: bool) -> DaskFit:
     dtype = np.dtype(np.float32)
     n_users, n_items = data.shape
     given = model
-    model, table, start = _search(model, data, client)
+    model, table, start = _search(model, data, client, state)
     k, alpha = model.n_components, float(model.alpha)
     sums = client.gather([
         client.submit(_block_sums, b, model.feedback, alpha, model.confidence) for b in data.user_blocks
@@ -387,31 +421,79 @@ def _fit_blocks(model: NMFModel, data: Blocks, client: Client, state: dict, n_th
             ConvergenceWarning,
             stacklevel=3,
         )
-    W_all, H_all = np.concatenate(client.gather(W)), np.concatenate(client.gather(H))
-    fitted = NMFModel.from_fitted(given.get_params(), FittedState(
-        W_all, H_all, np.zeros(n_users, dtype), np.zeros(n_items, dtype), 0.0, lam, len(history), history,
-        sp.vstack(client.gather(data.user_blocks), format="csr"), model.confidence, alpha, table,
-    ))
-    row_bytes = k * dtype.itemsize
-    return DaskFit(
-        fitted, client.gather(data.user_ids), client.gather(data.item_ids), data.report, seconds,
-        (users.rows_per_step + items.rows_per_step) * row_bytes, users.broadcasts + items.broadcasts,
-    )
+    result = DaskFit(None, None, None, data.report, seconds,
+                     (users.rows_per_step + items.rows_per_step) * k * dtype.itemsize,
+                     users.broadcasts + items.broadcasts, len(history))
+    if output is not None:
+        result.output = output
+        result.model_version = write_model(
+            client, output, W=W, H=H, user_blocks=data.user_blocks, item_blocks=data.item_blocks,
+            block_nnz=data.user_block_nnz, user_ids=data.user_ids, item_ids=data.item_ids,
+            params=given.get_params(), metadata={"data": data.report.to_dict()},
+            fit_facts={"regularization": lam, "confidence": model.confidence, "alpha": alpha,
+                       "search_results": table, "global_mean": 0.0, "n_iter": len(history),
+                       "loss_history": history, "shape": (n_users, n_items)},
+        )
+    if gather:
+        W_all, H_all = np.concatenate(client.gather(W)), np.concatenate(client.gather(H))
+        result.model = NMFModel.from_fitted(given.get_params(), FittedState(
+            W_all, H_all, np.zeros(n_users, dtype), np.zeros(n_items, dtype), 0.0, lam, len(history), history,
+            sp.vstack(client.gather(data.user_blocks), format="csr"), model.confidence, alpha, table,
+        ))
+        result.user_ids, result.item_ids = client.gather(data.user_ids), client.gather(data.item_ids)
+    return result
 
 
-def _search(model: NMFModel, data: Blocks, client: Client) -> tuple[NMFModel, list[dict] | None, Any]:
-    """``model`` with its "auto" λ and k chosen as ``NMFModel.fit`` chooses them (``timbral.tuning.search``),
-    the search's table and the factors to start from (None: the random start).
+def _search(model: NMFModel, data: Blocks, client: Client, state: dict) -> tuple[NMFModel, list[dict] | None, Any]:
+    """``model`` with its "auto" λ and k chosen by ``timbral.tuning.search``, the search's table
+    and the factors to start from (None: the random start).
 
-    The search needs the matrix: the user blocks come to the client for it and go (the
-    fit gathers them again at its end); it fits a user sample of at most
-    ``tuning.SAMPLE_MAX_INTERACTIONS`` interactions.
+    The search fits a user sample of at most ``tuning.SAMPLE_MAX_INTERACTIONS``
+    interactions. The workers draw it (``tuning.sample_rows`` on the rows' lengths, with
+    the fit's seed: the users ``NMFModel.fit``'s search would draw) and only the sample
+    comes to the client. Data that small is the sample itself: then the search sees
+    what the local one sees, and the fit starts from its factors as ``NMFModel.fit`` does.
     """
     params = model.get_params()
     if not tuning.searched_parameters(params):
         return model, None, None
-    found = tuning.search(sp.vstack(client.gather(data.user_blocks), format="csr"), params)
-    return NMFModel(**(params | found.params)), found.table, found.factors
+    lengths = [client.submit(_row_lengths, b) for b in data.user_blocks]
+    if data.report.nnz <= tuning.SAMPLE_MAX_INTERACTIONS:
+        rows = [client.submit(_all_rows, n) for n in lengths]
+    else:
+        plan = client.submit(_sample_plan, state, *lengths)
+        rows = [client.submit(operator.getitem, plan, b) for b in range(len(lengths))]
+    pieces = [client.submit(_take_rows, b, r) for b, r in zip(data.user_blocks, rows, strict=True)]
+    sample = client.submit(_stack, *pieces).result()
+    found = tuning.search(sample, params)
+    start = found.factors if sample.shape == data.shape else None
+    return NMFModel(**(params | found.params)), found.table, start
+
+
+def _row_lengths(block: sp.csr_matrix) -> NDArray[np.int64]:
+    return np.diff(block.indptr).astype(np.int64)
+
+
+def _all_rows(lengths: NDArray[np.int64]) -> NDArray[np.int64]:
+    return np.arange(lengths.size)
+
+
+def _sample_plan(state: dict, *lengths: NDArray[np.int64]) -> list[NDArray[np.int64]]:
+    """Runs on a worker: the sampled users (``tuning.sample_rows``) as local rows of each block."""
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = state
+    chosen = tuning.sample_rows(np.concatenate(lengths), rng)
+    bounds = np.r_[0, np.cumsum([n.size for n in lengths])]
+    cuts = np.searchsorted(chosen, bounds)
+    return [chosen[a:b] - lo for a, b, lo in zip(cuts[:-1], cuts[1:], bounds[:-1], strict=True)]
+
+
+def _take_rows(block: sp.csr_matrix, rows: NDArray[np.int64]) -> sp.csr_matrix:
+    return block[rows]
+
+
+def _stack(*pieces: sp.csr_matrix) -> sp.csr_matrix:
+    return sp.vstack(pieces, format="csr")
 
 
 def _checkpoint(
