@@ -168,6 +168,7 @@ def model_artifact(
         "regularization": model.regularization_,
         "confidence": model.confidence_,
         "alpha": model.alpha_,
+        "frequency_scale": model.frequency_scale_,
         "search_results": model.search_results_,
         "global_mean": model.global_mean_,
         "n_iter": model.n_iter_,
@@ -230,6 +231,7 @@ def model_from_artifact(
             fields.get("confidence"),
             fields.get("alpha"),
             fields.get("search_results"),
+            fields.get("frequency_scale"),
         )
         model = NMFModel.from_fitted(fields["params"], state)
     except ArtifactError:

@@ -18,9 +18,15 @@ too large on others), so :func:`search` measures instead of guessing:
    is unimodal in λ in practice, and the weak end is the slow one). The best path
    then gets one more point: the geometric midpoint between its best λ and the
    better neighbour (a factor √2 resolution for the price of one fit).
+   With ``frequency_scale="auto"``, the best λ is then tried with each ν of
+   ``FREQUENCY_SCALE_GRID`` (warm-started: one short fit each).
 4. **Select.** NDCG@10 for implicit feedback, RMSE for explicit; ties keep the
-   stronger penalty. Without a user sample, the refit on all the data starts from
-   the best path's factors (a warm start: fewer epochs than from scratch).
+   stronger penalty. A validation set of a few hundred users is noisy, so a setting
+   that departs from the defaults (``log`` confidence, α = 1, ν = 0) must beat the
+   best default setting by more than one standard error of the paired difference,
+   measured over ``GROUPS`` seeded groups of validation users; otherwise the best
+   default setting is kept. Without a user sample, the refit on all the data starts
+   from the best path's factors (a warm start: fewer epochs than from scratch).
 5. **Carry.** The chosen λ is used unchanged on all the data. λ is the strength of a
    per-row Gaussian prior on the factors (the MAP view of ridge: σ²/τ²); it does
    not depend on how many rows or interactions there are, so neither the holdout
@@ -28,9 +34,9 @@ too large on others), so :func:`search` measures instead of guessing:
 
 The levers Rendle et al. (2021) found decisive for weighted implicit models are
 here as: the weight of unobserved entries relative to observed ones, which is
-``1 : (1 + α·r')`` in this objective, so ``alpha="auto"`` searches it; and the
-penalty (the λ path). Frequency-scaled regularisation λ·(n_u + β·n_items)^ν needs a
-per-row λ in the row solver and is not searched.
+``1 : (1 + α·r')`` in this objective, so ``alpha="auto"`` searches it; the penalty
+(the λ path); and frequency-scaled regularisation λ·(m_u / m̄)^ν, m_u the row's
+total entry weight (``frequency_scale="auto"`` searches ν).
 
 References
 ----------
@@ -45,7 +51,7 @@ from __future__ import annotations
 import itertools
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +60,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from timbral.exceptions import ConvergenceWarning, ValidationError
-from timbral.metrics import ranking_metrics, rating_metrics
+from timbral.metrics import ranking_metrics, ranking_scores, rating_metrics
 from timbral.nmf import NMFModel
 from timbral.nmf.objective import auto_regularization
 from timbral.split import random_split
@@ -62,6 +68,7 @@ from timbral.split import random_split
 __all__ = [
     "ALPHA_GRID",
     "CONFIDENCE_GRID",
+    "FREQUENCY_SCALE_GRID",
     "N_COMPONENTS_GRID",
     "SearchResult",
     "search",
@@ -72,6 +79,12 @@ __all__ = [
 CONFIDENCE_GRID = ("log", "linear", "bm25")
 #: Candidates of ``alpha="auto"``: observed entries weigh 1 + α·r' against 1 for unobserved ones.
 ALPHA_GRID = (0.25, 1.0, 4.0)
+#: Candidates of ``frequency_scale="auto"`` (ν of the frequency-scaled ridge; 0 first: the default).
+FREQUENCY_SCALE_GRID = (0.0, 0.5, 1.0)
+#: What a setting that departs from must beat by one standard error (the noise-aware rule).
+DEFAULTS = {"confidence": "log", "alpha": 1.0, "frequency_scale": 0.0}
+#: Seeded groups of validation users whose paired differences give that standard error.
+GROUPS = 10
 #: Candidates of ``n_components="auto"``.
 N_COMPONENTS_GRID = (32, 64, 128)
 #: λ / centre along the path, strong to weak (factor 2 per step).
@@ -89,7 +102,7 @@ COLD_MAX_ITER, WARM_MAX_ITER = 50, 15
 #: Ranking cut-off of the implicit validation metric.
 K = 10
 
-_SEARCHED = ("regularization", "confidence", "alpha", "n_components")
+_SEARCHED = ("regularization", "confidence", "alpha", "frequency_scale", "n_components")
 
 
 @dataclass
@@ -102,8 +115,8 @@ class SearchResult:
         The chosen values of the searched parameters (numbers and names, no "auto").
     table : list of dict
         One row per setting tried, in order: ``n_components``, ``confidence``,
-        ``alpha``, ``regularization``, the metric (``ndcg@10`` or ``rmse``),
-        ``n_iter``, ``seconds`` and ``chosen``.
+        ``alpha``, ``regularization``, ``frequency_scale``, the metric (``ndcg@10``
+        or ``rmse``), ``n_iter``, ``seconds`` and ``chosen``.
     metric : str
         ``"ndcg@10"`` (higher is better) or ``"rmse"`` (lower is better).
     sample_users, n_users : int
@@ -127,7 +140,7 @@ def searched_parameters(params: Mapping[str, Any]) -> list[str]:
     """Names of the parameters ``fit`` must choose by validation (their value is "auto").
 
     ``confidence`` and ``alpha`` only matter for implicit feedback; frobenius has no
-    validation metric, so its "auto" λ stays a fixed light ridge and its
+    validation metric, so its "auto" λ stays a fixed light ridge (ν = 0) and its
     ``n_components`` must be a number.
     """
     feedback = params["feedback"]
@@ -164,8 +177,8 @@ def search(
     SearchResult
         When no user has enough interactions to hold some out, nothing can be
         validated: ``params`` are then the defaults (λ by the fixed rule Σc /
-        (n_users + n_items), ``log`` confidence, α = 1, 64 components) and the
-        table is empty.
+        (n_users + n_items), ``log`` confidence, α = 1, ν = 0, 64 components) and
+        the table is empty.
     """
     started = time.perf_counter()
     names = searched_parameters(params)
@@ -176,6 +189,7 @@ def search(
     sample = _sample_users(user_items, rng)
     train, valid = random_split(sample, test_fraction=VALIDATION_FRACTION, seed=rng, min_interactions=5)
     valid = _limit_users(valid, rng)
+    groups = _user_groups(valid, rng)
     grids = {
         "confidence": CONFIDENCE_GRID if "confidence" in names else (_named(params["confidence"]),),
         "alpha": ALPHA_GRID if "alpha" in names else (params["alpha"],),
@@ -188,7 +202,11 @@ def search(
         result.seconds = time.perf_counter() - started
         return result
     lambdas = (None,) if "regularization" not in names else PATH
-    progress = _progress_bar(len(combos) * len(lambdas) + (lambdas != (None,))) if show_progress else None
+    scales = FREQUENCY_SCALE_GRID[1:] if "frequency_scale" in names else ()
+    nu = 0.0 if params["frequency_scale"] == "auto" else float(params["frequency_scale"])
+    total = len(combos) * len(lambdas) + (lambdas != (None,)) + len(scales)
+    progress = _progress_bar(total) if show_progress else None
+    by_group: list[NDArray[np.float64]] = []  # the metric of each table row on each user group
 
     def point(model: NMFModel, penalty: float, cap: int) -> dict[str, Any]:
         """Fit ``model`` at λ = ``penalty`` (at most ``cap`` epochs), score it, add a table row."""
@@ -198,17 +216,20 @@ def search(
             warnings.simplefilter("ignore", ConvergenceWarning)  # path points are truncated on purpose
             model.fit(train)
         confidence, alpha = model.get_params()["confidence"], model.get_params()["alpha"]
+        overall, grouped = _score(model, train, valid, groups, explicit)
         row = {
             "n_components": int(model.n_components_),
             "confidence": None if explicit else confidence,
             "alpha": None if explicit else alpha,
             "regularization": float(penalty),
-            metric: _score(model, train, valid, explicit),
+            "frequency_scale": float(model.frequency_scale_),
+            metric: overall,
             "n_iter": model.n_iter_,
             "seconds": round(time.perf_counter() - tick, 4),
             "chosen": False,
         }
         result.table.append(row)
+        by_group.append(grouped)
         if progress is not None:
             progress.update(1)
             progress.set_postfix({metric: f"{row[metric]:.4f}", "λ": f"{penalty:.3g}"})
@@ -221,7 +242,8 @@ def search(
     try:
         for confidence, alpha, n_components in combos:
             alpha = _alpha(alpha)
-            fixed = {**params, "confidence": confidence, "alpha": alpha, "n_components": n_components}
+            fixed = {**params, "confidence": confidence, "alpha": alpha, "n_components": n_components,
+                     "frequency_scale": nu}
             centre = auto_regularization(train, params["feedback"], alpha, confidence)
             model = NMFModel(**{**fixed, "random_state": seed, "warm_start": True})
             path: list[dict[str, Any]] = []
@@ -242,11 +264,18 @@ def search(
             other = min(neighbours, key=lambda i: loss(best_path[i]))
             point(best_model, np.sqrt(best_path[at]["regularization"] * best_path[other]["regularization"]),
                   WARM_MAX_ITER)
+        if scales and best_model is not None:
+            # ν at the best λ so far, each warm-started from the best path's factors.
+            best = min((row for row in result.table if row["n_components"] == best_model.n_components_
+                        and row["confidence"] in (None, best_model.confidence)
+                        and row["alpha"] in (None, best_model.alpha)), key=loss)
+            for scale in scales:
+                best_model.set_params(frequency_scale=scale)
+                point(best_model, best["regularization"], WARM_MAX_ITER)
     finally:
         if progress is not None:
             progress.close()
-    # The first best row wins a tie: along a path, the stronger penalty.
-    chosen = min(result.table, key=loss)
+    chosen = result.table[_select(result.table, by_group, loss, names, not explicit)]
     chosen["chosen"] = True
     result.params = {name: chosen[name] for name in names}
     if best_model is not None and sample.shape == user_items.shape:
@@ -255,10 +284,64 @@ def search(
     return result
 
 
-def _score(model: NMFModel, train: sp.csr_matrix, valid: sp.csr_matrix, explicit: bool) -> float:
+def _select(
+    table: list[dict[str, Any]],
+    by_group: list[NDArray[np.float64]],
+    loss: Callable[[dict[str, Any]], float],
+    names: list[str],
+    higher_is_better: bool,
+) -> int:
+    """The row to choose: the best one, unless it departs from ``DEFAULTS`` and beats the best
+    row at the defaults by no more than one standard error of their paired group differences.
+
+    The first best row wins a tie: along a path, the stronger penalty.
+    """
+    best = min(range(len(table)), key=lambda i: loss(table[i]))
+    departs = [name for name in DEFAULTS if name in names]
+    plain = [i for i in range(len(table)) if all(table[i][name] == DEFAULTS[name] for name in departs)]
+    if not plain or best in plain:
+        return best
+    reference = min(plain, key=lambda i: loss(table[i]))
+    return best if _gain(by_group[best], by_group[reference], higher_is_better) > 0 else reference
+
+
+def _gain(candidate: NDArray[np.float64], reference: NDArray[np.float64], higher_is_better: bool) -> float:
+    """Mean paired improvement of ``candidate`` over ``reference`` across groups, less one standard error."""
+    diff = (candidate - reference) if higher_is_better else (reference - candidate)
+    if diff.size < 2:
+        return float(diff.mean()) if diff.size else 0.0
+    return float(diff.mean() - diff.std(ddof=1) / np.sqrt(diff.size))
+
+
+def _score(
+    model: NMFModel, train: sp.csr_matrix, valid: sp.csr_matrix, groups: list[NDArray[np.int64]], explicit: bool
+) -> tuple[float, NDArray[np.float64]]:
+    """The validation metric over all validation users, and on each group of them."""
     if explicit:
-        return float(rating_metrics(model, valid)["rmse"])
-    return float(ranking_metrics(model, train, valid, k=K)["ndcg"])
+        overall = float(rating_metrics(model, valid)["rmse"])
+        return overall, np.array([rating_metrics(model, _rows_of(valid, g))["rmse"] for g in groups])
+    overall = float(ranking_metrics(model, train, valid, k=K)["ndcg"])
+    users = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+    ids, _ = model.recommend_batch(users, K, exclude_seen=True)
+    cuts = np.cumsum([len(g) for g in groups])[:-1]
+    return overall, np.array(
+        [ranking_scores(part, valid, g)["ndcg"] for part, g in zip(np.split(ids, cuts), groups, strict=True)]
+    )
+
+
+def _user_groups(valid: sp.csr_matrix, rng: np.random.Generator) -> list[NDArray[np.int64]]:
+    """The validation users in ``GROUPS`` seeded groups of about equal size (fewer with fewer users)."""
+    users = rng.permutation(np.flatnonzero(np.diff(valid.indptr)))
+    return [g for g in np.array_split(users, max(1, min(GROUPS, users.size))) if g.size]
+
+
+def _rows_of(matrix: sp.csr_matrix, users: NDArray[np.int64]) -> sp.csr_matrix:
+    """``matrix`` keeping only the rows of ``users`` (the others emptied; same shape)."""
+    keep_user = np.zeros(matrix.shape[0], dtype=bool)
+    keep_user[users] = True
+    keep = np.repeat(keep_user, np.diff(matrix.indptr))
+    indptr = np.concatenate([[0], np.cumsum(np.where(keep_user, np.diff(matrix.indptr), 0))])
+    return sp.csr_matrix((matrix.data[keep], matrix.indices[keep], indptr), shape=matrix.shape)
 
 
 def _alpha(alpha: float | str) -> float:
@@ -296,16 +379,12 @@ def _limit_users(valid: sp.csr_matrix, rng: np.random.Generator) -> sp.csr_matri
     users = np.flatnonzero(np.diff(valid.indptr))
     if users.size <= VALIDATION_MAX_USERS:
         return valid
-    keep_user = np.zeros(valid.shape[0], dtype=bool)
-    keep_user[rng.choice(users, VALIDATION_MAX_USERS, replace=False)] = True
-    keep = np.repeat(keep_user, np.diff(valid.indptr))
-    indptr = np.concatenate([[0], np.cumsum(np.where(keep_user, np.diff(valid.indptr), 0))])
-    return sp.csr_matrix((valid.data[keep], valid.indices[keep], indptr), shape=valid.shape)
+    return _rows_of(valid, rng.choice(users, VALIDATION_MAX_USERS, replace=False))
 
 
 def _fallback(user_items: sp.csr_matrix, params: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
     """Defaults when nothing can be validated (every user has too few interactions)."""
-    values = {"confidence": "log", "alpha": 1.0, "n_components": 64}
+    values = {**DEFAULTS, "n_components": 64}
     fixed = {**params, **{name: values[name] for name in names if name in values}}
     if "regularization" in names:
         fixed["regularization"] = auto_regularization(
