@@ -15,11 +15,15 @@ too large on others), so :func:`search` measures instead of guessing:
    (``NMFModel(warm_start=True)``); ``centre`` = Σ_obs c_ui / (n_users + n_items) of
    the split's training part, so the grid follows the scale of the confidences. A
    path stops after ``PATIENCE`` points without improvement (the validation curve
-   is unimodal in λ in practice, and the weak end is the slow one). The best path
-   then gets one more point: the geometric midpoint between its best λ and the
-   better neighbour (a factor √2 resolution for the price of one fit).
-   With ``frequency_scale="auto"``, the best λ is then tried with each ν of
-   ``FREQUENCY_SCALE_GRID`` (warm-started: one short fit each).
+   is unimodal in λ in practice, and the weak end is the slow one). Only the first
+   path of each ``n_components`` starts cold; the others (the other confidence
+   scalings and α) warm-start from the last fit and begin one step stronger than
+   the best λ / centre so far, so each costs a few short fits, not a whole path.
+   The path of the setting the rule of step 4 picks then gets one more point: the
+   geometric midpoint between its best λ and the better neighbour (a factor √2
+   resolution for the price of one fit). With ``frequency_scale="auto"``, that
+   setting's best λ is then tried with each ν of ``FREQUENCY_SCALE_GRID``
+   (warm-started: one short fit each).
 4. **Select.** NDCG@10 for implicit feedback, RMSE for explicit; ties keep the
    stronger penalty. A validation set of a few hundred users is noisy, so a setting
    that departs from the defaults (``log`` confidence, α = 1, ν = 0) must beat the
@@ -207,6 +211,13 @@ def search(
     total = len(combos) * len(lambdas) + (lambdas != (None,)) + len(scales)
     progress = _progress_bar(total) if show_progress else None
     by_group: list[NDArray[np.float64]] = []  # the metric of each table row on each user group
+    # The factors of the best row and of the best row at the defaults (the rule chooses one of
+    # them): the refit starts from the chosen one's. Kept only when the search sees every user.
+    starts: dict[int, tuple[NDArray[np.floating], NDArray[np.floating]]] = {}
+    keep_starts = sample.shape == user_items.shape
+
+    def loss(row: dict[str, Any]) -> float:
+        return row[metric] if explicit else -row[metric]
 
     def point(model: NMFModel, penalty: float, cap: int) -> dict[str, Any]:
         """Fit ``model`` at λ = ``penalty`` (at most ``cap`` epochs), score it, add a table row."""
@@ -230,56 +241,78 @@ def search(
         }
         result.table.append(row)
         by_group.append(grouped)
+        if keep_starts:
+            at = len(result.table) - 1
+            leaders = {min(range(len(result.table)), key=lambda i: loss(result.table[i]))}
+            plain = [i for i, other in enumerate(result.table) if _at_defaults(other, names)]
+            if plain:
+                leaders.add(min(plain, key=lambda i: loss(result.table[i])))
+            if at in leaders:
+                starts[at] = (model.user_factors_.copy(), model.item_factors_.copy())
+            for stale in set(starts) - leaders:
+                del starts[stale]
         if progress is not None:
             progress.update(1)
             progress.set_postfix({metric: f"{row[metric]:.4f}", "λ": f"{penalty:.3g}"})
         return row
 
-    def loss(row: dict[str, Any]) -> float:
-        return row[metric] if explicit else -row[metric]
-
-    best_loss, best_model, best_path = np.inf, None, []
+    models: dict[int, NMFModel] = {}  # one per n_components: each path warm-starts from the last fit
+    paths: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []  # (fixed parameters, path rows)
+    anchor = 0  # where later paths start: one step stronger than the best λ so far
     try:
         for confidence, alpha, n_components in combos:
             alpha = _alpha(alpha)
-            fixed = {**params, "confidence": confidence, "alpha": alpha, "n_components": n_components,
-                     "frequency_scale": nu}
+            fixed = {"confidence": confidence, "alpha": alpha, "n_components": n_components, "frequency_scale": nu}
             centre = auto_regularization(train, params["feedback"], alpha, confidence)
-            model = NMFModel(**{**fixed, "random_state": seed, "warm_start": True})
+            model = models.get(n_components)
+            warm = model is not None
+            if warm:
+                model.set_params(**fixed)
+            else:
+                model = models[n_components] = NMFModel(**{**params, **fixed, "random_state": seed,
+                                                           "warm_start": True})
+            first = anchor if warm else 0
+            if progress is not None:
+                progress.update(first)
             path: list[dict[str, Any]] = []
-            for step, scale in enumerate(lambdas):
-                penalty = params["regularization"] if scale is None else centre * scale
-                path.append(point(model, penalty, COLD_MAX_ITER if step == 0 else WARM_MAX_ITER))
+            for step in range(first, len(lambdas)):
+                penalty = params["regularization"] if lambdas[step] is None else centre * lambdas[step]
+                path.append(point(model, penalty, WARM_MAX_ITER if warm or step > first else COLD_MAX_ITER))
                 stale = len(path) - 1 - min(range(len(path)), key=lambda i: loss(path[i]))
                 if stale >= PATIENCE:
                     if progress is not None:
                         progress.update(len(lambdas) - step - 1)
                     break
-            if min(map(loss, path)) < best_loss:
-                best_loss, best_model, best_path = min(map(loss, path)), model, path
-        if lambdas != (None,) and best_model is not None:
+            paths.append((fixed, path))
+            if min(map(loss, path)) <= min(loss(row) for _, rows in paths for row in rows):
+                anchor = max(0, first + min(range(len(path)), key=lambda i: loss(path[i])) - 1)
+        # Refine the setting the rule picks: its path's best λ, then ν there.
+        pick = result.table[_select(result.table, by_group, loss, names, not explicit)]
+        fixed, path = next((f, rows) for f, rows in paths if any(row is pick for row in rows))
+        model = models[fixed["n_components"]]
+        model.set_params(**fixed)
+        if lambdas != (None,):
             # One step of refinement: the geometric midpoint between the best λ and its better neighbour.
-            at = min(range(len(best_path)), key=lambda i: loss(best_path[i]))
-            neighbours = [i for i in (at - 1, at + 1) if 0 <= i < len(best_path)]
-            other = min(neighbours, key=lambda i: loss(best_path[i]))
-            point(best_model, np.sqrt(best_path[at]["regularization"] * best_path[other]["regularization"]),
-                  WARM_MAX_ITER)
-        if scales and best_model is not None:
-            # ν at the best λ so far, each warm-started from the best path's factors.
-            best = min((row for row in result.table if row["n_components"] == best_model.n_components_
-                        and row["confidence"] in (None, best_model.confidence)
-                        and row["alpha"] in (None, best_model.alpha)), key=loss)
-            for scale in scales:
-                best_model.set_params(frequency_scale=scale)
-                point(best_model, best["regularization"], WARM_MAX_ITER)
+            at = min(range(len(path)), key=lambda i: loss(path[i]))
+            neighbours = [i for i in (at - 1, at + 1) if 0 <= i < len(path)]
+            if neighbours:
+                other = min(neighbours, key=lambda i: loss(path[i]))
+                path.append(point(model, np.sqrt(path[at]["regularization"] * path[other]["regularization"]),
+                                  WARM_MAX_ITER))
+            elif progress is not None:
+                progress.update(1)
+        best = min(path, key=loss)
+        for scale in scales:  # ν at the best λ of that setting, warm-started
+            model.set_params(frequency_scale=scale)
+            point(model, best["regularization"], WARM_MAX_ITER)
     finally:
         if progress is not None:
             progress.close()
-    chosen = result.table[_select(result.table, by_group, loss, names, not explicit)]
+    at = _select(result.table, by_group, loss, names, not explicit)
+    chosen = result.table[at]
     chosen["chosen"] = True
     result.params = {name: chosen[name] for name in names}
-    if best_model is not None and sample.shape == user_items.shape:
-        result.factors = (best_model.user_factors_, best_model.item_factors_)
+    result.factors = starts.get(at)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -297,12 +330,16 @@ def _select(
     The first best row wins a tie: along a path, the stronger penalty.
     """
     best = min(range(len(table)), key=lambda i: loss(table[i]))
-    departs = [name for name in DEFAULTS if name in names]
-    plain = [i for i in range(len(table)) if all(table[i][name] == DEFAULTS[name] for name in departs)]
+    plain = [i for i in range(len(table)) if _at_defaults(table[i], names)]
     if not plain or best in plain:
         return best
     reference = min(plain, key=lambda i: loss(table[i]))
     return best if _gain(by_group[best], by_group[reference], higher_is_better) > 0 else reference
+
+
+def _at_defaults(row: Mapping[str, Any], names: list[str]) -> bool:
+    """Whether ``row`` has the ``DEFAULTS`` value of every searched parameter that has one."""
+    return all(row[name] == DEFAULTS[name] for name in DEFAULTS if name in names)
 
 
 def _gain(candidate: NDArray[np.float64], reference: NDArray[np.float64], higher_is_better: bool) -> float:

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from timbral.nmf.fit import regularized_gram
-from timbral.nmf.objective import BM25Stats, RowPenalty, confidence_data, kernel_data, row_masses, weights_of
+from timbral.nmf.objective import BM25Stats, RowPenalty, confidence_data, kernel_data, mass_of_row, weights_of
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class Explainer:
             confidence, target = np.ones(row.nnz), row.data.astype(np.float64)
         history = self.item_factors[row.indices].astype(np.float64)
         values = kernel_data(row, self.feedback, self.confidence, np.dtype(np.float64), self.bm25)
-        mass = row_masses(row.indptr, row.indices, values, row.shape, w)[0][0]
+        mass = mass_of_row(values, row.shape[1], w)
         system = self.system + (history * (confidence - w.beta)[:, None]).T @ history
         system[np.diag_indices_from(system)] += self.penalty.of(mass)
         direction = np.linalg.lstsq(system, self.item_factors[item].astype(np.float64), rcond=None)[0]

@@ -45,6 +45,7 @@ from timbral.nmf.objective import (
     check_feedback,
     confidence_data,
     kernel_data,
+    mass_of_row,
     reference_mass,
     row_masses,
     weights_of,
@@ -507,8 +508,7 @@ def fold_in(
         data = row.data
     row_l2 = None
     if frequency_scale:
-        user_mass = row_masses(row.indptr, row.indices, data, row.shape, w)[0]
-        row_l2 = RowPenalty(l2, float(frequency_scale), reference_mass).of(user_mass)
+        row_l2 = RowPenalty(l2, float(frequency_scale), reference_mass).of([mass_of_row(data, n_items, w)])
     if gram is None:
         gram = regularized_gram(item_factors.T @ item_factors, w.beta, 0.0 if frequency_scale else l2)
     x = np.zeros((1, k), dtype)

@@ -136,6 +136,13 @@ def row_masses(
     return rows, columns
 
 
+def mass_of_row(data: NDArray[np.floating], n_other: int, weights: Weights) -> float:
+    """m of one row from its kernel data r' alone (fold-in, explanations): :func:`row_masses`
+    for a single row, without the per-column sums."""
+    c = weights.conf_offset * data.size + weights.conf_scale * float(np.sum(data, dtype=np.float64))
+    return c + weights.beta * (n_other - data.size)
+
+
 def reference_mass(user_masses: NDArray[np.float64], item_masses: NDArray[np.float64]) -> float:
     """m̄ of :class:`RowPenalty`: the mean total entry weight over the rows of both sides."""
     total = user_masses.size + item_masses.size
