@@ -352,3 +352,25 @@ def test_a_departure_from_the_defaults_must_beat_the_noise():
     steady_rmse = [np.array([0.9, 0.91, 0.89]), np.array([0.8, 0.81, 0.79])]
     assert tuning._select(rated, steady_rmse, lambda row: row["rmse"], ["frequency_scale"], False) == 1
     assert tuning._select(rated, steady_rmse[::-1], lambda row: row["rmse"], ["frequency_scale"], False) == 0
+
+
+def test_train_runs_the_search_once_and_refits_with_its_choice(plays, monkeypatch):
+    """Issue 9 (e): the holdout model and the refit share one search, run on the training part."""
+    import timbral.train as pipeline
+
+    calls = []
+    original = tuning.search
+
+    def counting(user_items, params, **options):
+        calls.append(user_items.nnz)
+        return original(user_items, params, **options)
+
+    monkeypatch.setattr(tuning, "search", counting)
+    monkeypatch.setattr(pipeline, "search", counting)
+    ids = np.arange(plays.shape[0]), np.arange(plays.shape[1])
+    result = train(Interactions(plays, *ids), model=NMFModel(n_components=6, **FAST), seed=0)
+    assert len(calls) == 1 and calls[0] < plays.nnz  # once, on the training part only
+    model = result.recommender.model
+    chosen = next(row for row in model.search_results_ if row["chosen"])
+    assert model.regularization_ == chosen["regularization"] and model.user_items_.nnz == plays.nnz
+    assert model.get_params()["regularization"] == "auto" and "search" in result.timings
