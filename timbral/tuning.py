@@ -64,7 +64,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from timbral.exceptions import ConvergenceWarning, ValidationError
-from timbral.metrics import ranking_metrics, ranking_scores, rating_metrics
+from timbral.metrics import ranking_scores, rating_metrics
 from timbral.nmf import NMFModel
 from timbral.nmf.objective import auto_regularization
 from timbral.split import random_split
@@ -227,7 +227,7 @@ def search(
             warnings.simplefilter("ignore", ConvergenceWarning)  # path points are truncated on purpose
             model.fit(train)
         confidence, alpha = model.get_params()["confidence"], model.get_params()["alpha"]
-        overall, grouped = _score(model, train, valid, groups, explicit)
+        overall, grouped = _score(model, valid, groups, explicit)
         row = {
             "n_components": int(model.n_components_),
             "confidence": None if explicit else confidence,
@@ -351,15 +351,20 @@ def _gain(candidate: NDArray[np.float64], reference: NDArray[np.float64], higher
 
 
 def _score(
-    model: NMFModel, train: sp.csr_matrix, valid: sp.csr_matrix, groups: list[NDArray[np.int64]], explicit: bool
+    model: NMFModel, valid: sp.csr_matrix, groups: list[NDArray[np.int64]], explicit: bool
 ) -> tuple[float, NDArray[np.float64]]:
-    """The validation metric over all validation users, and on each group of them."""
+    """The validation metric over all validation users, and on each group of them (the model's
+    training items are excluded from its recommendations)."""
     if explicit:
         overall = float(rating_metrics(model, valid)["rmse"])
         return overall, np.array([rating_metrics(model, _rows_of(valid, g))["rmse"] for g in groups])
-    overall = float(ranking_metrics(model, train, valid, k=K)["ndcg"])
+    # One top-K for every validation user.
     users = np.concatenate(groups) if groups else np.zeros(0, np.int64)
-    ids, _ = model.recommend_batch(users, K, exclude_seen=True)
+    ids = np.full((users.size, K), -1, dtype=np.int64)  # padded as ranking_metrics pads a small catalogue
+    if users.size:
+        found = np.asarray(model.recommend_batch(users, K, exclude_seen=True)[0])
+        ids[:, : found.shape[1]] = found
+    overall = float(ranking_scores(ids, valid, users)["ndcg"])
     cuts = np.cumsum([len(g) for g in groups])[:-1]
     return overall, np.array(
         [ranking_scores(part, valid, g)["ndcg"] for part, g in zip(np.split(ids, cuts), groups, strict=True)]
