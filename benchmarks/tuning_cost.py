@@ -32,10 +32,12 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's timbral
 
-from timbral import NMFModel  # noqa: E402
+from timbral import (
+    NMFModel,  # noqa: E402
+    tuning,  # noqa: E402
+)
 from timbral.data import load_interactions  # noqa: E402
 from timbral.exceptions import ConvergenceWarning  # noqa: E402
-from timbral import tuning  # noqa: E402
 from timbral.generate import generate_interactions  # noqa: E402
 from timbral.metrics import ranking_metrics  # noqa: E402
 from timbral.split import random_split  # noqa: E402

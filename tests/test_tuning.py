@@ -348,7 +348,8 @@ def test_a_departure_from_the_defaults_must_beat_the_noise():
     # A parameter the caller fixed is no departure: the best row wins.
     assert tuning._select(table, noisy, loss, ["regularization"], True) == 1
     # RMSE: lower is better, the same rule.
-    rated = [{"confidence": None, "alpha": None, "frequency_scale": nu, "rmse": e} for nu, e in ((0.0, 0.9), (1.0, 0.8))]
+    rated = [{"confidence": None, "alpha": None, "frequency_scale": nu, "rmse": e}
+             for nu, e in ((0.0, 0.9), (1.0, 0.8))]
     steady_rmse = [np.array([0.9, 0.91, 0.89]), np.array([0.8, 0.81, 0.79])]
     assert tuning._select(rated, steady_rmse, lambda row: row["rmse"], ["frequency_scale"], False) == 1
     assert tuning._select(rated, steady_rmse[::-1], lambda row: row["rmse"], ["frequency_scale"], False) == 0

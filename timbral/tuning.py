@@ -85,7 +85,8 @@ CONFIDENCE_GRID = ("log", "linear", "bm25")
 ALPHA_GRID = (0.25, 1.0, 4.0)
 #: Candidates of ``frequency_scale="auto"`` (ν of the frequency-scaled ridge; 0 first: the default).
 FREQUENCY_SCALE_GRID = (0.0, 0.5, 1.0)
-#: What a setting that departs from must beat by one standard error (the noise-aware rule).
+#: The values the noise-aware rule protects: a setting that departs from them must beat the
+#: best row at them by ``MARGIN_SE`` standard errors.
 DEFAULTS = {"confidence": "log", "alpha": 1.0, "frequency_scale": 0.0}
 #: Seeded groups of validation users whose paired differences give that standard error.
 GROUPS = 10
