@@ -52,6 +52,7 @@ via Coordinate Descent. J. Stat. Softw. 2010 (warm-started paths).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 import warnings
@@ -260,21 +261,21 @@ def search(
             progress.set_postfix({metric: f"{row[metric]:.4f}", "λ": f"{penalty:.3g}"})
         return row
 
-    models: dict[int, NMFModel] = {}  # one per n_components: each path warm-starts from the last fit
-    paths: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []  # (fixed parameters, path rows)
+    last: dict[int, NMFModel] = {}  # the last model fitted with each n_components
+    # (fixed parameters, the path's model, its rows); each model keeps its own path's last factors.
+    paths: list[tuple[dict[str, Any], NMFModel, list[dict[str, Any]]]] = []
     anchor = 0  # where later paths start: one step stronger than the best λ so far
     try:
         for confidence, alpha, n_components in combos:
             alpha = _alpha(alpha)
             fixed = {"confidence": confidence, "alpha": alpha, "n_components": n_components, "frequency_scale": nu}
             centre = auto_regularization(train, params["feedback"], alpha, confidence)
-            model = models.get(n_components)
-            warm = model is not None
-            if warm:
-                model.set_params(**fixed)
+            warm = n_components in last
+            if warm:  # a copy of the last fit with this k, so that path keeps its own factors
+                model = copy.deepcopy(last[n_components]).set_params(**fixed)
             else:
-                model = models[n_components] = NMFModel(**{**params, **fixed, "random_state": seed,
-                                                           "warm_start": True})
+                model = NMFModel(**{**params, **fixed, "random_state": seed, "warm_start": True})
+            last[n_components] = model
             first = anchor if warm else 0
             if progress is not None:
                 progress.update(first)
@@ -287,14 +288,12 @@ def search(
                     if progress is not None:
                         progress.update(len(lambdas) - step - 1)
                     break
-            paths.append((fixed, path))
-            if min(map(loss, path)) <= min(loss(row) for _, rows in paths for row in rows):
+            paths.append((fixed, model, path))
+            if min(map(loss, path)) <= min(loss(row) for _, _, rows in paths for row in rows):
                 anchor = max(0, first + min(range(len(path)), key=lambda i: loss(path[i])) - 1)
         # Refine the setting the rule picks: its path's best λ, then ν there.
         pick = result.table[_select(result.table, by_group, loss, names, not explicit)]
-        fixed, path = next((f, rows) for f, rows in paths if any(row is pick for row in rows))
-        model = models[fixed["n_components"]]
-        model.set_params(**fixed)
+        model, path = next((m, rows) for _, m, rows in paths if any(row is pick for row in rows))
         if lambdas != (None,):
             # One step of refinement: the geometric midpoint between the best λ and its better neighbour.
             at = min(range(len(path)), key=lambda i: loss(path[i]))
