@@ -9,7 +9,13 @@ same threads, one after the other; the ratio is what to compare across machines.
 Usage::
 
     python benchmarks/tuning_cost.py path/to/lastfm-2k/user_artists.dat
-    python benchmarks/tuning_cost.py --generate 200000 50000 10000000 [--confidence auto]
+    python benchmarks/tuning_cost.py --generate 200000 50000 10000000 [--confidence auto] [--frequency-scale auto]
+    python benchmarks/tuning_cost.py --generate 60000 20000 1500000 --carry
+
+``--carry`` measures the rule that carries λ from the search's user sample to all the
+data: on a seeded 80/20 split, λ is chosen once on the default user sample and once
+on the whole training part, each is fitted on the training part, and both are
+scored (NDCG@10) on the test part, which neither search sees.
 """
 
 from __future__ import annotations
@@ -26,10 +32,15 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's timbral
 
-from timbral import NMFModel  # noqa: E402
+from timbral import (
+    NMFModel,  # noqa: E402
+    tuning,  # noqa: E402
+)
 from timbral.data import load_interactions  # noqa: E402
 from timbral.exceptions import ConvergenceWarning  # noqa: E402
 from timbral.generate import generate_interactions  # noqa: E402
+from timbral.metrics import ranking_metrics  # noqa: E402
+from timbral.split import random_split  # noqa: E402
 
 
 def generated(n_users: int, n_items: int, n_interactions: int) -> sp.csr_matrix:
@@ -51,13 +62,33 @@ def timed_fit(matrix: sp.csr_matrix, **params: Any) -> tuple[NMFModel, float]:
         return model, time.perf_counter() - start
 
 
+def carry(matrix: sp.csr_matrix, common: dict[str, Any]) -> None:
+    """λ chosen on the default user sample against λ chosen on all users, both scored on a test split."""
+    train, test = random_split(matrix, test_fraction=0.2, seed=0, min_interactions=5)
+    params = NMFModel(**common).get_params()
+    limit = tuning.SAMPLE_MAX_INTERACTIONS
+    for label, cap in (("user sample", limit), ("all users", train.nnz)):
+        tuning.SAMPLE_MAX_INTERACTIONS = cap
+        start = time.perf_counter()
+        found = tuning.search(train, params)
+        search_s = time.perf_counter() - start
+        model, fit_s = timed_fit(train, **common, **found.params)
+        ndcg = ranking_metrics(model, train, test, k=10)["ndcg"]
+        print(f"{label}: {found.sample_users} of {found.n_users} users, λ = {found.params['regularization']:.4g} "
+              f"(search {search_s:.1f} s, fit {fit_s:.1f} s), test NDCG@10 {ndcg:.4f}", flush=True)
+    tuning.SAMPLE_MAX_INTERACTIONS = limit
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data", nargs="?", help="interaction file (e.g. lastfm-2k/user_artists.dat)")
     parser.add_argument("--generate", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"))
     parser.add_argument("--components", type=int, default=50)
     parser.add_argument("--confidence", default="log", help="'auto' searches the scaling too")
+    parser.add_argument("--frequency-scale", default="0", help="ν of the frequency-scaled ridge; 'auto' searches it")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--carry", action="store_true",
+                        help="measure λ chosen on the user sample against λ chosen on all users")
     args = parser.parse_args(argv)
     if args.generate:
         matrix = generated(*args.generate)
@@ -67,9 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give DATA or --generate USERS ITEMS INTERACTIONS")
     print(f"{matrix.shape[0]} users × {matrix.shape[1]} items, {matrix.nnz} interactions", flush=True)
     common = {"n_components": args.components, "n_threads": args.threads}
-    default, default_s = timed_fit(matrix, **common, confidence=args.confidence)
+    if args.carry:
+        carry(matrix, common)
+        return 0
+    nu = args.frequency_scale if args.frequency_scale == "auto" else float(args.frequency_scale)
+    default, default_s = timed_fit(matrix, **common, confidence=args.confidence, frequency_scale=nu)
     table = default.search_results_ or []
-    chosen = {"regularization": default.regularization_, "confidence": default.confidence_}
+    chosen = {"regularization": default.regularization_, "confidence": default.confidence_,
+              "frequency_scale": default.frequency_scale_}
     _, plain_s = timed_fit(matrix, **common, **chosen)
     search_s = sum(row["seconds"] for row in table)
     print(f"search: {len(table)} settings, {search_s:.1f} s of fits; chosen {chosen}")

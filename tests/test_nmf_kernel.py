@@ -205,3 +205,65 @@ def test_scratch_is_bounded_whatever_the_longest_row(kernels, n_threads):
     assert peak <= bound + 16_384  # + Python's own small allocations during the call
     assert 8 * k * R.indptr[1] > 10 * bound / n_threads  # what the unchunked row needed
     np.testing.assert_allclose(X, expected, **TOL[np.float64])
+
+
+# -- per-row ridge (frequency-scaled regularisation) -------------------------------------
+
+
+def test_row_l2_is_each_rows_own_ridge_by_hand(kernels):
+    """k = 1, one entry per row: x_u = b / (β Σ_i y_i² + (c − β) y_j² + λ_u), computed by hand.
+
+    Y = [2, 1]; row 0 observes item 0 with r = 3 (c = 1 + 2·3 = 7), row 1 item 1 with
+    r = 1 (c = 3); β = 1, so β YᵀY = 5. Row 0: 14 / (5 + 6·4 + 6) = 0.4; row 1:
+    3 / (5 + 2·1 + 3) = 0.3.
+    """
+    R = sp.csr_matrix(np.array([[3.0, 0.0], [0.0, 1.0]]))
+    Y = np.array([[2.0], [1.0]])
+    X = np.ones((2, 1))
+    kernels.solve_rows(R.indptr, R.indices, R.data, X, Y, Y.T @ Y, 1.0, 2.0, True, 1.0, 0.0, 1, 1,
+                       None, np.array([6.0, 3.0]))
+    np.testing.assert_allclose(X[:, 0], [0.4, 0.3], rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("feedback", sorted(FEEDBACK))
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_row_l2_matches_the_reference(kernels, dtype, feedback, n_threads):
+    offset, scale, target_one, beta = FEEDBACK[feedback]
+    R, X, Y = _problem(dtype)
+    gram = _gram(Y, beta, l2=0.0)
+    row_l2 = np.random.default_rng(1).uniform(0.0, 5.0, R.shape[0])
+    expected = X.copy()
+    _reference.solve_rows(R, expected, Y, gram, conf_offset=offset, conf_scale=scale, target_one=target_one,
+                          beta=beta, l1=0.1, n_sweeps=3, row_l2=row_l2)
+    got = X.copy()
+    kernels.solve_rows(R.indptr, R.indices, R.data, got, Y, gram, offset, scale, target_one, beta, 0.1, 3,
+                       n_threads, None, row_l2)
+    np.testing.assert_allclose(got, expected, **TOL[dtype])
+
+
+def test_row_l2_converges_to_the_exact_nonnegative_solve(kernels):
+    """Many sweeps reach the KKT point of min_{x ≥ 0} ½ xᵀ(A + λ_u I)x − bᵀx, with A and b
+    formed densely here: the gradient vanishes where x > 0 and is ≥ 0 where x = 0."""
+    offset, scale, target_one, beta = FEEDBACK["implicit"]
+    R, X, Y = _problem(np.float64, empty_rows=())
+    row_l2 = np.linspace(0.5, 20.0, R.shape[0])
+    kernels.solve_rows(R.indptr, R.indices, R.data, X, Y, _gram(Y, beta, 0.0), offset, scale, target_one,
+                       beta, 0.0, 500, 2, None, row_l2)
+    for u in range(R.shape[0]):
+        cols, r = R.indices[R.indptr[u]:R.indptr[u + 1]], R.data[R.indptr[u]:R.indptr[u + 1]]
+        c = offset + scale * r
+        A = beta * Y.T @ Y + (Y[cols] * (c - beta)[:, None]).T @ Y[cols] + row_l2[u] * np.eye(Y.shape[1])
+        grad = A @ X[u] - Y[cols].T @ c
+        np.testing.assert_allclose(grad[X[u] > 0], 0.0, atol=1e-9)
+        assert np.all(grad[X[u] == 0] >= -1e-9)
+
+
+def test_a_constant_row_l2_equals_the_ridge_in_the_gram(kernels):
+    R, X, Y = _problem(np.float64)
+    in_gram, per_row = X.copy(), X.copy()
+    kernels.solve_rows(R.indptr, R.indices, R.data, in_gram, Y, _gram(Y, 1.0, 2.5), 1.0, 2.0, True, 1.0,
+                       0.0, 2, 2)
+    kernels.solve_rows(R.indptr, R.indices, R.data, per_row, Y, _gram(Y, 1.0, 0.0), 1.0, 2.0, True, 1.0,
+                       0.0, 2, 2, None, np.full(R.shape[0], 2.5))
+    np.testing.assert_allclose(per_row, in_gram, rtol=1e-10, atol=1e-12)

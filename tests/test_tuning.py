@@ -84,7 +84,10 @@ def test_default_fit_chooses_lambda_on_a_path_and_records_the_table(auto_model):
     chosen = next(row for row in table if row["chosen"])
     assert auto_model.regularization_ == chosen["regularization"]
     assert auto_model.confidence_ == chosen["confidence"]
-    assert chosen["ndcg@10"] == max(row["ndcg@10"] for row in table)
+    # The best row, or the best at the default confidence when the best beats it by less than the noise.
+    best = max(table, key=lambda row: row["ndcg@10"])
+    plain = max((row for row in table if row["confidence"] == "log"), key=lambda row: row["ndcg@10"])
+    assert chosen is best or (chosen is plain and best["confidence"] != "log")
     *paths, refinement = table
     for confidence in {row["confidence"] for row in paths}:
         path = [row["regularization"] for row in paths if row["confidence"] == confidence]
@@ -226,6 +229,7 @@ def test_tune_writes_what_train_params_uses(plays_file, tmp_path, capsys):
                  "--iterations", "20", "--threads", "1", "--no-eval"]) == 0
     model = Recommender.load(tmp_path / "m").model
     assert model.regularization_ == chosen["regularization"] and model.confidence_ == chosen["confidence"]
+    assert model.frequency_scale_ == chosen["frequency_scale"] in tuning.FREQUENCY_SCALE_GRID
     assert model.n_components_ == 6 and model.search_results_ is None  # numbers: nothing left to search
     # An option on the command line wins over the file.
     assert main(["train", str(plays_file), "--params", str(params), "--regularization", "0.5",
@@ -305,7 +309,7 @@ def test_tune_explicit_feedback_as_json(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["output"] == str(out) and printed["search"]["metric"] == "rmse"
     params = json.loads(out.read_text())["params"]
-    assert set(params) == {"feedback", "n_components", "regularization"}  # no confidence for ratings
+    assert set(params) == {"feedback", "n_components", "regularization", "frequency_scale"}  # no confidence
     assert params["feedback"] == "explicit" and params["n_components"] == 4
 
 
@@ -314,3 +318,60 @@ def test_tune_refuses_bad_input(tmp_path, capsys):
     assert "timbral: error:" in capsys.readouterr().err and not (tmp_path / "p.json").exists()
     assert main(["tune", str(tmp_path / "missing.csv"), "--components", "many"]) == 2
     assert "expected a positive integer, got 'many'" in capsys.readouterr().err
+
+
+def test_frequency_scale_auto_tries_each_nu_at_the_best_lambda(plays):
+    model = NMFModel(n_components=6, frequency_scale="auto", **FAST).fit(plays)
+    table = model.search_results_
+    tried = [row for row in table if row["frequency_scale"] != 0.0]
+    assert sorted(row["frequency_scale"] for row in tried) == list(tuning.FREQUENCY_SCALE_GRID[1:])
+    assert len({row["regularization"] for row in tried}) == 1  # at one λ: the best at ν = 0
+    chosen = next(row for row in table if row["chosen"])
+    assert model.frequency_scale_ == chosen["frequency_scale"] and model.regularization_ == chosen["regularization"]
+    assert model.get_params()["frequency_scale"] == "auto"
+
+
+def test_a_departure_from_the_defaults_must_beat_the_noise():
+    """The noise-aware rule: 'linear' is 0.01 better on average, but across user groups the
+    difference swings by ±0.2, so the default 'log' is kept; a steady 0.01 gain wins."""
+    table = [{"confidence": "log", "alpha": 1.0, "frequency_scale": 0.0, "ndcg@10": 0.30},
+             {"confidence": "linear", "alpha": 1.0, "frequency_scale": 0.0, "ndcg@10": 0.31}]
+
+    def loss(row):
+        return -row["ndcg@10"]
+
+    searched = ["regularization", "confidence"]
+    noisy = [np.array([0.2, 0.4, 0.3, 0.3]), np.array([0.4, 0.22, 0.32, 0.3])]
+    assert tuning._select(table, noisy, loss, searched, True) == 0
+    steady = [np.array([0.30, 0.29, 0.31, 0.30]), np.array([0.31, 0.30, 0.32, 0.31])]
+    assert tuning._select(table, steady, loss, searched, True) == 1
+    # A parameter the caller fixed is no departure: the best row wins.
+    assert tuning._select(table, noisy, loss, ["regularization"], True) == 1
+    # RMSE: lower is better, the same rule.
+    rated = [{"confidence": None, "alpha": None, "frequency_scale": nu, "rmse": e}
+             for nu, e in ((0.0, 0.9), (1.0, 0.8))]
+    steady_rmse = [np.array([0.9, 0.91, 0.89]), np.array([0.8, 0.81, 0.79])]
+    assert tuning._select(rated, steady_rmse, lambda row: row["rmse"], ["frequency_scale"], False) == 1
+    assert tuning._select(rated, steady_rmse[::-1], lambda row: row["rmse"], ["frequency_scale"], False) == 0
+
+
+def test_train_runs_the_search_once_and_refits_with_its_choice(plays, monkeypatch):
+    """Issue 9 (e): the holdout model and the refit share one search, run on the training part."""
+    import timbral.train as pipeline
+
+    calls = []
+    original = tuning.search
+
+    def counting(user_items, params, **options):
+        calls.append(user_items.nnz)
+        return original(user_items, params, **options)
+
+    monkeypatch.setattr(tuning, "search", counting)
+    monkeypatch.setattr(pipeline, "search", counting)
+    ids = np.arange(plays.shape[0]), np.arange(plays.shape[1])
+    result = train(Interactions(plays, *ids), model=NMFModel(n_components=6, **FAST), seed=0)
+    assert len(calls) == 1 and calls[0] < plays.nnz  # once, on the training part only
+    model = result.recommender.model
+    chosen = next(row for row in model.search_results_ if row["chosen"])
+    assert model.regularization_ == chosen["regularization"] and model.user_items_.nnz == plays.nnz
+    assert model.get_params()["regularization"] == "auto" and "search" in result.timings

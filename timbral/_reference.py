@@ -37,6 +37,7 @@ def solve_rows(
     beta: float,
     l1: float,
     n_sweeps: int = 1,
+    row_l2: NDArray[np.floating] | None = None,
 ) -> None:
     """Projected coordinate descent on every row of ``X``, in place.
 
@@ -47,7 +48,8 @@ def solve_rows(
 
     where ``gram = beta · YᵀY + l2 · I`` is passed in, by ``n_sweeps`` sweeps over
     the coordinates in order ``0 .. k-1``:  x_f ← max(0, x_f − (A x − b + l1)_f / A_ff).
-    A coordinate with ``A_ff <= 0`` is left alone.
+    A coordinate with ``A_ff <= 0`` is left alone. ``row_l2`` (n_rows,) adds each
+    row's own ridge: A + row_l2[u] · I.
     """
     Y64 = np.asarray(Y, dtype=np.float64)
     G = np.asarray(gram, dtype=np.float64)
@@ -62,6 +64,8 @@ def solve_rows(
         )
         Yu = Y64[cols]
         A = G + (Yu * (c - beta)[:, None]).T @ Yu
+        if row_l2 is not None:
+            A = A + float(row_l2[u]) * np.eye(A.shape[0])
         b = Yu.T @ (c * p)
         x = X[u].astype(np.float64)
         for _ in range(n_sweeps):

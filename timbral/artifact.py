@@ -282,8 +282,9 @@ def model_artifact(
     """
     fit = fit_record(
         model.get_params(), regularization=model.regularization_, confidence=model.confidence_,
-        alpha=model.alpha_, search_results=model.search_results_, global_mean=model.global_mean_,
-        n_iter=model.n_iter_, loss_history=model.loss_history_, shape=model.user_items_.shape,
+        alpha=model.alpha_, frequency_scale=model.frequency_scale_, search_results=model.search_results_,
+        global_mean=model.global_mean_, n_iter=model.n_iter_, loss_history=model.loss_history_,
+        shape=model.user_items_.shape,
     )
     arrays = {
         "user_factors": model.user_factors_,
@@ -325,6 +326,7 @@ def fit_record(
     alpha: float | None,
     search_results: list[dict[str, Any]] | None,
     global_mean: float,
+    frequency_scale: float = 0.0,
     n_iter: int,
     loss_history: Sequence[float],
     shape: tuple[int, int],
@@ -343,6 +345,7 @@ def fit_record(
         "regularization": float(regularization),
         "confidence": confidence,
         "alpha": alpha,
+        "frequency_scale": float(frequency_scale),
         "search_results": search_results,
         "global_mean": float(global_mean),
         "n_iter": int(n_iter),
@@ -388,6 +391,7 @@ def model_from_artifact(
             fields.get("confidence"),
             fields.get("alpha"),
             fields.get("search_results"),
+            fields.get("frequency_scale"),
         )
         model = NMFModel.from_fitted(fields["params"], state)
     except ArtifactError:

@@ -138,6 +138,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--regularization", type=_number_or_auto, metavar="LAMBDA",
                        help="penalty weight, or 'auto' to choose by validation on the training data "
                             "(default: auto)")
+    model.add_argument("--frequency-scale", type=_number_or_auto, metavar="NU",
+                       help="exponent ν of the frequency-scaled penalty (0 = plain ridge, at most 2), or "
+                            "'auto' to choose by validation")
     model.add_argument("--iterations", type=_positive_int, metavar="N", help="maximum epochs")
     model.add_argument("--seed", type=_non_negative_int,
                        help=f"seed of the split and the model (default: $NMF_RANDOM_STATE, else {DEFAULT_SEED})")
@@ -323,7 +326,8 @@ def _estimator(args: argparse.Namespace, *, n_threads: int, defaults: dict[str, 
     from timbral.nmf import NMFModel
 
     given = {"n_components": args.components, "alpha": args.alpha, "confidence": args.confidence,
-             "regularization": args.regularization, "max_iter": args.iterations, "random_state": args.seed}
+             "regularization": args.regularization, "frequency_scale": args.frequency_scale,
+             "max_iter": args.iterations, "random_state": args.seed}
     params = dict(defaults or {}) | {name: value for name, value in given.items() if value is not None}
     return NMFModel(feedback=args.feedback, n_threads=n_threads, **params)
 
@@ -384,7 +388,7 @@ def _describe_training(result: Any) -> str:
 
 #: What a parameter file of `timbral tune` may set, by the option that sets it too.
 PARAMS_FILE_KEYS = {"n_components": "components", "confidence": "confidence", "alpha": "alpha",
-                    "regularization": "regularization"}
+                    "regularization": "regularization", "frequency_scale": "frequency_scale"}
 #: A parameter file is a few hundred bytes; refuse anything that cannot be one.
 PARAMS_FILE_MAX_BYTES = 1 << 20
 
@@ -429,13 +433,15 @@ def _apply_params_file(args: argparse.Namespace) -> None:
 
 def _search_table(table: list[dict[str, Any]], metric: str) -> str:
     """The validation table: one line per setting, the chosen one marked."""
-    head = f"    {'k':>4}  {'confidence':<10}  {'alpha':>6}  {'lambda':>10}  {metric:>8}  {'epochs':>6}  {'seconds':>7}"
+    head = (f"    {'k':>4}  {'confidence':<10}  {'alpha':>6}  {'lambda':>10}  {'nu':>4}  {metric:>8}  {'epochs':>6}  "
+            f"{'seconds':>7}")
     lines = [head]
     for row in table:
         confidence = row["confidence"] or "-"
         alpha = "-" if row["alpha"] is None else f"{row['alpha']:g}"
         lines.append(f"{'*' if row['chosen'] else ' ':>3} {row['n_components']:>4}  {confidence:<10}  {alpha:>6}  "
-                     f"{row['regularization']:>10.4g}  {row[metric]:>8.4f}  {row['n_iter']:>6}  "
+                     f"{row['regularization']:>10.4g}  {row['frequency_scale']:>4g}  {row[metric]:>8.4f}  "
+                     f"{row['n_iter']:>6}  "
                      f"{row['seconds']:>7.2f}")
     return "\n".join(lines)
 
@@ -503,9 +509,10 @@ def _cmd_tune(args: argparse.Namespace, progress: bool) -> int:
     from timbral.data import load_interactions
     from timbral.tuning import search
 
-    # Unlike a plain fit, tuning searches the confidence and the number of components unless given.
+    # Unlike a plain fit, tuning searches the confidence, ν and the number of components unless given.
     model = _estimator(args, n_threads=args.threads,
-                       defaults={"n_components": "auto", "confidence": "auto", "regularization": "auto"})
+                       defaults={"n_components": "auto", "confidence": "auto", "regularization": "auto",
+                                 "frequency_scale": "auto"})
     model.check_params()
     params = model.get_params()
     interactions = load_interactions(args.data, feedback=args.feedback, progress=progress, **_load_options(args))

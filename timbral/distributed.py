@@ -56,6 +56,7 @@ class DaskBackend:
     """
 
     supports_biases = False  # the explicit residuals are updated in place on the client
+    supports_row_l2 = False  # frequency-scaled ridges need the rows' own λ beside each shard
 
     def __init__(self, client: Client, n_shards: int, threads_per_shard: int = 1) -> None:
         self.client = client

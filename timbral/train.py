@@ -13,6 +13,9 @@ is then refitted on *all* the data with the same parameters (``refit=True``), so
 serving loses nothing to the evaluation; the metadata records that the metrics
 come from the holdout model. ``refit=False`` returns (and saves) the holdout model;
 all of the data still counts as seen, so held-out items are never recommended back.
+The validation search of "auto" parameters runs once, on the training part: the
+holdout model and the refit both use its choices (λ is carried unchanged, as the
+search carries it from its user sample; ``timbral.tuning``).
 
 Every step logs one JSON event (logger ``timbral.train``) with its counts and timings.
 """
@@ -27,12 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from timbral._validation import DEFAULT_SEED, check_k
+from timbral._validation import DEFAULT_SEED, check_k, check_user_items
 from timbral.cleaning import ValidationReport
 from timbral.exceptions import ValidationError
 from timbral.interactions import Interactions, load_interactions
 from timbral.nmf import NMFModel
 from timbral.recommender import Recommender
+from timbral.tuning import SearchResult, search, searched_parameters
 
 __all__ = ["TrainResult", "train"]
 
@@ -52,8 +56,8 @@ class TrainResult:
     report : ValidationReport
         What loading read, merged and dropped.
     timings : dict of str to float
-        Seconds per step (``load``, ``split``, ``fit``, ``evaluate``, ``refit``,
-        ``save``, ``total``).
+        Seconds per step (``load``, ``split``, ``search``, ``fit``, ``evaluate``,
+        ``refit``, ``save``, ``total``).
     path : pathlib.Path or None
         The saved model directory, if ``output`` was given.
     """
@@ -65,10 +69,13 @@ class TrainResult:
     path: Path | None = None
 
 
-def _fit(params: Mapping[str, Any], user_items: Any, progress: bool, phase: str) -> NMFModel:
-    """A fresh model with ``params`` fitted on ``user_items``, logged as one event."""
+def _fit(
+    params: Mapping[str, Any], user_items: Any, progress: bool, phase: str, search: SearchResult | None = None
+) -> NMFModel:
+    """A fresh model with ``params`` fitted on ``user_items`` (its "auto" values from ``search``
+    when given), logged as one event."""
     start = time.perf_counter()
-    model = NMFModel(**params).fit(user_items, show_progress=progress)
+    model = NMFModel(**params).fit(user_items, show_progress=progress, search=search)
     log.info(
         "fitted model",
         extra={
@@ -197,7 +204,13 @@ def train(
             extra={"event": "split", "train_nnz": int(train_part.nnz), "test_nnz": int(test_part.nnz),
                    "test_fraction": test_fraction, "seconds": timings["split"]},
         )
-        fitted = _fit(params, train_part, progress, "evaluation")
+        found = None
+        if searched_parameters(params):
+            found = search(check_user_items(train_part), params, show_progress=progress)
+            t = lap("search", t)
+            log.info("searched parameters", extra={"event": "search", **found.params, "settings": len(found.table),
+                                                    "seconds": timings["search"]})
+        fitted = _fit(params, train_part, progress, "evaluation", found)
         t = lap("fit", t)
         raw = dict(ranking_metrics(fitted, train_part, test_part, k=k))
         evaluated_users = int(raw.pop("n_users"))
@@ -223,7 +236,7 @@ def train(
             "final_model": "refitted on all data" if refit else "fitted on the training part",
         }
         if refit:
-            fitted = _fit(params, interactions.user_items, progress, "final")
+            fitted = _fit(params, interactions.user_items, progress, "final", found)
             t = lap("refit", t)
 
     metadata = {

@@ -15,22 +15,36 @@ too large on others), so :func:`search` measures instead of guessing:
    (``NMFModel(warm_start=True)``); ``centre`` = Σ_obs c_ui / (n_users + n_items) of
    the split's training part, so the grid follows the scale of the confidences. A
    path stops after ``PATIENCE`` points without improvement (the validation curve
-   is unimodal in λ in practice, and the weak end is the slow one). The best path
-   then gets one more point: the geometric midpoint between its best λ and the
-   better neighbour (a factor √2 resolution for the price of one fit).
+   is unimodal in λ in practice, and the weak end is the slow one). Only the first
+   path of each ``n_components`` starts cold; the others (the other confidence
+   scalings and α) warm-start from the last fit and begin one step stronger than
+   the best λ / centre so far, so each costs a few short fits, not a whole path.
+   The path of the setting the rule of step 4 picks then gets one more point: the
+   geometric midpoint between its best λ and the better neighbour (a factor √2
+   resolution for the price of one fit). With ``frequency_scale="auto"``, that
+   setting's best λ is then tried with each ν of ``FREQUENCY_SCALE_GRID``
+   (warm-started: one short fit each).
 4. **Select.** NDCG@10 for implicit feedback, RMSE for explicit; ties keep the
-   stronger penalty. Without a user sample, the refit on all the data starts from
-   the best path's factors (a warm start: fewer epochs than from scratch).
+   stronger penalty. A validation set of a few hundred users is noisy, so a setting
+   that departs from the defaults (``log`` confidence, α = 1, ν = 0) must beat the
+   best default setting by more than ``MARGIN_SE`` standard errors of the paired difference,
+   measured over ``GROUPS`` seeded groups of validation users; otherwise the best
+   default setting is kept. Without a user sample, the refit on all the data starts
+   from the best path's factors (a warm start: fewer epochs than from scratch).
 5. **Carry.** The chosen λ is used unchanged on all the data. λ is the strength of a
    per-row Gaussian prior on the factors (the MAP view of ridge: σ²/τ²); it does
    not depend on how many rows or interactions there are, so neither the holdout
-   nor the user sample rescales it.
+   nor the user sample rescales it. Measured (``benchmarks/tuning_cost.py --carry``,
+   generated 60k users × 20k items, 1.5M plays, k = 64): λ chosen on the 24,743-user
+   sample is 19.6 (test NDCG@10 0.2153), on all 60,000 users 74.8 (0.2191), so the
+   rule costs 1.7 % there; scaling the sample's λ by n_users / sample_users (47.6)
+   gave 0.2152, no better. The rule stands until a better one is measured.
 
 The levers Rendle et al. (2021) found decisive for weighted implicit models are
 here as: the weight of unobserved entries relative to observed ones, which is
-``1 : (1 + α·r')`` in this objective, so ``alpha="auto"`` searches it; and the
-penalty (the λ path). Frequency-scaled regularisation λ·(n_u + β·n_items)^ν needs a
-per-row λ in the row solver and is not searched.
+``1 : (1 + α·r')`` in this objective, so ``alpha="auto"`` searches it; the penalty
+(the λ path); and frequency-scaled regularisation λ·(m_u / m̄)^ν, m_u the row's
+total entry weight (``frequency_scale="auto"`` searches ν).
 
 References
 ----------
@@ -42,10 +56,11 @@ via Coordinate Descent. J. Stat. Softw. 2010 (warm-started paths).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +69,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from timbral.exceptions import ConvergenceWarning, ValidationError
-from timbral.metrics import ranking_metrics, rating_metrics
+from timbral.metrics import ranking_scores, rating_metrics
 from timbral.nmf import NMFModel
 from timbral.nmf.objective import auto_regularization
 from timbral.split import random_split
@@ -62,6 +77,7 @@ from timbral.split import random_split
 __all__ = [
     "ALPHA_GRID",
     "CONFIDENCE_GRID",
+    "FREQUENCY_SCALE_GRID",
     "N_COMPONENTS_GRID",
     "SearchResult",
     "sample_rows",
@@ -73,6 +89,16 @@ __all__ = [
 CONFIDENCE_GRID = ("log", "linear", "bm25")
 #: Candidates of ``alpha="auto"``: observed entries weigh 1 + α·r' against 1 for unobserved ones.
 ALPHA_GRID = (0.25, 1.0, 4.0)
+#: Candidates of ``frequency_scale="auto"`` (ν of the frequency-scaled ridge; 0 first: the default).
+FREQUENCY_SCALE_GRID = (0.0, 0.5, 1.0)
+#: The values the noise-aware rule protects: a setting that departs from them must beat the
+#: best row at them by ``MARGIN_SE`` standard errors.
+DEFAULTS = {"confidence": "log", "alpha": 1.0, "frequency_scale": 0.0}
+#: Seeded groups of validation users whose paired differences give that standard error.
+GROUPS = 10
+#: Standard errors a departure must win by. With one, MovieLens-small's search chose bm25
+#: (+0.0061 ± 0.0039 NDCG@10 over log on validation) and lost 1.8 % on the test split.
+MARGIN_SE = 2.0
 #: Candidates of ``n_components="auto"``.
 N_COMPONENTS_GRID = (32, 64, 128)
 #: λ / centre along the path, strong to weak (factor 2 per step).
@@ -90,7 +116,7 @@ COLD_MAX_ITER, WARM_MAX_ITER = 50, 15
 #: Ranking cut-off of the implicit validation metric.
 K = 10
 
-_SEARCHED = ("regularization", "confidence", "alpha", "n_components")
+_SEARCHED = ("regularization", "confidence", "alpha", "frequency_scale", "n_components")
 
 
 @dataclass
@@ -103,8 +129,8 @@ class SearchResult:
         The chosen values of the searched parameters (numbers and names, no "auto").
     table : list of dict
         One row per setting tried, in order: ``n_components``, ``confidence``,
-        ``alpha``, ``regularization``, the metric (``ndcg@10`` or ``rmse``),
-        ``n_iter``, ``seconds`` and ``chosen``.
+        ``alpha``, ``regularization``, ``frequency_scale``, the metric (``ndcg@10``
+        or ``rmse``), ``n_iter``, ``seconds`` and ``chosen``.
     metric : str
         ``"ndcg@10"`` (higher is better) or ``"rmse"`` (lower is better).
     sample_users, n_users : int
@@ -128,7 +154,7 @@ def searched_parameters(params: Mapping[str, Any]) -> list[str]:
     """Names of the parameters ``fit`` must choose by validation (their value is "auto").
 
     ``confidence`` and ``alpha`` only matter for implicit feedback; frobenius has no
-    validation metric, so its "auto" λ stays a fixed light ridge and its
+    validation metric, so its "auto" λ stays a fixed light ridge (ν = 0) and its
     ``n_components`` must be a number.
     """
     feedback = params["feedback"]
@@ -165,8 +191,8 @@ def search(
     SearchResult
         When no user has enough interactions to hold some out, nothing can be
         validated: ``params`` are then the defaults (λ by the fixed rule Σc /
-        (n_users + n_items), ``log`` confidence, α = 1, 64 components) and the
-        table is empty.
+        (n_users + n_items), ``log`` confidence, α = 1, ν = 0, 64 components) and
+        the table is empty.
     """
     started = time.perf_counter()
     names = searched_parameters(params)
@@ -177,6 +203,7 @@ def search(
     sample = _sample_users(user_items, rng)
     train, valid = random_split(sample, test_fraction=VALIDATION_FRACTION, seed=rng, min_interactions=5)
     valid = _limit_users(valid, rng)
+    groups = _user_groups(valid, rng)
     grids = {
         "confidence": CONFIDENCE_GRID if "confidence" in names else (_named(params["confidence"]),),
         "alpha": ALPHA_GRID if "alpha" in names else (params["alpha"],),
@@ -189,7 +216,18 @@ def search(
         result.seconds = time.perf_counter() - started
         return result
     lambdas = (None,) if "regularization" not in names else PATH
-    progress = _progress_bar(len(combos) * len(lambdas) + (lambdas != (None,))) if show_progress else None
+    scales = FREQUENCY_SCALE_GRID[1:] if "frequency_scale" in names else ()
+    nu = 0.0 if params["frequency_scale"] == "auto" else float(params["frequency_scale"])
+    total = len(combos) * len(lambdas) + (lambdas != (None,)) + len(scales)
+    progress = _progress_bar(total) if show_progress else None
+    by_group: list[NDArray[np.float64]] = []  # the metric of each table row on each user group
+    # The factors of the best row and of the best row at the defaults (the rule chooses one of
+    # them): the refit starts from the chosen one's. Kept only when the search sees every user.
+    starts: dict[int, tuple[NDArray[np.floating], NDArray[np.floating]]] = {}
+    keep_starts = sample.shape == user_items.shape
+
+    def loss(row: dict[str, Any]) -> float:
+        return row[metric] if explicit else -row[metric]
 
     def point(model: NMFModel, penalty: float, cap: int) -> dict[str, Any]:
         """Fit ``model`` at λ = ``penalty`` (at most ``cap`` epochs), score it, add a table row."""
@@ -199,67 +237,162 @@ def search(
             warnings.simplefilter("ignore", ConvergenceWarning)  # path points are truncated on purpose
             model.fit(train)
         confidence, alpha = model.get_params()["confidence"], model.get_params()["alpha"]
+        overall, grouped = _score(model, valid, groups, explicit)
         row = {
             "n_components": int(model.n_components_),
             "confidence": None if explicit else confidence,
             "alpha": None if explicit else alpha,
             "regularization": float(penalty),
-            metric: _score(model, train, valid, explicit),
+            "frequency_scale": float(model.frequency_scale_),
+            metric: overall,
             "n_iter": model.n_iter_,
             "seconds": round(time.perf_counter() - tick, 4),
             "chosen": False,
         }
         result.table.append(row)
+        by_group.append(grouped)
+        if keep_starts:
+            at = len(result.table) - 1
+            leaders = {min(range(len(result.table)), key=lambda i: loss(result.table[i]))}
+            plain = [i for i, other in enumerate(result.table) if _at_defaults(other, names)]
+            if plain:
+                leaders.add(min(plain, key=lambda i: loss(result.table[i])))
+            if at in leaders:
+                starts[at] = (model.user_factors_.copy(), model.item_factors_.copy())
+            for stale in set(starts) - leaders:
+                del starts[stale]
         if progress is not None:
             progress.update(1)
             progress.set_postfix({metric: f"{row[metric]:.4f}", "λ": f"{penalty:.3g}"})
         return row
 
-    def loss(row: dict[str, Any]) -> float:
-        return row[metric] if explicit else -row[metric]
-
-    best_loss, best_model, best_path = np.inf, None, []
+    last: dict[int, NMFModel] = {}  # the last model fitted with each n_components
+    # (fixed parameters, the path's model, its rows); each model keeps its own path's last factors.
+    paths: list[tuple[dict[str, Any], NMFModel, list[dict[str, Any]]]] = []
+    anchor = 0  # where later paths start: one step stronger than the best λ so far
     try:
         for confidence, alpha, n_components in combos:
             alpha = _alpha(alpha)
-            fixed = {**params, "confidence": confidence, "alpha": alpha, "n_components": n_components}
+            fixed = {"confidence": confidence, "alpha": alpha, "n_components": n_components, "frequency_scale": nu}
             centre = auto_regularization(train, params["feedback"], alpha, confidence)
-            model = NMFModel(**{**fixed, "random_state": seed, "warm_start": True})
+            warm = n_components in last
+            if warm:  # a copy of the last fit with this k, so that path keeps its own factors
+                model = copy.deepcopy(last[n_components]).set_params(**fixed)
+            else:
+                model = NMFModel(**{**params, **fixed, "random_state": seed, "warm_start": True})
+            last[n_components] = model
+            first = anchor if warm else 0
+            if progress is not None:
+                progress.update(first)
             path: list[dict[str, Any]] = []
-            for step, scale in enumerate(lambdas):
-                penalty = params["regularization"] if scale is None else centre * scale
-                path.append(point(model, penalty, COLD_MAX_ITER if step == 0 else WARM_MAX_ITER))
+            for step in range(first, len(lambdas)):
+                penalty = params["regularization"] if lambdas[step] is None else centre * lambdas[step]
+                path.append(point(model, penalty, WARM_MAX_ITER if warm or step > first else COLD_MAX_ITER))
                 stale = len(path) - 1 - min(range(len(path)), key=lambda i: loss(path[i]))
                 if stale >= PATIENCE:
                     if progress is not None:
                         progress.update(len(lambdas) - step - 1)
                     break
-            if min(map(loss, path)) < best_loss:
-                best_loss, best_model, best_path = min(map(loss, path)), model, path
-        if lambdas != (None,) and best_model is not None:
+            paths.append((fixed, model, path))
+            if min(map(loss, path)) <= min(loss(row) for _, _, rows in paths for row in rows):
+                anchor = max(0, first + min(range(len(path)), key=lambda i: loss(path[i])) - 1)
+        # Refine the setting the rule picks: its path's best λ, then ν there.
+        pick = result.table[_select(result.table, by_group, loss, names, not explicit)]
+        model, path = next((m, rows) for _, m, rows in paths if any(row is pick for row in rows))
+        if lambdas != (None,):
             # One step of refinement: the geometric midpoint between the best λ and its better neighbour.
-            at = min(range(len(best_path)), key=lambda i: loss(best_path[i]))
-            neighbours = [i for i in (at - 1, at + 1) if 0 <= i < len(best_path)]
-            other = min(neighbours, key=lambda i: loss(best_path[i]))
-            point(best_model, np.sqrt(best_path[at]["regularization"] * best_path[other]["regularization"]),
-                  WARM_MAX_ITER)
+            at = min(range(len(path)), key=lambda i: loss(path[i]))
+            neighbours = [i for i in (at - 1, at + 1) if 0 <= i < len(path)]
+            if neighbours:
+                other = min(neighbours, key=lambda i: loss(path[i]))
+                path.append(point(model, np.sqrt(path[at]["regularization"] * path[other]["regularization"]),
+                                  WARM_MAX_ITER))
+            elif progress is not None:
+                progress.update(1)
+        best = min(path, key=loss)
+        for scale in scales:  # ν at the best λ of that setting, warm-started
+            model.set_params(frequency_scale=scale)
+            point(model, best["regularization"], WARM_MAX_ITER)
     finally:
         if progress is not None:
             progress.close()
-    # The first best row wins a tie: along a path, the stronger penalty.
-    chosen = min(result.table, key=loss)
+    at = _select(result.table, by_group, loss, names, not explicit)
+    chosen = result.table[at]
     chosen["chosen"] = True
     result.params = {name: chosen[name] for name in names}
-    if best_model is not None and sample.shape == user_items.shape:
-        result.factors = (best_model.user_factors_, best_model.item_factors_)
+    result.factors = starts.get(at)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _score(model: NMFModel, train: sp.csr_matrix, valid: sp.csr_matrix, explicit: bool) -> float:
+def _select(
+    table: list[dict[str, Any]],
+    by_group: list[NDArray[np.float64]],
+    loss: Callable[[dict[str, Any]], float],
+    names: list[str],
+    higher_is_better: bool,
+) -> int:
+    """The row to choose: the best one, unless it departs from ``DEFAULTS`` and beats the best
+    row at the defaults by no more than ``MARGIN_SE`` standard errors of their paired group differences.
+
+    The first best row wins a tie: along a path, the stronger penalty.
+    """
+    best = min(range(len(table)), key=lambda i: loss(table[i]))
+    plain = [i for i in range(len(table)) if _at_defaults(table[i], names)]
+    if not plain or best in plain:
+        return best
+    reference = min(plain, key=lambda i: loss(table[i]))
+    return best if _gain(by_group[best], by_group[reference], higher_is_better) > 0 else reference
+
+
+def _at_defaults(row: Mapping[str, Any], names: list[str]) -> bool:
+    """Whether ``row`` has the ``DEFAULTS`` value of every searched parameter that has one."""
+    return all(row[name] == DEFAULTS[name] for name in DEFAULTS if name in names)
+
+
+def _gain(candidate: NDArray[np.float64], reference: NDArray[np.float64], higher_is_better: bool) -> float:
+    """Mean paired improvement of ``candidate`` over ``reference`` across groups, less ``MARGIN_SE``
+    standard errors."""
+    diff = (candidate - reference) if higher_is_better else (reference - candidate)
+    if diff.size < 2:
+        return float(diff.mean()) if diff.size else 0.0
+    return float(diff.mean() - MARGIN_SE * diff.std(ddof=1) / np.sqrt(diff.size))
+
+
+def _score(
+    model: NMFModel, valid: sp.csr_matrix, groups: list[NDArray[np.int64]], explicit: bool
+) -> tuple[float, NDArray[np.float64]]:
+    """The validation metric over all validation users, and on each group of them (the model's
+    training items are excluded from its recommendations)."""
     if explicit:
-        return float(rating_metrics(model, valid)["rmse"])
-    return float(ranking_metrics(model, train, valid, k=K)["ndcg"])
+        overall = float(rating_metrics(model, valid)["rmse"])
+        return overall, np.array([rating_metrics(model, _rows_of(valid, g))["rmse"] for g in groups])
+    # One top-K for every validation user.
+    users = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+    ids = np.full((users.size, K), -1, dtype=np.int64)  # padded as ranking_metrics pads a small catalogue
+    if users.size:
+        found = np.asarray(model.recommend_batch(users, K, exclude_seen=True)[0])
+        ids[:, : found.shape[1]] = found
+    overall = float(ranking_scores(ids, valid, users)["ndcg"])
+    cuts = np.cumsum([len(g) for g in groups])[:-1]
+    return overall, np.array(
+        [ranking_scores(part, valid, g)["ndcg"] for part, g in zip(np.split(ids, cuts), groups, strict=True)]
+    )
+
+
+def _user_groups(valid: sp.csr_matrix, rng: np.random.Generator) -> list[NDArray[np.int64]]:
+    """The validation users in ``GROUPS`` seeded groups of about equal size (fewer with fewer users)."""
+    users = rng.permutation(np.flatnonzero(np.diff(valid.indptr)))
+    return [g for g in np.array_split(users, max(1, min(GROUPS, users.size))) if g.size]
+
+
+def _rows_of(matrix: sp.csr_matrix, users: NDArray[np.int64]) -> sp.csr_matrix:
+    """``matrix`` keeping only the rows of ``users`` (the others emptied; same shape)."""
+    keep_user = np.zeros(matrix.shape[0], dtype=bool)
+    keep_user[users] = True
+    keep = np.repeat(keep_user, np.diff(matrix.indptr))
+    indptr = np.concatenate([[0], np.cumsum(np.where(keep_user, np.diff(matrix.indptr), 0))])
+    return sp.csr_matrix((matrix.data[keep], matrix.indices[keep], indptr), shape=matrix.shape)
 
 
 def _alpha(alpha: float | str) -> float:
@@ -306,16 +439,12 @@ def _limit_users(valid: sp.csr_matrix, rng: np.random.Generator) -> sp.csr_matri
     users = np.flatnonzero(np.diff(valid.indptr))
     if users.size <= VALIDATION_MAX_USERS:
         return valid
-    keep_user = np.zeros(valid.shape[0], dtype=bool)
-    keep_user[rng.choice(users, VALIDATION_MAX_USERS, replace=False)] = True
-    keep = np.repeat(keep_user, np.diff(valid.indptr))
-    indptr = np.concatenate([[0], np.cumsum(np.where(keep_user, np.diff(valid.indptr), 0))])
-    return sp.csr_matrix((valid.data[keep], valid.indices[keep], indptr), shape=valid.shape)
+    return _rows_of(valid, rng.choice(users, VALIDATION_MAX_USERS, replace=False))
 
 
 def _fallback(user_items: sp.csr_matrix, params: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
     """Defaults when nothing can be validated (every user has too few interactions)."""
-    values = {"confidence": "log", "alpha": 1.0, "n_components": 64}
+    values = {**DEFAULTS, "n_components": 64}
     fixed = {**params, **{name: values[name] for name in names if name in values}}
     if "regularization" in names:
         fixed["regularization"] = auto_regularization(

@@ -19,6 +19,7 @@ def solve_rows(
     n_sweeps: int,
     n_threads: int,
     row_loss: NDArray[np.float64] | None = None,
+    row_l2: NDArray[np.float64] | None = None,
 ) -> None: ...
 def observed_dot(
     indptr: NDArray[np.integer],

@@ -7,6 +7,7 @@ user factors) with observed columns ``i`` and values ``r_i`` solves
 
     min_{x >= 0}  ½ xᵀ A x − bᵀ x + l1 · Σ x
     A = gram + Σ_i (c_i − beta) y_i y_iᵀ        (gram = beta · YᵀY + l2 · I, symmetric)
+        (+ row_l2[u] · I: an optional ridge of the row's own, e.g. frequency-scaled)
     b = Σ_i c_i p_i y_i
     c_i = conf_offset + conf_scale · r_i,   p_i = 1 if target_one else r_i
 

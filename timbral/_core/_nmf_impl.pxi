@@ -213,6 +213,7 @@ cdef double _solve_row(
     bint target_one,
     double beta,
     double l1,
+    double extra_l2,
     int n_sweeps,
     bint weighted,
     bint with_loss,
@@ -227,6 +228,8 @@ cdef double _solve_row(
     floating* yt,
 ) noexcept nogil:
     """Coordinate-descent sweeps on one row; ``gx`` holds gram · x on entry.
+
+    ``extra_l2`` is this row's own ridge on top of ``gram``: A = gram + extra_l2 · I + ….
 
     A row of at most LONG_ROW entries keeps s_j = x · y_j for its entries (``w``,
     ``s`` of n, scratch ``yt`` k × n with row f contiguous, filled here). A longer
@@ -249,7 +252,7 @@ cdef double _solve_row(
     for f in range(k):
         x[f] = x_out[f]
         b[f] = 0.0
-        diag[f] = gram[f * k + f]                     # A_ff starts at gram_ff
+        diag[f] = gram[f * k + f] + extra_l2          # A_ff starts at gram_ff + λ_row
     if long_row:
         cpp = _gather_long(cols, r, n, Y, k, conf_offset, conf_scale, target_one, beta,
                            b, M, yt)
@@ -286,7 +289,7 @@ cdef double _solve_row(
         for f in range(k):
             if diag[f] == 0.0:                        # A_ff ≤ 0: leave x_f alone
                 continue
-            ax = gx[f]                                # (A x)_f = Gx_f + Σ_j w_j y_jf s_j
+            ax = gx[f] + extra_l2 * x[f]              # (A x)_f = Gx_f + λ_row x_f + Σ_j w_j y_jf s_j
             ytf = yt + f * n
             if long_row:
                 ax += mx[f]                           #         = Gx_f + (M x)_f
@@ -357,6 +360,7 @@ def solve_rows(
     int n_sweeps,
     int n_threads,
     double[::1] row_loss=None,
+    const double[::1] row_l2=None,
 ):
     """Projected coordinate descent on every row of ``X``, in place, in parallel.
 
@@ -378,6 +382,9 @@ def solve_rows(
         row_loss[u] = Σ_j c_j (p_j − s_j)² − beta · s_j²,  s_j = x_u · y_j.
         With ``beta · Σ (XᵀX ∘ YᵀY)`` it completes the data part of the objective
         without another pass over the entries.
+    row_l2 : optional (n_rows,) ridge of each row on top of ``gram``: row u solves with
+        A + row_l2[u] · I (a per-row λ, e.g. frequency-scaled; ``gram`` then holds
+        ``beta · YᵀY`` alone).
 
     Scratch per thread is O(k · LONG_ROW_ENTRIES + k²) whatever the longest row: at
     most (3k + 2L + k² + k) doubles and (BLOCK · k + k · L) values of the factors'
@@ -397,6 +404,7 @@ def solve_rows(
     cdef floating* fbuf = NULL
     cdef bint with_loss = row_loss is not None
     cdef double* loss_out = &row_loss[0] if with_loss and n_rows > 0 else NULL
+    cdef const double* extra = &row_l2[0] if row_l2 is not None and n_rows > 0 else NULL
     cdef double loss
 
     if n_rows == 0:
@@ -433,7 +441,8 @@ def solve_rows(
                     loss = _solve_row(
                         &indices[0] + start, &data[0] + start, indptr[u + 1] - start,
                         &X[u, 0], &Y[0, 0], &gram[0, 0], k, conf_offset, conf_scale,
-                        target_one, beta, l1, n_sweeps, weighted, with_loss, buf,
+                        target_one, beta, l1, extra[u] if extra != NULL else 0.0,
+                        n_sweeps, weighted, with_loss, buf,
                         fbuf + (u - first) * k, buf + k, buf + 2 * k, buf + 3 * k,
                         buf + 3 * k + held, buf + 3 * k + 2 * held,
                         buf + 3 * k + 2 * held + k * k, fbuf + BLOCK * k,

@@ -333,12 +333,17 @@ def _check_model(model: NMFModel) -> None:
             f"distributed fits support feedback {SUPPORTED_FEEDBACK}; got {model.feedback!r}. "
             "Fit explicit (rating) models with NMFModel.fit on one machine."
         )
-    fixed = [name for name in ("confidence", "alpha") if model.get_params()[name] == "auto"]
+    fixed = [name for name in ("confidence", "alpha", "frequency_scale") if model.get_params()[name] == "auto"]
     if fixed:
         raise ValidationError(
             f"distributed fits search only regularization and n_components; got 'auto' for "
-            f"{' and '.join(fixed)} (the search may choose bm25, which needs corpus statistics). Run "
-            "`timbral tune` on the data and pass its values (train --params FILE)."
+            f"{' and '.join(fixed)} (the search may choose bm25, which needs corpus statistics, or a "
+            "frequency-scaled ridge). Run `timbral tune` on the data and pass its values (train --params FILE)."
+        )
+    if model.frequency_scale:
+        raise ValidationError(
+            f"distributed fits use the plain ridge; got frequency_scale={model.frequency_scale!r}, "
+            "which needs each row's own λ. Pass frequency_scale=0."
         )
     if model.feedback == "implicit" and model.confidence == "bm25":
         raise ValidationError(

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,13 +39,21 @@ from timbral.nmf.objective import (
     DEFAULT_ALPHA,
     DEFAULT_CONFIDENCE,
     DEFAULT_FEEDBACK,
+    DEFAULT_FREQUENCY_SCALE,
     FEEDBACK_KINDS,
     BM25Stats,
+    RowPenalty,
     auto_regularization,
     bm25_stats,
+    kernel_data,
+    reference_mass,
+    row_masses,
     weights_of,
 )
 from timbral.scoring import exclude_rows, item_mask, top_k
+
+if TYPE_CHECKING:
+    from timbral.tuning import SearchResult  # tuning imports this module
 
 #: Each constructor parameter's allowed values, checked at ``fit`` and at load.
 PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {
@@ -54,6 +62,7 @@ PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {
     "alpha": [Interval(numbers.Real, 0, None), Options(("auto",))],
     "confidence": [Options((*CONFIDENCE_SCALINGS, "auto"))],
     "regularization": [Interval(numbers.Real, 0, None), Options(("auto",))],
+    "frequency_scale": [Interval(numbers.Real, 0, 2), Options(("auto",))],
     "l1_ratio": [Interval(numbers.Real, 0, 1)],
     "max_iter": [Interval(numbers.Integral, 1, None)],
     "tol": [Interval(numbers.Real, 0, None)],
@@ -73,7 +82,9 @@ class FittedState:
     λ used (``regularization``), ``n_iter``, ``loss_history`` and ``user_items`` (the
     CSR matrix fitted on). ``confidence`` and ``alpha`` are the values the fit used
     (None: the parameters' own, as in directories written before "auto" could choose
-    them) and ``search_results`` the validation table of the search (None without one).
+    them), ``frequency_scale`` the ν of the ridge (None: the parameter's, or 0 for
+    directories written before it existed) and ``search_results`` the validation table
+    of the search (None without one).
     """
 
     user_factors: NDArray[np.floating]
@@ -88,6 +99,7 @@ class FittedState:
     confidence: str | None = None
     alpha: float | None = None
     search_results: list[dict[str, Any]] | None = None
+    frequency_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,7 @@ class _Choice:
     confidence: str
     alpha: float
     regularization: float
+    frequency_scale: float
     search_results: list[dict[str, Any]] | None
     factors: tuple[NDArray[np.floating], NDArray[np.floating]] | None
 
@@ -109,7 +122,7 @@ class NMFModel:
     ``H`` (items × k) ≥ 0 by minimising
 
         Σ_all β (w_u·h_i)² + Σ_obs [c_ui (p_ui − w_u·h_i)² − β (w_u·h_i)²]
-        + λ₂ (‖W‖² + ‖H‖²) + λ₁ (Σ W + Σ H)
+        + Σ_rows λ₂,row ‖x_row‖² + λ₁ (Σ W + Σ H)
 
     with alternating projected coordinate descent over rows
     (:mod:`timbral.nmf.objective` has the weights of each feedback kind).
@@ -138,7 +151,14 @@ class NMFModel:
         for frobenius it is a light ridge (``timbral.nmf.objective.auto_regularization``).
         A number turns that search off. Every "auto" parameter is searched
         together; the values used are the fitted ``regularization_``,
-        ``confidence_``, ``alpha_`` and ``n_components_``.
+        ``confidence_``, ``alpha_``, ``frequency_scale_`` and ``n_components_``.
+    frequency_scale : float in [0, 2] or "auto", default=DEFAULT_FREQUENCY_SCALE
+        ν of the frequency-scaled ridge (Rendle et al. 2021): each row of W and H
+        gets λ₂ · (m / m̄)^ν, where m is the row's total entry weight (Σ of its
+        confidences plus β per unobserved entry) and m̄ the mean over all rows, so
+        heavily weighted rows are shrunk more (``timbral.nmf.objective.RowPenalty``).
+        0 is the plain ridge; "auto" chooses among ``timbral.tuning.FREQUENCY_SCALE_GRID``
+        by validation (implicit and explicit; frobenius uses 0).
     l1_ratio : float in [0, 1], default=0.0
         Share of ``regularization`` given to the L1 (sparsity) term.
     max_iter : int, default=200
@@ -163,7 +183,7 @@ class NMFModel:
         Zero except for explicit feedback.
     global_mean_ : float
         μ for explicit feedback, else 0.
-    regularization_, alpha_ : float
+    regularization_, alpha_, frequency_scale_ : float
     confidence_ : str
         The values the fit used (chosen by validation where the parameter was "auto").
     search_results_ : list of dict or None
@@ -187,6 +207,7 @@ class NMFModel:
         alpha: float | str = DEFAULT_ALPHA,
         confidence: str = DEFAULT_CONFIDENCE,
         regularization: float | str = "auto",
+        frequency_scale: float | str = DEFAULT_FREQUENCY_SCALE,
         l1_ratio: float = 0.0,
         max_iter: int = 200,
         tol: float = 1e-4,
@@ -200,6 +221,7 @@ class NMFModel:
         self.alpha = alpha
         self.confidence = confidence
         self.regularization = regularization
+        self.frequency_scale = frequency_scale
         self.l1_ratio = l1_ratio
         self.max_iter = max_iter
         self.tol = tol
@@ -244,6 +266,7 @@ class NMFModel:
         show_progress: bool = False,
         callback: Callable[[int, float], None] | None = None,
         backend: HalfStepBackend | None = None,
+        search: SearchResult | None = None,
     ) -> NMFModel:
         """Learn user and item factors from a users × items matrix.
 
@@ -261,6 +284,10 @@ class NMFModel:
         backend : HalfStepBackend, optional
             Where the row solves run; default this machine
             (``timbral.distributed.fit_distributed`` passes a Dask backend).
+        search : timbral.tuning.SearchResult, optional
+            A search already run for these parameters (e.g. on the training part of
+            an evaluation split): its choices settle the "auto" parameters and it is
+            not run again. Its factors are a start only when their shapes fit.
 
         Returns
         -------
@@ -269,7 +296,7 @@ class NMFModel:
         self.check_params()
         csr = check_user_items(user_items)
         rng = check_random_state(self.random_state)
-        chosen = self._choose_parameters(csr, show_progress)
+        chosen = self._choose_parameters(csr, show_progress, search)
         l1, l2 = _penalties(chosen.regularization, self.l1_ratio)
         initial = self._warm_start_factors(csr.shape, chosen.n_components) or chosen.factors
         progress = _progress_bar(self.max_iter) if show_progress else None
@@ -290,6 +317,7 @@ class NMFModel:
                 confidence=chosen.confidence,
                 l2=l2,
                 l1=l1,
+                frequency_scale=chosen.frequency_scale,
                 max_iter=self.max_iter,
                 tol=float(self.tol),
                 rng=rng,
@@ -307,7 +335,7 @@ class NMFModel:
             FittedState(
                 result.user_factors, result.item_factors, result.user_bias, result.item_bias,
                 result.global_mean, chosen.regularization, result.n_iter, result.loss_history, csr,
-                chosen.confidence, chosen.alpha, chosen.search_results,
+                chosen.confidence, chosen.alpha, chosen.search_results, chosen.frequency_scale,
             )
         )
         return self
@@ -382,10 +410,17 @@ class NMFModel:
                 f"`alpha` must be a finite number ≥ 0 (the slope the fit used; 'auto' needs the state "
                 f"to record its choice); got {alpha!r}."
             )
+        nu = state.frequency_scale
+        if nu is None:  # directories written before the frequency-scaled ridge: the plain one
+            nu = 0.0 if model.frequency_scale == "auto" else model.frequency_scale
+        if not isinstance(nu, numbers.Real) or isinstance(nu, bool) or not (np.isfinite(nu) and 0 <= nu <= 2):
+            raise ValidationError(
+                f"`frequency_scale` must be a number in [0, 2] (the ν the fit used); got {nu!r}."
+            )
         model._set_fitted(
             FittedState(
                 W, H, b_u, b_i, mu, lam, state.n_iter, state.loss_history, user_items,
-                confidence, float(alpha), state.search_results,
+                confidence, float(alpha), state.search_results, float(nu),
             )
         )
         return model
@@ -400,6 +435,7 @@ class NMFModel:
         self.regularization_ = float(state.regularization)
         self.confidence_ = str(state.confidence)
         self.alpha_ = float(state.alpha)
+        self.frequency_scale_ = float(state.frequency_scale or 0.0)
         self.search_results_ = state.search_results
         self.n_iter_ = int(state.n_iter)
         self.loss_history_ = [float(x) for x in state.loss_history]
@@ -595,6 +631,8 @@ class NMFModel:
             confidence=self.confidence_,
             l2=l2,
             l1=l1,
+            frequency_scale=self.frequency_scale_,
+            reference_mass=self._reference_mass(),
             global_mean=self.global_mean_,
             item_bias=self.item_bias_,
             gram=self._gram(),
@@ -660,23 +698,41 @@ class NMFModel:
             )
         return seen if seen.has_sorted_indices else seen.sorted_indices()
 
-    def _choose_parameters(self, user_items: sp.csr_matrix, show_progress: bool = False) -> _Choice:
+    def _choose_parameters(
+        self, user_items: sp.csr_matrix, show_progress: bool = False, found: SearchResult | None = None
+    ) -> _Choice:
         """Settle every "auto" parameter by ``timbral.tuning.search`` (validation on a split of
-        ``user_items``); with the search's factors to start the fit from (None: from ``init``)."""
+        ``user_items``) or by ``found``; with the search's factors to start the fit from (None:
+        from ``init``)."""
         from timbral import tuning  # tuning fits NMFModels: imported here, not at the top
 
         chosen, table, factors = self.get_params(), None, None
-        if tuning.searched_parameters(chosen):
-            found = tuning.search(user_items, chosen, show_progress=show_progress)
-            chosen |= found.params
+        names = tuning.searched_parameters(chosen)
+        if names:
+            if found is None:
+                found = tuning.search(user_items, chosen, show_progress=show_progress)
+            missing = sorted(set(names) - set(found.params))
+            if missing:
+                raise ValidationError(
+                    f"`search` chose {sorted(found.params)} but this model needs {names} ('auto'): it was run "
+                    f"for other parameters. Run timbral.tuning.search with model.get_params(), or pass "
+                    f"numbers for {missing}."
+                )
+            chosen |= {name: found.params[name] for name in names}
             table, factors = found.table, found.factors
+            shapes = ((user_items.shape[0], chosen["n_components"]), (user_items.shape[1], chosen["n_components"]))
+            if factors is not None and tuple(np.shape(F) for F in factors) != shapes:
+                factors = None
         # Still "auto" only where the feedback kind ignores it (no confidence outside implicit).
         confidence = DEFAULT_CONFIDENCE if chosen["confidence"] == "auto" else chosen["confidence"]
         alpha = DEFAULT_ALPHA if chosen["alpha"] == "auto" else float(chosen["alpha"])
-        # "auto" λ is left only for frobenius, which has no validation metric: its fixed light ridge.
+        # "auto" λ and ν are left only for frobenius, which has no validation metric: a fixed light ridge.
         reg = chosen["regularization"]
         regularization = auto_regularization(user_items, self.feedback, alpha, confidence) if reg == "auto" else reg
-        return _Choice(int(chosen["n_components"]), confidence, alpha, float(regularization), table, factors)
+        nu = 0.0 if chosen["frequency_scale"] == "auto" else float(chosen["frequency_scale"])
+        return _Choice(
+            int(chosen["n_components"]), confidence, alpha, float(regularization), nu, table, factors
+        )
 
     def _warm_start_factors(
         self, shape: tuple[int, int], n_components: int
@@ -705,9 +761,23 @@ class NMFModel:
             return None
         return self._cached("bm25", lambda: bm25_stats(self.user_items_))
 
+    def _reference_mass(self) -> float:
+        """m̄ of the frequency-scaled ridge, as the fit computed it (1 when ν = 0)."""
+        if not self.frequency_scale_:
+            return 1.0
+
+        def compute() -> float:
+            R = self.user_items_
+            data = kernel_data(R, self.feedback, self.confidence_, self.item_factors_.dtype, self._bm25_stats())
+            weights = weights_of(self.feedback, self.alpha_)
+            return reference_mass(*row_masses(R.indptr, R.indices, data, R.shape, weights))
+
+        return self._cached("reference_mass", compute)
+
     def _gram(self) -> NDArray[np.floating]:
-        """β HᵀH + λ₂ I in the factor dtype: every fold-in's system starts from it."""
-        l2 = _penalties(self.regularization_, self.l1_ratio)[1]
+        """β HᵀH + λ₂ I in the factor dtype (β HᵀH alone with a frequency-scaled ridge, whose
+        λ is the row's): every fold-in's system starts from it."""
+        l2 = 0.0 if self.frequency_scale_ else _penalties(self.regularization_, self.l1_ratio)[1]
         beta = weights_of(self.feedback, self.alpha_).beta
         H = self.item_factors_
         return self._cached("gram", lambda: regularized_gram(H.T @ H, beta, l2))
@@ -720,7 +790,9 @@ class NMFModel:
                 feedback=self.feedback,
                 alpha=self.alpha_,
                 confidence=self.confidence_,
-                l2=_penalties(self.regularization_, self.l1_ratio)[1],
+                penalty=RowPenalty(
+                    _penalties(self.regularization_, self.l1_ratio)[1], self.frequency_scale_, self._reference_mass()
+                ),
                 bm25=self._bm25_stats(),
                 global_mean=self.global_mean_,
                 user_bias=self.user_bias_,

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from timbral.nmf.fit import regularized_gram
-from timbral.nmf.objective import BM25Stats, confidence_data, weights_of
+from timbral.nmf.objective import BM25Stats, RowPenalty, confidence_data, kernel_data, mass_of_row, weights_of
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,9 @@ class Explainer:
     Parameters
     ----------
     item_factors : ndarray of shape (n_items, k)
-    feedback, alpha, confidence, l2 : the model's objective.
+    feedback, alpha, confidence : the model's objective.
+    penalty : RowPenalty
+        The ridge: λ of a user's row from its total entry weight.
     bm25 : BM25Stats, optional
         The training matrix's statistics when ``confidence="bm25"``.
     global_mean, user_bias, item_bias : the explicit-feedback offsets (zeros otherwise).
@@ -89,7 +91,7 @@ class Explainer:
         feedback: str,
         alpha: float,
         confidence: str,
-        l2: float,
+        penalty: RowPenalty,
         bm25: BM25Stats | None,
         global_mean: float,
         user_bias: NDArray[np.floating],
@@ -98,9 +100,10 @@ class Explainer:
         self.item_factors = item_factors
         self.feedback, self.confidence, self.bm25 = feedback, confidence, bm25
         self.weights = weights_of(feedback, alpha)
+        self.penalty = penalty
         self.global_mean, self.user_bias, self.item_bias = global_mean, user_bias, item_bias
         H = item_factors
-        self.system = regularized_gram((H.T @ H).astype(np.float64), self.weights.beta, l2)
+        self.system = regularized_gram((H.T @ H).astype(np.float64), self.weights.beta, 0.0)
 
     def history_contributions(self, row: sp.csr_matrix, user: int, item: int) -> NDArray[np.float64]:
         """``c_j p_j · h_jᵀ A_u⁻¹ h_i`` for each stored item j of ``row`` (the user's history)."""
@@ -114,7 +117,10 @@ class Explainer:
         else:
             confidence, target = np.ones(row.nnz), row.data.astype(np.float64)
         history = self.item_factors[row.indices].astype(np.float64)
+        values = kernel_data(row, self.feedback, self.confidence, np.dtype(np.float64), self.bm25)
+        mass = mass_of_row(values, row.shape[1], w)
         system = self.system + (history * (confidence - w.beta)[:, None]).T @ history
+        system[np.diag_indices_from(system)] += self.penalty.of(mass)
         direction = np.linalg.lstsq(system, self.item_factors[item].astype(np.float64), rcond=None)[0]
         return confidence * target * (history @ direction)
 

@@ -38,12 +38,16 @@ from timbral.nmf.objective import (
     FIT_SWEEPS,
     FOLD_IN_SWEEPS,
     BM25Stats,
+    RowPenalty,
     Weights,
     bm25_stats,
     check_confidence,
     check_feedback,
     confidence_data,
     kernel_data,
+    mass_of_row,
+    reference_mass,
+    row_masses,
     weights_of,
 )
 
@@ -84,7 +88,8 @@ class FitResult:
 
     ``user_factors`` (n_users, k) and ``item_factors`` (n_items, k) are C-contiguous in
     the requested dtype. ``user_bias``/``item_bias``/``global_mean`` are zero unless
-    ``feedback="explicit"``; ``bm25`` is set when ``confidence="bm25"`` (``fold_in`` needs it).
+    ``feedback="explicit"``; ``bm25`` is set when ``confidence="bm25"`` (``fold_in`` needs it);
+    ``reference_mass`` is the m̄ of the frequency-scaled ridge (``RowPenalty``; 1 when ν = 0).
     """
 
     user_factors: NDArray[np.floating]
@@ -96,6 +101,7 @@ class FitResult:
     user_bias: NDArray[np.floating]
     item_bias: NDArray[np.floating]
     bm25: BM25Stats | None = None
+    reference_mass: float = 1.0
 
 
 Factors = NDArray[np.floating]
@@ -111,12 +117,18 @@ class HalfStepBackend(Protocol):
     against H, side 1: H against W) given the regularised Gram matrix of ``Y``, and
     returns the new ``X``, ``XᵀX`` and, when ``row_loss``, each row's observed loss at
     its new value. ``supports_biases`` says whether the backend sees in-place changes
-    of the placed data (explicit feedback needs it).
+    of the placed data (explicit feedback needs it). ``supports_row_l2`` says whether
+    ``place`` takes ``row_l2``, each row's own ridge (frequency-scaled regularisation;
+    ``gram`` then holds β YᵀY alone).
     """
 
     supports_biases: bool
+    supports_row_l2: bool
 
-    def place(self, user_rows: Triplet, item_rows: Triplet, settings: SolveSettings) -> None: ...
+    def place(
+        self, user_rows: Triplet, item_rows: Triplet, settings: SolveSettings,
+        row_l2: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None,
+    ) -> None: ...
 
     def solve(self, side: int, X: Factors, Y: Factors, gram: Factors, row_loss: bool) -> Solved: ...
 
@@ -125,17 +137,23 @@ class LocalBackend:
     """Row solves on this machine's cores, in place."""
 
     supports_biases = True
+    supports_row_l2 = True
 
     def __init__(self, n_threads: int = 0) -> None:
         self.n_threads = effective_n_threads(n_threads)
 
-    def place(self, user_rows: Triplet, item_rows: Triplet, settings: SolveSettings) -> None:
+    def place(
+        self, user_rows: Triplet, item_rows: Triplet, settings: SolveSettings,
+        row_l2: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None,
+    ) -> None:
         self._sides = (user_rows, item_rows)
         self._settings = settings
+        self._row_l2 = row_l2
 
     def solve(self, side: int, X: Factors, Y: Factors, gram: Factors, row_loss: bool) -> Solved:
         loss = np.empty(X.shape[0]) if row_loss else None
-        half_step(self._sides[side], X, Y, gram, self._settings, self.n_threads, loss)
+        ridge = None if self._row_l2 is None else self._row_l2[side]
+        half_step(self._sides[side], X, Y, gram, self._settings, self.n_threads, loss, ridge)
         return X, X.T @ X, loss
 
 
@@ -165,15 +183,17 @@ def half_step(
     settings: SolveSettings,
     n_threads: int,
     row_loss: NDArray[np.float64] | None = None,
+    row_l2: NDArray[np.float64] | None = None,
 ) -> None:
     """Update every row of X against fixed Y (``gram`` = β YᵀY + l2 I).
 
-    ``row_loss`` (n_rows,) receives each row's observed loss at its new value.
+    ``row_loss`` (n_rows,) receives each row's observed loss at its new value;
+    ``row_l2`` (n_rows,) adds each row's own ridge to ``gram``.
     """
     w = settings.weights
     _nmf.solve_rows(
         R.indptr, R.indices, R.data, X, Y, gram, w.conf_offset, w.conf_scale, w.target_one,
-        w.beta, 0.5 * settings.l1, settings.n_sweeps, n_threads, row_loss,
+        w.beta, 0.5 * settings.l1, settings.n_sweeps, n_threads, row_loss, row_l2,
     )
 
 
@@ -231,13 +251,19 @@ def _loss(
     l2: float,
     l1: float,
     observed: NDArray[np.float64],
+    row_l2: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None,
 ) -> float:
     """β · Σ (WᵀW ∘ HᵀH) + Σ_obs [c (p − s)² − β s²] + l2 (‖W‖² + ‖H‖²) + l1 (ΣW + ΣH).
 
-    ``observed`` holds the observed-entry sums per item, from the H half-step.
+    ``observed`` holds the observed-entry sums per item, from the H half-step. With
+    ``row_l2`` (per-row λ of W and H) the ridge is Σ_u λ_u ‖w_u‖² + Σ_i λ_i ‖h_i‖².
     """
     loss = w.beta * float(np.sum(WtW.astype(np.float64) * HtH)) + float(observed.sum())
-    loss += l2 * float(np.trace(WtW) + np.trace(HtH))
+    if row_l2 is None:
+        loss += l2 * float(np.trace(WtW) + np.trace(HtH))
+    else:
+        for F, ridge in zip((W, H), row_l2, strict=True):
+            loss += float(ridge @ np.einsum("ij,ij->i", F, F, dtype=np.float64))
     if l1:
         loss += l1 * (float(W.sum(dtype=np.float64)) + float(H.sum(dtype=np.float64)))
     return loss
@@ -266,6 +292,7 @@ def fit_nmf(
     confidence: str = DEFAULT_CONFIDENCE,
     l2: float = 0.01,
     l1: float = 0.0,
+    frequency_scale: float = 0.0,
     max_iter: int = 200,
     tol: float = 1e-4,
     rng: np.random.Generator,
@@ -293,6 +320,10 @@ def fit_nmf(
         Implicit r' = r, log1p(r / LOG_EPSILON), or BM25 (K1 = 100, B = 0.8).
     l2, l1 : float
         Penalties l2 (‖W‖² + ‖H‖²) (also on the explicit biases) and l1 (ΣW + ΣH).
+    frequency_scale : float
+        ν of the frequency-scaled ridge: row r of W or H gets λ_r = l2 · (m_r / m̄)^ν,
+        m_r its total entry weight (:class:`~timbral.nmf.objective.RowPenalty`); 0 is
+        the plain ridge. The explicit biases keep l2.
     max_iter, tol : int, float
         Stop when |loss_{t−1} − loss_t| / |loss_{t−1}| < tol, else warn at max_iter.
     rng : np.random.Generator
@@ -325,6 +356,11 @@ def fit_nmf(
             f"the {type(backend).__name__} backend cannot fit feedback='explicit' (its biases "
             "need the residuals in place); fit explicit (rating) models on one machine."
         )
+    if frequency_scale and not backend.supports_row_l2:
+        raise ValidationError(
+            f"the {type(backend).__name__} backend cannot fit frequency_scale={frequency_scale} (a ridge "
+            "per row); pass frequency_scale=0, or fit on one machine."
+        )
     sweeps = FIT_SWEEPS[feedback] if n_sweeps is None else n_sweeps
     w = weights_of(feedback, alpha)
     n_users, n_items = user_items.shape
@@ -336,6 +372,13 @@ def fit_nmf(
     Rt_matrix = Rt_matrix.tocsc()  # the transposed CSR: items × users
     Rt = triplet(Rt_matrix, Rt_matrix.data)
     del Rt_matrix
+    row_l2, reference = None, 1.0
+    if frequency_scale:
+        masses = row_masses(R.indptr, R.indices, data, R.shape, w)
+        reference = reference_mass(*masses)
+        penalty = RowPenalty(l2, float(frequency_scale), reference)
+        row_l2 = (penalty.of(masses[0]), penalty.of(masses[1]))
+    gram_l2 = 0.0 if row_l2 is not None else l2  # per-row λ goes to the kernel, not the Gram
 
     mu = 0.0
     user_bias = np.zeros(n_users, dtype)
@@ -358,7 +401,10 @@ def fit_nmf(
                 target = sp.csr_matrix((np.abs(data - mu), R.indices, R.indptr), R.shape)
             W, H = init_factors(target, n_components, init, rng, dtype)
             del target
-        backend.place(R, Rt, SolveSettings(w, l1, sweeps))
+        if row_l2 is None:
+            backend.place(R, Rt, SolveSettings(w, l1, sweeps))
+        else:
+            backend.place(R, Rt, SolveSettings(w, l1, sweeps), row_l2)
 
         HtH = H.T @ H
         history: list[float] = []
@@ -370,10 +416,10 @@ def fit_nmf(
                 item_bias[:] = _update_bias(Rt, raw_t, H, W, mu, user_bias, l2, bias_threads)
                 _residual(raw, R, mu, user_bias, item_bias)
                 _residual(raw_t, Rt, mu, item_bias, user_bias)
-            W, WtW, _ = backend.solve(0, W, H, regularized_gram(HtH, w.beta, l2), False)
-            H, HtH, observed = backend.solve(1, H, W, regularized_gram(WtW, w.beta, l2), True)
+            W, WtW, _ = backend.solve(0, W, H, regularized_gram(HtH, w.beta, gram_l2), False)
+            H, HtH, observed = backend.solve(1, H, W, regularized_gram(WtW, w.beta, gram_l2), True)
 
-            loss = _loss(W, H, WtW, HtH, w, l2, l1, observed)
+            loss = _loss(W, H, WtW, HtH, w, l2, l1, observed, row_l2)
             if feedback == "explicit":
                 loss += l2 * float(user_bias @ user_bias + item_bias @ item_bias)
             _check_finite(loss, iteration, feedback, alpha, l2)
@@ -404,6 +450,7 @@ def fit_nmf(
         user_bias=user_bias,
         item_bias=item_bias,
         bm25=stats,
+        reference_mass=reference,
     )
 def fold_in(
     item_factors: NDArray[np.floating],
@@ -415,6 +462,8 @@ def fold_in(
     confidence: str = DEFAULT_CONFIDENCE,
     l2: float = 0.01,
     l1: float = 0.0,
+    frequency_scale: float = 0.0,
+    reference_mass: float = 1.0,
     global_mean: float = 0.0,
     item_bias: NDArray[np.floating] | None = None,
     gram: NDArray[np.floating] | None = None,
@@ -431,6 +480,9 @@ def fold_in(
     items are summed. For ``explicit`` the target is r − global_mean − item_bias[i]
     (a new user has no bias). ``gram`` = β HᵀH + l2 I may be passed to reuse it
     across calls; ``bm25`` (``FitResult.bm25``) is needed with ``confidence="bm25"``.
+    With ``frequency_scale`` ν ≠ 0 the row's ridge is ``RowPenalty(l2, ν, reference_mass)``
+    of its own entry weight (``FitResult.reference_mass`` is the fit's m̄) and ``gram``
+    is β HᵀH alone.
     """
     check_feedback(feedback)
     check_confidence(confidence)
@@ -454,11 +506,15 @@ def fold_in(
         data = (row.data - global_mean - bias).astype(dtype)
     else:
         data = row.data
+    row_l2 = None
+    if frequency_scale:
+        row_l2 = RowPenalty(l2, float(frequency_scale), reference_mass).of([mass_of_row(data, n_items, w)])
     if gram is None:
-        gram = regularized_gram(item_factors.T @ item_factors, w.beta, l2)
+        gram = regularized_gram(item_factors.T @ item_factors, w.beta, 0.0 if frequency_scale else l2)
     x = np.zeros((1, k), dtype)
     half_step(
         triplet(row, np.ascontiguousarray(data, dtype)), x,
         np.ascontiguousarray(item_factors), np.ascontiguousarray(gram, dtype), SolveSettings(w, l1, n_sweeps), 1,
+        row_l2=row_l2,
     )
     return x[0]
