@@ -27,10 +27,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's timbral
+
+from quality import generated  # noqa: E402  (the same generated matrix as quality.py's)
 
 from timbral import (
     NMFModel,  # noqa: E402
@@ -38,20 +39,8 @@ from timbral import (
 )
 from timbral.data import load_interactions  # noqa: E402
 from timbral.exceptions import ConvergenceWarning  # noqa: E402
-from timbral.generate import generate_interactions  # noqa: E402
 from timbral.metrics import ranking_metrics  # noqa: E402
 from timbral.split import random_split  # noqa: E402
-
-
-def generated(n_users: int, n_items: int, n_interactions: int) -> sp.csr_matrix:
-    """Music-like play counts from ``timbral.generate`` (seed 0), duplicates summed."""
-    table = generate_interactions(n_users, n_items, n_interactions, seed=0)
-    users = table.column(0).to_numpy() - 1
-    items = table.column(1).to_numpy() - 1
-    plays = table.column(2).to_numpy().astype(np.float32)
-    matrix = sp.csr_matrix((plays, (users, items)), shape=(n_users, n_items))
-    matrix.sum_duplicates()
-    return matrix
 
 
 def timed_fit(matrix: sp.csr_matrix, **params: Any) -> tuple[NMFModel, float]:
