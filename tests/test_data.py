@@ -145,6 +145,22 @@ def test_iso_timestamps_and_milliseconds(tmp_path):
     np.testing.assert_array_equal(load_interactions(path, **LOOSE).timestamps.data, [1577836800, 1577836810])
 
 
+def test_one_impossible_date_drops_only_its_row(tmp_path):
+    """Arrow refuses a whole cast for one bad value; the zoned and fractional timestamps
+    beside it keep their exact reading (they were all dropped as invalid)."""
+    path = tmp_path / "d.csv"
+    good = ["2020-01-01T00:00:00Z", "2020-01-01T02:00:10+02:00", "2020-01-01 00:00:20.75Z", "2020-01-01 00:00:30"]
+    lines = [f"{u},{i},{ts}" for u in range(1, 301) for i, ts in enumerate(good, start=1)]
+    lines.insert(500, "7,9,2020-13-01T00:00:00Z")  # a 13th month, among 1,200 good rows
+    path.write_text("user,item,ts\n" + "\n".join(lines) + "\n")
+    data = load_interactions(path, **LOOSE)
+    assert data.report.dropped_invalid_timestamp == 1
+    assert data.timestamps.nnz == 1200
+    seconds = data.timestamps.toarray()[data.user_index(7)]
+    np.testing.assert_array_equal(seconds[[data.item_index(i) for i in (1, 2, 3, 4)]],
+                                  [1577836800, 1577836810, 1577836820.75, 1577836830])
+
+
 def test_gzip_csv(tmp_path):
     path = tmp_path / "d.csv.gz"
     with gzip.open(path, "wt") as fh:

@@ -8,6 +8,8 @@ is settled once all of it has been read (:meth:`RawColumns.ids`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,7 +25,7 @@ _INTEGER_LIKE_RE = r"^[-+]?[0-9]+$"
 _FLOAT_RE = r"^[-+]?(\d+\.?\d*([eE][-+]?\d+)?|\.\d+([eE][-+]?\d+)?|nan|inf|infinity)$"
 _ISO_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
 _ZONE_RE = r"(Z|[+-]\d{2}:?\d{2})$"
-_TIME_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d", "%Y/%m/%d %H:%M:%S", "%Y/%m/%d")
+_CAST_CHUNK = 256  # a value Arrow cannot parse costs its chunk of 256 one-value casts, not the batch
 _FLOAT_EXACT = 2.0**53  # every integer up to here has one float64
 _GARBAGE_SHARE = 0.01  # an inferred text id column is int when at most 1 % is non-numeric garbage
 
@@ -218,6 +220,35 @@ def to_float(arr: pa.Array, what: str) -> tuple[NDArray[np.float64], NDArray[np.
     raise DataError(f"the {what} column has type {typ}; expected numbers")
 
 
+def _cast_or_null(text: pa.Array, target: pa.DataType) -> pa.Array:
+    """``text`` cast to ``target`` by Arrow's own parser, null where a value cannot be
+    parsed (a 13th month, hour 25).
+
+    One bad value makes Arrow refuse a whole cast; only the chunks holding one are
+    parsed value by value, so every other value, zoned or fractional, keeps the fast
+    path's exact reading.
+    """
+    try:
+        return pc.cast(text, target)
+    except pa.ArrowInvalid:
+        pass
+    pieces = []
+    for start in range(0, len(text), _CAST_CHUNK):
+        chunk = text[start:start + _CAST_CHUNK]
+        try:
+            pieces.append(pc.cast(chunk, target))
+        except pa.ArrowInvalid:
+            pieces.append(pa.array([_cast_one(value, target) for value in chunk], type=target))
+    return pa.concat_arrays(pieces)
+
+
+def _cast_one(value: pa.Scalar, target: pa.DataType) -> Any:
+    try:
+        return pc.cast(value, target).as_py()
+    except pa.ArrowInvalid:
+        return None
+
+
 def to_seconds(arr: pa.Array) -> tuple[NDArray[np.float64], NDArray[np.bool_], bool]:
     """Return (epoch seconds, parsed mask, whether the values were plain numbers)."""
     typ = arr.type
@@ -242,13 +273,7 @@ def to_seconds(arr: pa.Array) -> tuple[NDArray[np.float64], NDArray[np.bool_], b
     ):
         if not pc.any(mask).as_py():
             continue
-        try:
-            parsed = pc.cast(pc.if_else(mask, arr, placeholder), target)
-        except pa.ArrowInvalid:  # e.g. a 13th month: parse format by format instead
-            parsed = pc.coalesce(*(
-                pc.strptime(arr, format=f, unit="us", error_is_null=True) for f in _TIME_FORMATS
-            ))
-            parsed = pc.if_else(mask, parsed, None)
+        parsed = _cast_or_null(pc.if_else(mask, arr, placeholder), target)
         seconds = pc.cast(parsed, pa.int64()).to_numpy(zero_copy_only=False)
         got = mask.to_numpy(zero_copy_only=False) & valid(parsed)
         values = np.where(got, np.nan_to_num(seconds.astype(np.float64)) * 1e-6, values)
