@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 
+import pyarrow as pa
 import pytest
 from server_support import config
 
 from timbral import load_interactions
 from timbral.exceptions import DataError, ValidationError
-from timbral.ids import MAX_ID_BYTES, IdMap, check_id_text
+from timbral.ids import MAX_ID_BYTES, IdMap, check_id_text, first_overlong
 from timbral.server.app import create_app
 from timbral.server.config import Config, ConfigError
 from timbral.server.errors import ApiError
@@ -107,3 +108,10 @@ def test_the_service_limit_cannot_exceed_the_loaders():
         with pytest.raises(ConfigError, match=rf"TIMBRAL_MAX_ID_LENGTH={raw}: expected a number of bytes "
                                               rf"\(UTF-8\) in 1..{MAX_ID_BYTES}"):
             Config.from_env({"TIMBRAL_MAX_ID_LENGTH": raw})
+
+
+def test_first_overlong_names_the_first_longest_row_in_bytes():
+    at_limit, over = "😀" * 64, "😀" * 64 + "a"  # 256 and 257 bytes of UTF-8
+    assert first_overlong(pa.array(["a", at_limit, None]), 256) is None
+    assert first_overlong(pa.array(["a", over, at_limit, over]), 256) == (1, 257)
+    assert first_overlong(pa.array([], type=pa.string()), 256) is None

@@ -34,6 +34,7 @@ from timbral.exceptions import ArtifactError, UnknownIdError, ValidationError
 
 __all__ = [
     "INT64_MAX", "INT64_MIN", "MAX_ID_BYTES", "IdMap", "canonical_int", "check_id_text", "encodes_utf8",
+    "first_overlong",
 ]
 
 MAX_ID_BYTES = 256
@@ -146,6 +147,17 @@ def _check_strings(ids: NDArray[Any], name: str, max_bytes: int | None) -> None:
             f"`{name}` id at position {position} is {int(lengths[position])} bytes long ({_show(ids[position])}); "
             f"ids are at most {max_bytes} bytes"
         )
+
+
+def first_overlong(column: pa.Array, max_bytes: int) -> tuple[int, int] | None:
+    """``(row, bytes)`` of the longest id of an Arrow string ``column`` if it is longer than
+    ``max_bytes`` bytes of UTF-8 (the first such row), else None: the column form of the
+    length rule, for readers that name the row in their own terms."""
+    lengths = pc.binary_length(column)
+    longest = pc.max(lengths).as_py()
+    if longest is None or longest <= max_bytes:
+        return None
+    return int(pc.index(lengths, longest).as_py()), int(longest)
 
 
 def check_id_text(text: str, *, name: str, max_bytes: int = MAX_ID_BYTES) -> str:

@@ -49,7 +49,7 @@ from timbral.cleaning import (
     merge_duplicates,
 )
 from timbral.exceptions import DataError, ValidationError
-from timbral.ids import MAX_ID_BYTES
+from timbral.ids import MAX_ID_BYTES, first_overlong
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -170,10 +170,9 @@ def _ids(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[NDArray[Any], N
     if pa.types.is_integer(column.type):
         return column.fill_null(0).to_numpy().astype(np.int64, copy=False), valid
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        lengths = pc.binary_length(column)
-        longest = pc.max(lengths).as_py()
-        if longest is not None and longest > MAX_ID_BYTES:  # the loader's limit on one id
-            row = int(pc.index(lengths, longest).as_py())
+        overlong = first_overlong(column, MAX_ID_BYTES)  # the loader's limit on one id
+        if overlong is not None:
+            row, longest = overlong
             raise DataError(
                 f"the id in column {name!r}, row {row + 1:,} of its partition, is {longest:,} bytes long; "
                 f"ids are at most {MAX_ID_BYTES} bytes: fix or drop that row"

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from timbral.exceptions import DataError
-from timbral.ids import INT64_MAX, MAX_ID_BYTES
+from timbral.ids import INT64_MAX, MAX_ID_BYTES, first_overlong
 
 __all__ = ["RawColumns", "to_float", "to_seconds"]
 
@@ -87,10 +87,9 @@ class RawColumns:
             name = self.columns[role]
             chunk = _id_chunk(self._column(batch, name, trim=False), f"{role} column {name!r}")  # trimmed in ids()
             if is_text(chunk.type) and len(chunk):
-                lengths = pc.binary_length(chunk)
-                longest = pc.max(lengths).as_py()
-                if longest is not None and longest > self.max_id_bytes:
-                    row = int(pc.index(lengths, longest).as_py())
+                overlong = first_overlong(chunk, self.max_id_bytes)
+                if overlong is not None:
+                    row, longest = overlong
                     raise DataError(
                         f"the {role} id in data row {self.n_rows + row + 1:,} is {longest:,} bytes long; "
                         f"ids are at most {self.max_id_bytes} bytes: fix or drop that row, "
