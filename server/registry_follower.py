@@ -58,6 +58,7 @@ WHERE received_at >= %(since)s AND (%(users)s::text[] IS NULL OR user_id = ANY(%
                   GROUP BY user_id ORDER BY max(received_at) DESC LIMIT %(limit)s)
 GROUP BY user_id, item_id"""
 MAX_BACKOFF_SECONDS = 5.0
+CLOSE_RETRY_SECONDS = 1.0  # how often close() repeats its cancel while the loop is still running
 MAX_RECENT_USERS = 100_000
 
 
@@ -81,6 +82,7 @@ class RegistryFollower:
         self.last_contact: datetime | None = None
         self._retry_at: dict[int, float] = {}  # refused version -> monotonic time of the next try
         self._task: asyncio.Task[None] | None = None
+        self._closing = False  # set by close(): the loop stops even if a driver swallows a cancel
         registry = metrics.registry
         self._up = Gauge("timbral_registry_up", "1 while the registry database answers.", registry=registry)
         self._production = Gauge("timbral_registry_production_version",
@@ -119,9 +121,13 @@ class RegistryFollower:
             return [m.version for m in registry.upgrade()]
 
     async def close(self) -> None:
-        if self._task is not None:
+        """Stop following. A cancel that lands inside the database driver can come back as
+        a driver error, which the loop treats as a lost connection: so the loop also checks
+        a closing flag, and the cancel is repeated until the task has ended."""
+        self._closing = True
+        while self._task is not None and not self._task.done():
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=CLOSE_RETRY_SECONDS)
 
     def health(self) -> dict[str, Any]:
         """The ``database`` component of ``/api/v1/health``."""
@@ -145,7 +151,7 @@ class RegistryFollower:
 
         backoff = 0.1
         trigger = "start"
-        while True:
+        while not self._closing:
             try:
                 conn = await psycopg.AsyncConnection.connect(
                     self.url, autocommit=True, connect_timeout=max(1, round(self.timeout_seconds)))
@@ -165,6 +171,8 @@ class RegistryFollower:
                 self.last_error = text.splitlines()[0] if text else type(exc).__name__
             except (TimeoutError, OSError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
+            if self._closing:
+                return
             if self.connected:
                 log.warning("registry database lost; serving the current model",
                             extra={"reason": self.last_error})
