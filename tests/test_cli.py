@@ -7,6 +7,7 @@ import json
 import logging
 
 import pytest
+from cli_support import generated_plays_csv
 
 from timbral.cli import main
 from timbral.logs import configure_logging
@@ -17,10 +18,7 @@ FAST = ["--components", "6", "--iterations", "4", "--threads", "1"]
 
 @pytest.fixture(scope="module")
 def plays(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "plays.csv"
-    assert main(["generate", str(path), "--users", "150", "--items", "80", "--interactions", "3000",
-                 "--seed", "2"]) == 0
-    return path
+    return generated_plays_csv(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ import pytest
 distributed = pytest.importorskip("distributed")
 dd = pytest.importorskip("dask.dataframe")
 
+from dask_support import local_client  # noqa: E402
+
 from timbral import NMFModel, Recommender, load_interactions  # noqa: E402
 from timbral.dask import CleaningRules, fit, read_blocks, recommend_all  # noqa: E402
 from timbral.exceptions import ArtifactError, DataError, ValidationError  # noqa: E402
@@ -27,9 +29,7 @@ SETTINGS = dict(n_components=6, max_iter=4, tol=0, random_state=5, n_threads=1)
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
-    ) as cluster, distributed.Client(cluster) as client:
+    with local_client() as client:
         yield client
 
 

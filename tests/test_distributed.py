@@ -6,6 +6,8 @@ import scipy.sparse as sp
 
 distributed = pytest.importorskip("distributed")
 
+from dask_support import local_client  # noqa: E402
+
 from timbral import NMFModel  # noqa: E402
 from timbral.distributed import fit_distributed  # noqa: E402
 from timbral.exceptions import ValidationError  # noqa: E402
@@ -13,9 +15,7 @@ from timbral.exceptions import ValidationError  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
-    ) as cluster, distributed.Client(cluster) as client:
+    with local_client() as client:
         yield client
 
 

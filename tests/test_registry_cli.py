@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_support import generated_plays_csv
 
 from timbral.cli import main
 
@@ -13,10 +14,7 @@ FAST = ["--components", "6", "--iterations", "4", "--threads", "1", "--no-eval"]
 
 @pytest.fixture(scope="module")
 def plays(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "plays.csv"
-    assert main(["generate", str(path), "--users", "150", "--items", "80", "--interactions", "3000",
-                 "--seed", "2"]) == 0
-    return path
+    return generated_plays_csv(tmp_path_factory.mktemp("data"))
 
 
 def run_json(capsys, *argv: str):

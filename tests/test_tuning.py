@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from cli_support import generated_plays_csv
 
 from timbral import tuning
 from timbral.artifact import read_model_dir, write_model_dir
@@ -208,10 +209,7 @@ def test_recorded_values_that_cannot_describe_the_model_are_refused(tmp_path, ed
 
 @pytest.fixture(scope="module")
 def plays_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tune") / "plays.csv"
-    assert main(["generate", str(path), "--users", "150", "--items", "80", "--interactions", "3000",
-                 "--seed", "2"]) == 0
-    return path
+    return generated_plays_csv(tmp_path_factory.mktemp("tune"))
 
 
 def test_tune_writes_what_train_params_uses(plays_file, tmp_path, capsys):
