@@ -32,16 +32,17 @@ log = logging.getLogger("timbral.server")
 
 
 async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
-    """A bounded pool for scoring: the kernels release the GIL, so threads use every core."""
+    """A bounded pool for scoring, and the micro-batcher's scorer threads (as many): the
+    kernels release the GIL, so threads use every core."""
     threads = app[CONFIG].executor_threads or available_cpus()
     pin_blas_to_one_thread()  # parallelism comes from the pool; BLAS threads would oversubscribe
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="timbral-score")
     app[EXECUTOR] = executor
     app[SCORING_THREADS] = threads
-    app[BATCHER] = RecommendBatcher(
-        executor, max_in_flight=threads, observe=app[METRICS].observe_batch
-    )
+    batcher = RecommendBatcher(threads, observe=app[METRICS].observe_batch)
+    app[BATCHER] = batcher
     yield
+    await batcher.close()  # answers what is still queued
     executor.shutdown(wait=True, cancel_futures=True)
 
 

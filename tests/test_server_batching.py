@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import orjson
@@ -63,8 +62,8 @@ class _BrokenRecommender:
 async def test_a_failing_batch_fails_its_requests_and_the_batcher_recovers(model_dir):
     good = load_model(model_dir, Metrics())
     broken = SimpleNamespace(recommender=_BrokenRecommender())
-    with ThreadPoolExecutor(1) as executor:
-        batcher = RecommendBatcher(executor, max_in_flight=1)
+    batcher = RecommendBatcher(1)
+    try:
         results = await asyncio.gather(
             batcher.recommend(broken, "u1", 5, True),
             batcher.recommend(broken, "u2", 5, True),
@@ -72,10 +71,12 @@ async def test_a_failing_batch_fails_its_requests_and_the_batcher_recovers(model
             return_exceptions=True,
         )
         assert isinstance(results[0], MemoryError) and isinstance(results[1], MemoryError)
-        assert len(json.loads(results[2].recommendations)) == 5  # another model's batch was unaffected
+        assert len(json.loads(results[2].body)["recommendations"]) == 5  # another model's batch was unaffected
         again = await batcher.recommend(good, "u1", 4, True)
+    finally:
+        await batcher.close()
     expected = good.recommender.recommend("u1", 4)
-    assert [r["item_id"] for r in json.loads(again.recommendations)] == [item for item, _ in expected.items]
+    assert [r["item_id"] for r in json.loads(again.body)["recommendations"]] == [item for item, _ in expected.items]
 
 
 
