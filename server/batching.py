@@ -54,6 +54,10 @@ _STOP = None  # queued once per thread by close(), after the work already queued
 class RecommendBatcher:
     """Scorer threads answering single-user recommendations in batches.
 
+    Built on the event loop that will await its answers (``create_app``'s executor
+    context); ``asyncio.get_running_loop`` costs a system call (``getpid``) per call
+    on Python 3.11, so the loop is looked up once here, not per request.
+
     Parameters
     ----------
     threads : int
@@ -78,6 +82,7 @@ class RecommendBatcher:
         self._max_batch = max(1, max_batch)
         self._max_queued = max(1, max_queued)
         self._observe = observe
+        self._loop = asyncio.get_running_loop()
         self._queue: queue.SimpleQueue[_Ask | None] = queue.SimpleQueue()
         self._pending = 0  # asks queued or being scored; read and written on the loop only
         self._closed = False
@@ -101,7 +106,7 @@ class RecommendBatcher:
             raise ApiError(503, "overloaded",
                            f"{self._pending} recommendations are already waiting to be scored; "
                            "retry shortly", headers={"Retry-After": "1"})
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Answer] = self._loop.create_future()
         self._pending += 1
         self._queue.put(_Ask(model, user_id, k, exclude_seen, future))
         return await future
@@ -155,7 +160,7 @@ class RecommendBatcher:
                 self._observe(len(group), time.perf_counter() - start)
             outcomes += zip((ask.future for ask in group), answers, strict=True)
         try:
-            asks[0].future.get_loop().call_soon_threadsafe(self._resolve, outcomes)
+            self._loop.call_soon_threadsafe(self._resolve, outcomes)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
