@@ -179,13 +179,13 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def recommend_get(request: web.Request) -> web.Response:
-    """The common question, on the shortest path: no request object, no awaited cache
-    without Redis, the answer's bytes built by the scorer."""
+    """The common question, on the shortest path: no ``RecommendRequest``, no awaited
+    cache without Redis, the answer's bytes built by the scorer thread."""
     app = request.app
     user_id = check_path_id(request.match_info["user_id"], "user_id", app[CONFIG].max_id_length)
     query = request.rel_url.query
-    return await _recommend_plain(request, app[MODEL].require(), user_id, query_k(query),
-                                  query_bool(query, "exclude_seen", True))
+    k, exclude_seen = query_k(query), query_bool(query, "exclude_seen", True)
+    return await _recommend_plain(request, app[MODEL].require(), user_id, k, exclude_seen)
 
 
 async def recommend_post(request: web.Request) -> web.StreamResponse:
