@@ -292,6 +292,8 @@ class TieredCache:
     """Tier 1 in front of tier 2 (``redis`` is ``None`` when ``REDIS_URL`` is unset).
 
     Values are the encoded response bodies, so a hit is served without re-encoding.
+    Tier 1 is read and written synchronously (:meth:`get_local`, :meth:`set_local`):
+    without Redis a request never awaits the cache, which costs a coroutine per call.
     """
 
     def __init__(self, tier1: LRUCache, metrics: Metrics) -> None:
@@ -299,13 +301,19 @@ class TieredCache:
         self.redis: RedisCache | None = None
         self._metrics = metrics
 
-    async def get(self, key: str) -> bytes | None:
+    def get_local(self, key: str) -> bytes | None:
+        """Tier 1's value; a miss is counted here only when there is no tier 2 to ask
+        (:meth:`get_shared` counts the rest)."""
         value = self.tier1.get(key)
         if value is not None:
             self._metrics.cache_lookup("1", ())
-            return value
-        if self.redis is None:
+        elif self.redis is None:
             self._metrics.cache_lookup(None, ("1",))
+        return value
+
+    async def get_shared(self, key: str) -> bytes | None:
+        """Tier 2's value after a tier-1 miss (kept in tier 1 when found)."""
+        if self.redis is None:
             return None
         value = await self.redis.get(key)
         if value is None:
@@ -314,6 +322,17 @@ class TieredCache:
         self._metrics.cache_lookup("2", ("1",))
         self.tier1.set(key, value)
         return value
+
+    async def get(self, key: str) -> bytes | None:
+        value = self.get_local(key)
+        return value if value is not None or self.redis is None else await self.get_shared(key)
+
+    def set_local(self, key: str, value: bytes) -> None:
+        self.tier1.set(key, value)
+
+    async def set_shared(self, key: str, value: bytes) -> None:
+        if self.redis is not None:
+            await self.redis.set(key, value)
 
     async def set(self, key: str, value: bytes) -> None:
         self.tier1.set(key, value)

@@ -65,7 +65,7 @@ class Config:
     # Longest string id, in bytes of UTF-8 (as the loader counts): at most MAX_ID_BYTES,
     # since ingested ids are trained on with the loader's limit.
     max_id_length: int = MAX_ID_BYTES
-    executor_threads: int = 0  # 0 = one per available core
+    executor_threads: int = 0  # 0 = one per available core (micro-batcher: one fewer, for the event loop)
     tier1_max_bytes: int = 128 << 20
     redis_timeout_seconds: float = 0.05
     redis_connect_timeout_seconds: float = 0.1

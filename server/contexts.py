@@ -32,16 +32,22 @@ log = logging.getLogger("timbral.server")
 
 
 async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
-    """A bounded pool for scoring: the kernels release the GIL, so threads use every core."""
-    threads = app[CONFIG].executor_threads or available_cpus()
+    """A bounded pool for scoring, and the micro-batcher's scorer threads: the kernels
+    release the GIL, so threads use every core."""
+    configured = app[CONFIG].executor_threads
+    threads = configured or available_cpus()
     pin_blas_to_one_thread()  # parallelism comes from the pool; BLAS threads would oversubscribe
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="timbral-score")
     app[EXECUTOR] = executor
     app[SCORING_THREADS] = threads
-    app[BATCHER] = RecommendBatcher(
-        executor, max_in_flight=threads, observe=app[METRICS].observe_batch
-    )
+    # The event loop is one thread that needs a core of its own: by default the scorers
+    # get the others. On 2 cores, one scorer answered as many misses at 8 connections and
+    # took a third off /ping's p99 under 64 connections of misses (benchmarks/README.md).
+    scorers = configured or max(1, available_cpus() - 1)
+    batcher = RecommendBatcher(scorers, observe=app[METRICS].observe_batch)
+    app[BATCHER] = batcher
     yield
+    await batcher.close()  # answers what is still queued
     executor.shutdown(wait=True, cancel_futures=True)
 
 

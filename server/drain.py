@@ -1,11 +1,11 @@
-"""Queue requests, answer them in batches from background drain tasks.
+"""Queue requests, answer them in batches from a background drain task.
 
-The Redis lookup coalescing (:mod:`.cache`) and the scoring micro-batcher
-(:mod:`.batching`) share this mechanism: a caller queues its payload with a future
-and awaits it; if fewer than ``max_tasks`` drains are running one is started, and
-each drain takes a batch, processes it, and loops until the queue is empty. Under
-light load a request is processed at once, alone; under load, requests that arrive
-while a batch is in flight share the next one.
+The Redis lookup coalescing (:mod:`.cache`) uses this: a caller queues its payload
+with a future and awaits it; if no drain is running one is started, and it takes
+everything queued, processes it as one batch, and loops until the queue is empty.
+Under light load a request is processed at once, alone; under load, requests that
+arrive while a batch is in flight share the next one. (The scoring micro-batcher,
+:mod:`.batching`, drains its queue from threads instead: its batches are CPU work.)
 """
 
 from __future__ import annotations
@@ -30,13 +30,8 @@ class Waiting(Generic[P, R]):
 Batch = list[Waiting[P, R]]
 
 
-def take_all(queue: Batch[P, R]) -> tuple[Batch[P, R], Batch[P, R]]:
-    """The default batching rule: everything queued goes in one batch."""
-    return queue, []
-
-
 class Drain(Generic[P, R]):
-    """Answer queued requests with ``process(batch)``, from at most ``max_tasks`` tasks.
+    """Answer queued requests with ``process(batch)``, one batch at a time.
 
     Parameters
     ----------
@@ -44,24 +39,12 @@ class Drain(Generic[P, R]):
         Sets the result of every still-pending future in ``batch``. If it raises, the
         exception is handed to each of them (their callers re-raise it), and the drain
         carries on with the next batch.
-    take : callable(queue) -> (batch, rest), default :func:`take_all`
-        Splits the queue into the next batch and what stays queued.
-    max_tasks : int, default 1
-        Batches processed at once.
     """
 
-    def __init__(
-        self,
-        process: Callable[[Batch[P, R]], Awaitable[None]],
-        *,
-        take: Callable[[Batch[P, R]], tuple[Batch[P, R], Batch[P, R]]] = take_all,
-        max_tasks: int = 1,
-    ) -> None:
+    def __init__(self, process: Callable[[Batch[P, R]], Awaitable[None]]) -> None:
         self._process = process
-        self._take = take
-        self._max_tasks = max(1, max_tasks)
         self._queue: Batch[P, R] = []
-        self._running = 0  # counted in the drain itself: a finished task may still be in _tasks
+        self._running = False  # set in the drain itself: a finished task may still be in _tasks
         self._tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak refs
 
     async def submit(self, payload: P) -> R:
@@ -69,8 +52,8 @@ class Drain(Generic[P, R]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._queue.append(Waiting(payload, future))
-        if self._running < self._max_tasks:
-            self._running += 1
+        if not self._running:
+            self._running = True
             task = loop.create_task(self._drain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -80,7 +63,7 @@ class Drain(Generic[P, R]):
         batch: Batch[P, R] = []
         try:
             while self._queue:
-                batch, self._queue = self._take(self._queue)
+                batch, self._queue = self._queue, []
                 live = [waiting for waiting in batch if not waiting.future.done()]
                 if not live:  # every caller of this batch has gone away
                     continue
@@ -91,12 +74,9 @@ class Drain(Generic[P, R]):
                         if not waiting.future.done():
                             waiting.future.set_exception(exc)
         finally:
-            self._running -= 1
+            self._running = False
             # Work is left here only if this task was cancelled (shutdown): its callers
             # must not wait forever for a drain that is gone.
-            for waiting in batch:
+            for waiting in [*batch, *self._queue]:
                 waiting.future.cancel()  # a no-op on the futures already answered
-            if not self._running:
-                for waiting in self._queue:
-                    waiting.future.cancel()
-                self._queue = []
+            self._queue = []

@@ -42,10 +42,10 @@ from .keys import (
     SCORING_THREADS,
 )
 from .middlewares import REQUEST_ID_HEADER
+from .recent import RecentPlays
 from .schemas import (
     BatchRequest,
     ExternalId,
-    RecommendRequest,
     bearer_credentials,
     check_path_id,
     parse_json,
@@ -179,12 +179,13 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def recommend_get(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
-    user_id = check_path_id(request.match_info["user_id"], "user_id", config.max_id_length)
+    """The common question, on the shortest path: no ``RecommendRequest``, no awaited
+    cache without Redis, the answer's bytes built by the scorer thread."""
+    app = request.app
+    user_id = check_path_id(request.match_info["user_id"], "user_id", app[CONFIG].max_id_length)
     query = request.rel_url.query
-    return await _recommend_one(request, RecommendRequest(
-        user_id=user_id, k=query_k(query),
-        exclude_seen=query_bool(query, "exclude_seen", True)))
+    k, exclude_seen = query_k(query), query_bool(query, "exclude_seen", True)
+    return await _recommend_plain(request, app[MODEL].require(), user_id, k, exclude_seen)
 
 
 async def recommend_post(request: web.Request) -> web.StreamResponse:
@@ -195,43 +196,61 @@ async def recommend_post(request: web.Request) -> web.StreamResponse:
                                        max_id_length=config.max_id_length)
     if isinstance(parsed, BatchRequest):
         return await _recommend_batch(request, parsed)
-    return await _recommend_one(request, parsed)
-
-
-async def _recommend_one(request: web.Request, req: RecommendRequest) -> web.Response:
     model = request.app[MODEL].require()
-    user_id = model.user_id(req.user_id)
-    if not req.cacheable:  # ad-hoc filters are one-offs: scored, never cached
-        recs = await score(
-            request, "recommend", model.recommender.recommend, user_id, req.k,
-            exclude_seen=req.exclude_seen,
-            exclude_items=None if req.exclude_items is None else [model.item_id(i) for i in req.exclude_items],
-            recent_items=None if req.recent_items is None else [model.item_id(i) for i in req.recent_items])
-        return json_response({**recs.to_dict(), "model_version": model.version, "cached": False})
-    cache = request.app[CACHE]
-    follower = request.app[FOLLOWER]  # plays since training, folded in (DATABASE_URL only)
+    if parsed.cacheable:
+        return await _recommend_plain(request, model, parsed.user_id, parsed.k, parsed.exclude_seen)
+    # ad-hoc filters are one-offs: scored, never cached
+    recs = await score(
+        request, "recommend", model.recommender.recommend, model.user_id(parsed.user_id), parsed.k,
+        exclude_seen=parsed.exclude_seen,
+        exclude_items=None if parsed.exclude_items is None else [model.item_id(i) for i in parsed.exclude_items],
+        recent_items=None if parsed.recent_items is None else [model.item_id(i) for i in parsed.recent_items])
+    return json_response({**recs.to_dict(), "model_version": model.version, "cached": False})
+
+
+async def _recommend_plain(request: web.Request, model: LoadedModel, client_user_id: ExternalId,
+                           k: int, exclude_seen: bool) -> web.Response:
+    """A cacheable answer: from a cache tier, else from the micro-batcher, then cached."""
+    app = request.app
+    user_id = model.user_id(client_user_id)
+    follower = app[FOLLOWER]  # plays since training, folded in (DATABASE_URL only)
     recent = follower.recent.get(str(user_id)) if follower is not None else None
-    # a digest of those plays keys the answer: older answers of this user are never reused
-    key = recommendation_key(model.version, user_id, req.k, req.exclude_seen, *((recent.digest,) if recent else ()))
+    if recent is not None:
+        return await _recommend_recent(request, model, user_id, k, exclude_seen, recent)
+    cache = app[CACHE]
+    key = recommendation_key(model.version, user_id, k, exclude_seen)
+    cached = cache.get_local(key)
+    if cached is None and cache.redis is not None:
+        cached = await cache.get_shared(key)
+    if cached is not None:
+        return web.Response(body=cached, content_type="application/json")
+    # scored together with concurrent questions; the scorer thread also looked the user
+    # up (one lookup per batch) and built both bodies
+    answer = await app[BATCHER].recommend(model, user_id, k, exclude_seen)
+    if answer.cached_body is None:  # only known users' answers are cached per id
+        return await _popular(request, model, user_id, k)
+    cache.set_local(key, answer.cached_body)
+    if cache.redis is not None:
+        await cache.set_shared(key, answer.cached_body)
+    return web.Response(body=answer.body, content_type="application/json")
+
+
+async def _recommend_recent(request: web.Request, model: LoadedModel, user_id: ExternalId, k: int,
+                            exclude_seen: bool, recent: RecentPlays) -> web.Response:
+    """A known user's answer with their plays since training folded in, cached under a
+    digest of those plays: older answers of this user are never reused."""
+    cache = request.app[CACHE]
+    key = recommendation_key(model.version, user_id, k, exclude_seen, recent.digest)
     cached = await cache.get(key)
     if cached is not None:
         return web.Response(body=cached, content_type="application/json")
-    ranked: Any
-    if recent is not None:
-        if not model.recommender.known_user(user_id):
-            return await _popular(request, model, user_id, req.k)
-        recs = await score(request, "recommend", model.recommender.recommend_with_recent, user_id,
-                           {model.item_id(item): plays for item, plays in recent.items.items()},
-                           req.k, exclude_seen=req.exclude_seen)
-        user, strategy, ranked = recs.user_id, recs.strategy, orjson.dumps(_items(recs.items))
-    else:  # the plain question: scored (and its items encoded) together with concurrent ones
-        answer = await request.app[BATCHER].recommend(model, user_id, req.k, req.exclude_seen)
-        user, strategy, ranked = answer.user_id, answer.strategy, answer.recommendations
-    # Only known users' answers are cached per id. The scoring thread looked the user up
-    # (one lookup per batch): the event loop does not pay a NumPy lookup per request.
-    if strategy == "popularity":
-        return await _popular(request, model, user_id, req.k)
-    body, cached_body = recommendation_bodies(model.version, user, strategy, ranked)
+    if not model.recommender.known_user(user_id):
+        return await _popular(request, model, user_id, k)
+    recs = await score(request, "recommend", model.recommender.recommend_with_recent, user_id,
+                       {model.item_id(item): plays for item, plays in recent.items.items()},
+                       k, exclude_seen=exclude_seen)
+    body, cached_body = recommendation_bodies(model.version, recs.user_id, recs.strategy,
+                                              orjson.dumps(_items(recs.items)))
     await cache.set(key, cached_body)
     return web.Response(body=body, content_type="application/json")
 

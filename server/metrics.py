@@ -136,6 +136,8 @@ class Metrics:
         return self._series.hits[tier]
 
     def observe_batch(self, size: int, seconds: float) -> None:
+        """One scoring call of the micro-batcher, told from its scorer thread: these two
+        are prometheus-client Histograms, which lock, unlike the loop-only series."""
         self.batch_size.observe(size)
         self._batch_scoring.observe(seconds)
 

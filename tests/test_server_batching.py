@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from types import SimpleNamespace
 
 import orjson
@@ -14,6 +14,8 @@ from server_support import N_USERS, config
 from timbral.server import handlers
 from timbral.server.app import create_app
 from timbral.server.batching import RecommendBatcher
+from timbral.server.cache import recommendation_bodies
+from timbral.server.errors import ApiError
 from timbral.server.metrics import Metrics
 from timbral.server.state import load_model
 
@@ -63,8 +65,8 @@ class _BrokenRecommender:
 async def test_a_failing_batch_fails_its_requests_and_the_batcher_recovers(model_dir):
     good = load_model(model_dir, Metrics())
     broken = SimpleNamespace(recommender=_BrokenRecommender())
-    with ThreadPoolExecutor(1) as executor:
-        batcher = RecommendBatcher(executor, max_in_flight=1)
+    batcher = RecommendBatcher(1)
+    try:
         results = await asyncio.gather(
             batcher.recommend(broken, "u1", 5, True),
             batcher.recommend(broken, "u2", 5, True),
@@ -72,10 +74,12 @@ async def test_a_failing_batch_fails_its_requests_and_the_batcher_recovers(model
             return_exceptions=True,
         )
         assert isinstance(results[0], MemoryError) and isinstance(results[1], MemoryError)
-        assert len(json.loads(results[2].recommendations)) == 5  # another model's batch was unaffected
+        assert len(json.loads(results[2].body)["recommendations"]) == 5  # another model's batch was unaffected
         again = await batcher.recommend(good, "u1", 4, True)
+    finally:
+        await batcher.close()
     expected = good.recommender.recommend("u1", 4)
-    assert [r["item_id"] for r in json.loads(again.recommendations)] == [item for item, _ in expected.items]
+    assert [r["item_id"] for r in json.loads(again.body)["recommendations"]] == [item for item, _ in expected.items]
 
 
 
@@ -93,3 +97,122 @@ async def test_a_large_batch_answer_sent_in_slices_equals_the_whole_answer(clien
     assert [r["strategy"] for r in parsed["results"]] == ["nmf"] * 40 + ["popularity"]
     metrics = await (await client.get("/metrics")).text()
     assert 'timbral_requests_total{method="POST",route="/api/v1/recommendations",status="200"} 2.0' in metrics
+
+
+class _Gate:
+    """A model whose scoring waits until ``open`` is set: holds the one scorer thread busy
+    while the test queues requests behind it."""
+
+    def __init__(self, model) -> None:
+        self.version = model.version
+        self.opened = threading.Event()
+        self.entered = threading.Event()
+        self._recommender = model.recommender
+        self.recommender = self
+
+    def rank_batch(self, user_ids, k, exclude_seen=True):
+        self.entered.set()
+        assert self.opened.wait(10), "the test never opened the gate"
+        return self._recommender.rank_batch(user_ids, k, exclude_seen=exclude_seen)
+
+
+async def _held(batcher: RecommendBatcher, gate: _Gate) -> asyncio.Task:
+    """Ask ``gate`` once and wait until the scorer thread is inside it."""
+    task = asyncio.ensure_future(batcher.recommend(gate, "u0", 3, True))
+    while not gate.entered.is_set():
+        await asyncio.sleep(0.001)
+    return task
+
+
+def _expected_body(model, user: str, k: int, exclude_seen: bool = True) -> bytes:
+    recs = model.recommender.recommend(user, k, exclude_seen=exclude_seen)
+    items = orjson.dumps(recs.to_dict()["recommendations"], option=orjson.OPT_SERIALIZE_NUMPY)
+    return recommendation_bodies(model.version, recs.user_id, recs.strategy, items)[0]
+
+
+async def test_an_answer_is_byte_identical_to_the_recommenders_and_its_cached_form_differs_only_in_cached(
+        model_dir):
+    """One at a time (a batch of one is what ``Recommender.recommend`` scores); answers scored
+    in larger batches agree to float32 rounding (the test above)."""
+    model = load_model(model_dir, Metrics())
+    batcher = RecommendBatcher(2)
+    try:
+        for user, k, seen in [(f"u{i}", 1 + i % 9, i % 4 != 0) for i in range(0, N_USERS, 7)]:
+            answer = await batcher.recommend(model, user, k, seen)
+            assert answer.body == _expected_body(model, user, k, seen)
+            assert answer.cached_body == answer.body[: -len(b"false}")] + b"true}"
+            assert answer.strategy == "nmf" and answer.user_id == user
+    finally:
+        await batcher.close()
+    assert batcher.pending == 0
+
+
+async def test_a_model_swapped_mid_batch_scores_each_request_with_its_own_model(model_dir, other_model_dir):
+    old, new = load_model(model_dir, Metrics()), load_model(other_model_dir, Metrics())
+    assert old.version != new.version
+    sizes: list[int] = []
+    batcher = RecommendBatcher(1, observe=lambda size, seconds: sizes.append(size))
+    gate = _Gate(old)
+    try:
+        held = await _held(batcher, gate)
+        # queued behind the held batch, so the scorer takes them together: a reload
+        # landed between the first two requests
+        asks = [(old, "u1"), (new, "u1"), (old, "u2"), (new, "nobody"), (new, "u3")]
+        pending = [asyncio.ensure_future(batcher.recommend(m, u, 4, True)) for m, u in asks]
+        await asyncio.sleep(0.01)
+        gate.opened.set()
+        answers = await asyncio.gather(*pending)
+        await held
+    finally:
+        await batcher.close()
+    assert sizes == [1, 2, 3]  # the gate's batch, then one scoring call per model
+    for (model, user), answer in zip(asks, answers, strict=True):
+        if user == "nobody":
+            assert answer.strategy == "popularity" and answer.body is None is answer.cached_body
+            continue
+        body = orjson.loads(answer.body)
+        expected = model.recommender.recommend(user, 4)
+        assert body["model_version"] == model.version
+        assert [r["item_id"] for r in body["recommendations"]] == [item for item, _ in expected.items]
+        assert [r["score"] for r in body["recommendations"]] == pytest.approx(
+            [score for _, score in expected.items], rel=1e-5)
+
+
+async def test_close_answers_what_is_queued_then_refuses_new_requests(model_dir):
+    model = load_model(model_dir, Metrics())
+    batcher = RecommendBatcher(1)
+    gate = _Gate(model)
+    held = await _held(batcher, gate)
+    queued = [asyncio.ensure_future(batcher.recommend(model, f"u{i}", 2, True)) for i in range(5)]
+    await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(batcher.close())
+    await asyncio.sleep(0.01)
+    assert not closing.done()  # waits for the held batch and the queue behind it
+    gate.opened.set()
+    await asyncio.wait_for(closing, 10)
+    assert all(task.done() for task in queued) and held.done()
+    assert [orjson.loads(task.result().body)["user_id"] for task in queued] == [f"u{i}" for i in range(5)]
+    with pytest.raises(ApiError, match="shutting down") as refused:
+        await batcher.recommend(model, "u1", 2, True)
+    assert refused.value.status == 503
+
+
+async def test_a_full_queue_refuses_with_503_instead_of_growing(model_dir):
+    model = load_model(model_dir, Metrics())
+    batcher = RecommendBatcher(1, max_queued=3)
+    gate = _Gate(model)
+    try:
+        held = await _held(batcher, gate)
+        queued = [asyncio.ensure_future(batcher.recommend(model, f"u{i}", 2, True)) for i in range(2)]
+        await asyncio.sleep(0.01)
+        assert batcher.pending == 3
+        with pytest.raises(ApiError, match="3 recommendations are already waiting") as refused:
+            await batcher.recommend(model, "u9", 2, True)
+        assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+        gate.opened.set()
+        await asyncio.gather(held, *queued)
+        assert batcher.pending == 0
+        assert (await batcher.recommend(model, "u9", 2, True)).strategy == "nmf"  # room again
+    finally:
+        gate.opened.set()
+        await batcher.close()
