@@ -21,8 +21,9 @@ folds their new plays into their next answer.
 Validation applies the rules of ``timbral.load_interactions``, from their owners: ids
 present, strings or integers of at most ``TIMBRAL_MAX_ID_LENGTH`` bytes of UTF-8
 (:func:`timbral.ids.check_id_text`), and no NUL (PostgreSQL text cannot hold one); a
-play count (default 1) and a timestamp (ISO 8601, or epoch seconds, with ms/µs/ns
-recognised by each number's magnitude; default now) that pass the loader's rating and
+play count (default 1) and a timestamp (ISO 8601 text or epoch seconds, with ms/µs/ns
+recognised by each number's magnitude; text is read by the loader's own parser, so a
+file line and an event with the same text get the same time; default now) that pass the loader's rating and
 timestamp rules (:func:`timbral.cleaning.rating_faults`, ``timestamp_faults``): a
 finite number > 0 that fits a 32-bit float, a time from 1970 to a day ahead of the clock.
 """
@@ -40,11 +41,13 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
 from prometheus_client import Counter, Gauge, Histogram
 
 from timbral.cleaning import epoch_scale, rating_faults, timestamp_faults
 from timbral.exceptions import ValidationError
 from timbral.ids import check_id_text
+from timbral.io.coerce import to_float, to_seconds
 
 from .errors import ApiError
 from .metrics import LATENCY_BUCKETS, Metrics
@@ -121,20 +124,29 @@ def _value(raw: Any) -> float:
     return float(raw)
 
 
-def _seconds(raw: Any) -> tuple[float, datetime | None]:
-    """Epoch seconds of a timestamp (numbers scaled by their own magnitude), and the moment
-    itself when given as ISO 8601 text (kept to the microsecond)."""
+def _seconds(raw: Any) -> float | str:
+    """Epoch seconds of a numeric timestamp (scaled by its own magnitude); text is
+    returned as is, to be read with its batch by :func:`_read_texts`."""
     if isinstance(raw, bool) or not isinstance(raw, str | int | float):
         raise ValueError(f"timestamp must be ISO 8601 text or epoch seconds, got {describe(raw)}")
     if isinstance(raw, str):
-        try:
-            moment = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
-        except ValueError:
-            raise ValueError(f"timestamp {describe(raw)} is not ISO 8601 (2024-05-01T12:00:00Z)") from None
-        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-        return (moment - _EPOCH).total_seconds(), moment
+        return raw
     seconds = float(raw)
-    return (seconds * epoch_scale(seconds) if math.isfinite(seconds) else seconds), None
+    return seconds * epoch_scale(seconds) if math.isfinite(seconds) else seconds
+
+
+def _read_texts(texts: list[str]) -> list[float | None]:
+    """Epoch seconds of timestamp texts by the loader's own parser
+    (:func:`timbral.io.coerce.to_seconds`: ISO 8601, or epoch numbers as in a CSV file),
+    so an event and a file line with the same text get the same time; None where
+    the text is neither."""
+    if not texts:
+        return []
+    column = pa.array(texts, pa.large_string())
+    seconds, parsed, _ = to_seconds(column)
+    numeric = to_float(column, "timestamp")[1]
+    return [None if not ok else value * epoch_scale(value) if is_number and math.isfinite(value) else value
+            for value, ok, is_number in zip(seconds.tolist(), parsed.tolist(), numeric.tolist(), strict=True)]
 
 
 @dataclass(slots=True)
@@ -145,8 +157,7 @@ class _Row:
     raw: dict[str, Any]
     ids: tuple[str, str, str]
     value: float
-    seconds: float
-    moment: datetime | None
+    seconds: float | str  # text until its batch is read (_read_texts)
 
 
 def _parse_row(index: int, raw: Any, now: datetime, max_id_length: int) -> _Row:
@@ -160,8 +171,7 @@ def _parse_row(index: int, raw: Any, now: datetime, max_id_length: int) -> _Row:
            _id(raw, "item_id", max_id_length))
     value = _value(raw.get("value"))
     stamp = raw.get("timestamp")
-    seconds, moment = ((now - _EPOCH).total_seconds(), now) if stamp is None else _seconds(stamp)
-    return _Row(index, raw, ids, value, seconds, moment)
+    return _Row(index, raw, ids, value, (now - _EPOCH).total_seconds() if stamp is None else _seconds(stamp))
 
 
 def _first_faults(rows: list[_Row], now: datetime) -> list[str | None]:
@@ -202,6 +212,13 @@ def parse_events(body: Any, *, max_events: int, max_id_length: int) -> list[Even
             rows.append(_parse_row(index, raw, now, max_id_length))
         except ValueError as exc:
             reject(index, raw, str(exc))
+    texts = [row for row in rows if isinstance(row.seconds, str)]
+    for row, seconds in zip(texts, _read_texts([row.seconds for row in texts]), strict=True):
+        if seconds is None:
+            reject(row.index, row.raw, f"timestamp {describe(row.seconds)} is neither ISO 8601 (2024-05-01T12:00:00Z) "
+                                         "nor epoch seconds")
+        row.seconds = seconds
+    rows = [row for row in rows if row.index not in rejected]
     events = []
     for row, fault in zip(rows, _first_faults(rows, now), strict=True):
         if fault is not None:
@@ -209,7 +226,7 @@ def parse_events(body: Any, *, max_events: int, max_id_length: int) -> list[Even
             reject(row.index, row.raw, _REASONS[fault].format(
                 value=row.raw.get("value"), timestamp=row.raw.get("timestamp"), when=when))
         else:
-            events.append(Event(*row.ids, row.value, row.moment or _EPOCH + timedelta(seconds=row.seconds)))
+            events.append(Event(*row.ids, row.value, _EPOCH + timedelta(seconds=row.seconds)))
     if rejected:
         raise RejectedEvents([rejected[index] for index in sorted(rejected)], len(raw_events))
     return events

@@ -11,15 +11,18 @@ import sys
 import time
 
 import aiohttp
+import numpy as np
 import psycopg
 import pytest
 from redis_server import free_port
 from server_support import config
 from test_server_shutdown import ROOT, wait_until_up
 
+from timbral import load_interactions
 from timbral.registry import Registry
 from timbral.server.app import create_app
 from timbral.server.config import Config, ConfigError
+from timbral.server.ingest import RejectedEvents, parse_events
 
 TOKEN = "test-ingest-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -98,7 +101,8 @@ BAD_EVENTS = [
     ({"event_id": "x", "user_id": "u", "item_id": 1, "value": -3}, "value must be > 0"),
     ({"event_id": "x", "user_id": "u", "item_id": 1, "value": "5"}, "value must be a number"),
     ({"event_id": "x", "user_id": "u", "item_id": 1, "value": 1e300}, "does not fit a 32-bit float"),
-    ({"event_id": "x", "user_id": "u", "item_id": 1, "timestamp": "yesterday"}, "is not ISO 8601"),
+    ({"event_id": "x", "user_id": "u", "item_id": 1, "timestamp": "yesterday"}, "is neither ISO 8601"),
+    ({"event_id": "x", "user_id": "u", "item_id": 1, "timestamp": "20240501T120000"}, "is neither ISO 8601"),
     ({"event_id": "x", "user_id": "u", "item_id": 1, "timestamp": "2999-01-01T00:00:00Z"},
      "more than a day in the future"),
     ({"event_id": "x", "user_id": "u", "item_id": 1, "timestamp": -5}, "before 1970"),
@@ -122,6 +126,34 @@ async def test_bad_events_reject_the_batch_naming_each_row_and_reason(aiohttp_cl
         (index, True) for index in range(len(BAD_EVENTS))]
     assert rejected[0]["event_id"] is None and rejected[1]["event_id"] == "x"
     assert stored(db) == []
+
+
+# ISO forms the loader reads (a zone with or without its colon, fractions, a bare date),
+# epoch numbers as text (every CSV value is text), and one it refuses: the basic format
+# Python's datetime.fromisoformat also reads, which ingestion accepted while files dropped it.
+TIMESTAMP_TEXTS = ["2024-05-01T12:00:00Z", "2024-05-01 12:00:00", "2024-05-01T12:00:00.25+05:30",
+                   "2024-05-01T12:00:00+0530", "2024-05-01", "1714564800", "20240501T120000"]
+
+
+def test_an_event_and_a_file_line_with_the_same_timestamp_text_get_the_same_time(tmp_path):
+    path = tmp_path / "plays.csv"
+    path.write_text("user,item,plays,timestamp\n" + "".join(
+        f"u,i{n},1,{text}\n" for n, text in enumerate(TIMESTAMP_TEXTS)))
+    loaded = load_interactions(path)
+    from_file = dict(zip(loaded.items.ids.tolist(), loaded.timestamps.toarray()[0].tolist(), strict=True))
+    from_events = {}
+    for n, text in enumerate(TIMESTAMP_TEXTS):
+        event = {"event_id": "e", "user_id": "u", "item_id": f"i{n}", "timestamp": text}
+        try:
+            [parsed] = parse_events({"events": [event]}, max_events=1, max_id_length=256)
+        except RejectedEvents as exc:
+            assert "is neither ISO 8601" in exc.rejected[0]["reason"]
+            continue
+        from_events[parsed.item_id] = parsed.occurred_at.timestamp()
+    assert sorted(from_events) == sorted(from_file) == [f"i{n}" for n in range(6)]
+    for item, seconds in from_events.items():  # the loader keeps float32 times
+        assert np.float32(seconds) == np.float32(from_file[item]), item
+    assert from_events["i2"] == 1714545000.25
 
 
 async def test_nonfinite_values_and_malformed_bodies(aiohttp_client, db, model_dir):

@@ -226,10 +226,13 @@ def test_explicit_predictions_include_biases():
 
 
 def _count_while(work):
-    """Run ``work`` in a thread; return how often the main thread ran meanwhile, and the result.
+    """Run ``work`` in a thread; return how often the main thread ran meanwhile, how many
+    switch intervals passed, and the result.
 
     Holding the GIL, ``work`` would let the main thread in about once per switch
-    interval (5 ms); releasing it, the main thread runs freely.
+    interval; releasing it, the main thread runs freely. The interval is raised to
+    0.1 s meanwhile, so the two cases differ by orders of magnitude even when other
+    processes take most of the CPU (at 5 ms they did not, on a loaded machine).
     """
     done = threading.Event()
     result = {}
@@ -240,14 +243,19 @@ def _count_while(work):
 
     thread = threading.Thread(target=run)
     count = 0
-    start = time.perf_counter()
-    thread.start()
-    while not done.is_set():
-        count += 1
-        time.sleep(0)
-    thread.join()
-    elapsed = time.perf_counter() - start
-    return count, elapsed / sys.getswitchinterval(), result["value"]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.1)
+    try:
+        start = time.perf_counter()
+        thread.start()
+        while not done.is_set():
+            count += 1
+            time.sleep(0)
+        thread.join()
+        elapsed = time.perf_counter() - start
+    finally:
+        sys.setswitchinterval(interval)
+    return count, max(1.0, elapsed / 0.1), result["value"]
 
 
 def test_fit_releases_the_gil():
