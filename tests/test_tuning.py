@@ -89,11 +89,18 @@ def test_default_fit_chooses_lambda_on_a_path_and_records_the_table(auto_model):
     best = max(table, key=lambda row: row["ndcg@10"])
     plain = max((row for row in table if row["confidence"] == "log"), key=lambda row: row["ndcg@10"])
     assert chosen is best or (chosen is plain and best["confidence"] != "log")
-    *paths, refinement = table
+    *rows, refinement = table
+    paths = [row for row in rows if not row["screen"]]
     for confidence in {row["confidence"] for row in paths}:
         path = [row["regularization"] for row in paths if row["confidence"] == confidence]
         assert path == sorted(path, reverse=True) and len(path) >= tuning.PATIENCE + 1  # strong to weak
         np.testing.assert_allclose(np.divide(path[:-1], path[1:]), 2.0)  # a log grid
+    # The default scaling walks a whole path; each other one is first screened by a few short fits.
+    assert "log" in {row["confidence"] for row in paths} and not chosen["screen"]
+    for confidence in set(tuning.CONFIDENCE_GRID) - {"log"}:
+        screen = [row for row in rows if row["screen"] and row["confidence"] == confidence]
+        assert len(screen) == len(tuning.SCREEN_STEPS)
+        assert all(row["n_iter"] <= tuning.SCREEN_MAX_ITER for row in screen)
     # The last row refines the best path: halfway (geometrically) between two of its points.
     best_path = [row["regularization"] for row in paths if row["confidence"] == refinement["confidence"]]
     assert any(np.isclose(refinement["regularization"] ** 2, a * b) for a, b in itertools.pairwise(best_path))

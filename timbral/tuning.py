@@ -71,7 +71,7 @@ from numpy.typing import NDArray
 from timbral.exceptions import ConvergenceWarning, ValidationError
 from timbral.metrics import ranking_scores, rating_metrics
 from timbral.nmf import NMFModel
-from timbral.nmf.objective import auto_regularization
+from timbral.nmf.objective import DEFAULT_CONFIDENCE, auto_regularization
 from timbral.split import random_split
 
 __all__ = [
@@ -79,6 +79,7 @@ __all__ = [
     "CONFIDENCE_GRID",
     "FREQUENCY_SCALE_GRID",
     "N_COMPONENTS_GRID",
+    "SCREEN_STEPS",
     "SearchResult",
     "sample_rows",
     "search",
@@ -93,12 +94,18 @@ ALPHA_GRID = (0.25, 1.0, 4.0)
 FREQUENCY_SCALE_GRID = (0.0, 0.5, 1.0)
 #: The values the noise-aware rule protects: a setting that departs from them must beat the
 #: best row at them by ``MARGIN_SE`` standard errors.
-DEFAULTS = {"confidence": "log", "alpha": 1.0, "frequency_scale": 0.0}
+DEFAULTS = {"confidence": DEFAULT_CONFIDENCE, "alpha": 1.0, "frequency_scale": 0.0}
 #: Seeded groups of validation users whose paired differences give that standard error.
 GROUPS = 10
 #: Standard errors a departure must win by. With one, MovieLens-small's search chose bm25
 #: (+0.0061 ± 0.0039 NDCG@10 over log on validation) and lost 1.8 % on the test split.
 MARGIN_SE = 2.0
+#: ``confidence="auto"``: each scaling other than the default is first screened at these path
+#: steps relative to the default scaling's best λ / centre (one stronger, one weaker), for
+#: ``SCREEN_MAX_ITER`` warm-started epochs each; only a scaling whose screen beats the default
+#: under the noise rule gets a whole path, so a search that keeps ``log`` pays a few short fits.
+SCREEN_STEPS = (-1, 1)
+SCREEN_MAX_ITER = 5
 #: Candidates of ``n_components="auto"``.
 N_COMPONENTS_GRID = (32, 64, 128)
 #: λ / centre along the path, strong to weak (factor 2 per step).
@@ -130,7 +137,8 @@ class SearchResult:
     table : list of dict
         One row per setting tried, in order: ``n_components``, ``confidence``,
         ``alpha``, ``regularization``, ``frequency_scale``, the metric (``ndcg@10``
-        or ``rmse``), ``n_iter``, ``seconds`` and ``chosen``.
+        or ``rmse``), ``n_iter``, ``seconds``, ``screen`` (a short fit that only decides
+        whether its confidence scaling gets a whole path; never chosen) and ``chosen``.
     metric : str
         ``"ndcg@10"`` (higher is better) or ``"rmse"`` (lower is better).
     sample_users, n_users : int
@@ -229,7 +237,7 @@ def search(
     def loss(row: dict[str, Any]) -> float:
         return row[metric] if explicit else -row[metric]
 
-    def point(model: NMFModel, penalty: float, cap: int) -> dict[str, Any]:
+    def point(model: NMFModel, penalty: float, cap: int, screen: bool = False) -> dict[str, Any]:
         """Fit ``model`` at λ = ``penalty`` (at most ``cap`` epochs), score it, add a table row."""
         model.set_params(regularization=float(penalty), max_iter=min(int(params["max_iter"]), cap))
         tick = time.perf_counter()
@@ -247,6 +255,7 @@ def search(
             metric: overall,
             "n_iter": model.n_iter_,
             "seconds": round(time.perf_counter() - tick, 4),
+            "screen": screen,
             "chosen": False,
         }
         result.table.append(row)
@@ -266,10 +275,30 @@ def search(
             progress.set_postfix({metric: f"{row[metric]:.4f}", "λ": f"{penalty:.3g}"})
         return row
 
+    def walk(model: NMFModel, centre: float, first: int, warm: bool) -> list[dict[str, Any]]:
+        """A path from step ``first`` towards weaker λ until ``PATIENCE`` points bring no improvement."""
+        if progress is not None:
+            progress.update(first)
+        path: list[dict[str, Any]] = []
+        for step in range(first, len(lambdas)):
+            penalty = params["regularization"] if lambdas[step] is None else centre * lambdas[step]
+            path.append(point(model, penalty, WARM_MAX_ITER if warm or step > first else COLD_MAX_ITER))
+            stale = len(path) - 1 - min(range(len(path)), key=lambda i: loss(path[i]))
+            if stale >= PATIENCE:
+                if progress is not None:
+                    progress.update(len(lambdas) - step - 1)
+                break
+        return path
+
+    def eligible() -> list[int]:
+        """The table rows the final choice may take: every row but the screens'."""
+        return [i for i, row in enumerate(result.table) if not row["screen"]]
+
     last: dict[int, NMFModel] = {}  # the last model fitted with each n_components
-    # (fixed parameters, the path's model, its rows); each model keeps its own path's last factors.
-    paths: list[tuple[dict[str, Any], NMFModel, list[dict[str, Any]]]] = []
-    anchor = 0  # where later paths start: one step stronger than the best λ so far
+    # Per setting: its fixed parameters, its model (each keeps its own path's last factors), the
+    # centre of its λ grid, its path's rows and whether they are only a screen.
+    paths: list[tuple[dict[str, Any], NMFModel, float, list[dict[str, Any]], bool]] = []
+    best_step = None  # the path step of the best row so far (later paths start one step stronger)
     try:
         for confidence, alpha, n_components in combos:
             alpha = _alpha(alpha)
@@ -281,24 +310,31 @@ def search(
             else:
                 model = NMFModel(**{**params, **fixed, "random_state": seed, "warm_start": True})
             last[n_components] = model
-            first = anchor if warm else 0
-            if progress is not None:
-                progress.update(first)
-            path: list[dict[str, Any]] = []
-            for step in range(first, len(lambdas)):
-                penalty = params["regularization"] if lambdas[step] is None else centre * lambdas[step]
-                path.append(point(model, penalty, WARM_MAX_ITER if warm or step > first else COLD_MAX_ITER))
-                stale = len(path) - 1 - min(range(len(path)), key=lambda i: loss(path[i]))
-                if stale >= PATIENCE:
-                    if progress is not None:
-                        progress.update(len(lambdas) - step - 1)
-                    break
-            paths.append((fixed, model, path))
-            if min(map(loss, path)) <= min(loss(row) for _, _, rows in paths for row in rows):
-                anchor = max(0, first + min(range(len(path)), key=lambda i: loss(path[i])) - 1)
-        # Refine the setting the rule picks: its path's best λ, then ν there.
+            first = 0 if not warm or best_step is None else max(0, best_step - 1)
+            screened = (best_step is not None and lambdas != (None,) and "confidence" in names
+                        and confidence != DEFAULTS["confidence"])
+            if screened:
+                steps = sorted({min(max(best_step + offset, 0), len(lambdas) - 1) for offset in SCREEN_STEPS})
+                path = [point(model, centre * lambdas[step], SCREEN_MAX_ITER, screen=True) for step in steps]
+                if progress is not None:
+                    progress.update(len(lambdas) - len(steps))
+            else:
+                path = walk(model, centre, first, warm)
+            paths.append((fixed, model, centre, path, screened))
+            if not screened and min(map(loss, path)) <= min(loss(row) for *_, rows, _ in paths for row in rows):
+                best_step = first + min(range(len(path)), key=lambda i: loss(path[i]))
         pick = result.table[_select(result.table, by_group, loss, names, not explicit)]
-        model, path = next((m, rows) for _, m, rows in paths if any(row is pick for row in rows))
+        at = next(i for i, (*_, rows, _) in enumerate(paths) if any(row is pick for row in rows))
+        fixed, model, centre, path, screened = paths[at]
+        if screened:  # a scaling passed its screen: its whole path, from one step above its best screen point
+            if progress is not None:
+                progress.total += len(lambdas)
+            lambda_step = {centre * lambdas[step]: step for step in range(len(lambdas))}
+            path = walk(model, centre, max(0, lambda_step[pick["regularization"]] - 1), True)
+            paths[at] = (fixed, model, centre, path, False)
+        # Refine the setting the rule picks among whole paths: its best λ, then ν there.
+        pick = result.table[_select(result.table, by_group, loss, names, not explicit, eligible())]
+        model, path = next((m, rows) for _, m, _, rows, screen in paths if not screen and any(r is pick for r in rows))
         if lambdas != (None,):
             # One step of refinement: the geometric midpoint between the best λ and its better neighbour.
             at = min(range(len(path)), key=lambda i: loss(path[i]))
@@ -316,7 +352,7 @@ def search(
     finally:
         if progress is not None:
             progress.close()
-    at = _select(result.table, by_group, loss, names, not explicit)
+    at = _select(result.table, by_group, loss, names, not explicit, eligible())
     chosen = result.table[at]
     chosen["chosen"] = True
     result.params = {name: chosen[name] for name in names}
@@ -331,14 +367,17 @@ def _select(
     loss: Callable[[dict[str, Any]], float],
     names: list[str],
     higher_is_better: bool,
+    candidates: list[int] | None = None,
 ) -> int:
-    """The row to choose: the best one, unless it departs from ``DEFAULTS`` and beats the best
-    row at the defaults by no more than ``MARGIN_SE`` standard errors of their paired group differences.
+    """The row to choose among ``candidates`` (default: every row): the best one, unless it departs
+    from ``DEFAULTS`` and beats the best row at the defaults by no more than ``MARGIN_SE`` standard
+    errors of their paired group differences.
 
     The first best row wins a tie: along a path, the stronger penalty.
     """
-    best = min(range(len(table)), key=lambda i: loss(table[i]))
-    plain = [i for i in range(len(table)) if _at_defaults(table[i], names)]
+    rows = range(len(table)) if candidates is None else candidates
+    best = min(rows, key=lambda i: loss(table[i]))
+    plain = [i for i in rows if _at_defaults(table[i], names)]
     if not plain or best in plain:
         return best
     reference = min(plain, key=lambda i: loss(table[i]))
