@@ -109,7 +109,7 @@ def test_default_fit_chooses_lambda_on_a_path_and_records_the_table(auto_model):
 
 
 def test_an_explicit_number_turns_its_search_off(plays):
-    fixed = NMFModel(n_components=8, regularization=3.0, **FAST).fit(plays)
+    fixed = NMFModel(n_components=8, regularization=3.0, confidence="log", **FAST).fit(plays)
     assert fixed.search_results_ is None and fixed.regularization_ == 3.0 and fixed.confidence_ == "log"
     only_confidence = NMFModel(n_components=8, regularization=3.0, confidence="auto", **FAST).fit(plays)
     assert {row["regularization"] for row in only_confidence.search_results_} == {3.0}
@@ -270,7 +270,7 @@ def test_large_data_searches_on_a_seeded_user_sample(plays, monkeypatch):
     params = NMFModel(n_components=6, **FAST).get_params()
     found = tuning.search(plays, params)
     assert 0 < found.sample_users < plays.shape[0] and found.n_users == plays.shape[0]
-    assert found.table and set(found.params) == {"regularization"}
+    assert found.table and set(found.params) == {"regularization", "confidence"}
     assert choices(tuning.search(plays, params).table) == choices(found.table)  # the sample is seeded
 
 
@@ -282,10 +282,11 @@ def test_nothing_to_validate_keeps_defaults_and_says_so():
 
 
 def test_warm_start_continues_from_the_previous_factors(plays):
-    model = NMFModel(n_components=6, regularization=2.0, n_threads=1, max_iter=40, warm_start=True).fit(plays)
+    fixed = {"n_components": 6, "regularization": 2.0, "confidence": "log", "n_threads": 1}
+    model = NMFModel(**fixed, max_iter=40, warm_start=True).fit(plays)
     converged = model.loss_history_[-1]
     model.set_params(max_iter=1).fit(plays)
-    cold = NMFModel(n_components=6, regularization=2.0, n_threads=1, max_iter=1).fit(plays)
+    cold = NMFModel(**fixed, max_iter=1).fit(plays)
     assert model.loss_history_[0] <= converged * 1.001 < cold.loss_history_[0]
     with pytest.raises(ValidationError, match=r"warm_start=True needs the previous fit's shapes"):
         model.fit(plays[:50])
@@ -380,3 +381,51 @@ def test_train_runs_the_search_once_and_refits_with_its_choice(plays, monkeypatc
     chosen = next(row for row in model.search_results_ if row["chosen"])
     assert model.regularization_ == chosen["regularization"] and model.user_items_.nnz == plays.nnz
     assert model.get_params()["regularization"] == "auto" and "search" in result.timings
+
+
+def tried_and_played_hours(n_players: int = 150, n_triers: int = 450, n_items: int = 120,
+                           seed: int = 0) -> sp.csr_matrix:
+    """Hours played: players spend 50-500 h on titles of their one of 4 genres, triers 0.1 h
+    on random titles (a quarter of the catalogue each)."""
+    rng = np.random.default_rng(seed)
+    genre_of_player, genre_of_item = rng.integers(0, 4, n_players), rng.integers(0, 4, n_items)
+    owns = (genre_of_player[:, None] == genre_of_item[None, :]) & (rng.random((n_players, n_items)) < 0.5)
+    played = np.where(owns, np.round(rng.uniform(50, 500, (n_players, n_items)), 1), 0.0)
+    tried = np.where(rng.random((n_triers, n_items)) < 0.25, 0.1, 0.0)
+    return sp.csr_matrix(np.vstack([played, tried]).astype(np.float32))
+
+
+def test_a_scaling_that_passes_its_screen_gets_a_whole_path_and_is_chosen():
+    """With α = 0.01, log confidences of these hours all lie within 7 % of an unobserved entry's
+    weight and no λ of the log path gets above the popularity plateau; linear keeps the contrast
+    between 0.1 h and 500 h, so its screen beats log by far more than the noise, it walks a
+    whole path, and a point of that path is chosen."""
+    model = NMFModel(n_components=4, alpha=0.01, **FAST).fit(tried_and_played_hours())
+    table = model.search_results_
+    chosen = next(row for row in table if row["chosen"])
+    assert model.confidence_ == chosen["confidence"] == "linear" and not chosen["screen"]
+    best_log = max(row["ndcg@10"] for row in table if row["confidence"] == "log")
+    assert chosen["ndcg@10"] > best_log + 0.05
+    path = [row["regularization"] for row in table if row["confidence"] == "linear" and not row["screen"]]
+    assert len(path) >= tuning.PATIENCE + 1 and chosen["regularization"] in path + [
+        row["regularization"] for row in table[len(table) - 1:]]
+    assert [row["screen"] for row in table if row["confidence"] == "bm25"] == [True] * len(tuning.SCREEN_STEPS)
+
+
+def test_keeping_log_costs_only_the_screens(plays):
+    """The cost rule of confidence="auto": when log is kept, the search is the log-only search plus
+    at most len(SCREEN_STEPS) short fits of SCREEN_MAX_ITER epochs per other scaling (counted in
+    epochs, not seconds), and it chooses what the log-only search chooses."""
+    only_log = NMFModel(n_components=6, confidence="log", **FAST).fit(plays).search_results_
+    auto = NMFModel(n_components=6, **FAST).fit(plays).search_results_
+    assert next(row for row in auto if row["chosen"])["confidence"] == "log"
+    assert choices([row for row in auto if not row["screen"]]) == choices(only_log)
+    screens = [row for row in auto if row["screen"]]
+    assert len(screens) == len(tuning.SCREEN_STEPS) * (len(tuning.CONFIDENCE_GRID) - 1)
+    assert sum(row["n_iter"] for row in screens) <= len(screens) * tuning.SCREEN_MAX_ITER
+
+
+def test_the_default_confidence_is_chosen_by_validation(plays):
+    model = NMFModel(n_components=6, **FAST).fit(plays)
+    assert model.get_params()["confidence"] == "auto" and model.confidence_ in tuning.CONFIDENCE_GRID
+    assert {row["confidence"] for row in model.search_results_} == set(tuning.CONFIDENCE_GRID)

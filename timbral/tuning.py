@@ -180,7 +180,11 @@ def searched_parameters(params: Mapping[str, Any]) -> list[str]:
 
 
 def search(
-    user_items: sp.csr_matrix, params: Mapping[str, Any], *, show_progress: bool = False
+    user_items: sp.csr_matrix,
+    params: Mapping[str, Any],
+    *,
+    show_progress: bool = False,
+    confidences: tuple[str, ...] = CONFIDENCE_GRID,
 ) -> SearchResult:
     """Choose every "auto" parameter of ``params`` by validation on ``user_items``.
 
@@ -193,6 +197,9 @@ def search(
         ``NMFModel.get_params()``; parameters that are not "auto" stay fixed.
     show_progress : bool, default=False
         A progress bar over the settings tried.
+    confidences : tuple of str, default=CONFIDENCE_GRID
+        The candidates of ``confidence="auto"``, the default scaling first (the Dask fit
+        leaves out ``bm25``, whose corpus statistics its workers do not share).
 
     Returns
     -------
@@ -213,7 +220,7 @@ def search(
     valid = _limit_users(valid, rng)
     groups = _user_groups(valid, rng)
     grids = {
-        "confidence": CONFIDENCE_GRID if "confidence" in names else (_named(params["confidence"]),),
+        "confidence": confidences if "confidence" in names else (_named(params["confidence"]),),
         "alpha": ALPHA_GRID if "alpha" in names else (params["alpha"],),
         "n_components": N_COMPONENTS_GRID if "n_components" in names else (params["n_components"],),
     }
