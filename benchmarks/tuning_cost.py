@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     search_epochs = sum(row["n_iter"] for row in table)
     screens = [row for row in table if row.get("screen")]
     print(f"search: {len(table)} settings ({len(screens)} screens, {sum(r['n_iter'] for r in screens)} epochs), "
-          f"{search_epochs} epochs; chosen {chosen}")
+          f"{search_epochs} epochs, {sum(row['seconds'] for row in table):.1f} s of fits; chosen {chosen}")
     print(f"default fit (search + refit): median {np.median(defaults):.2f} s of {args.repeat}, "
           f"{default.n_iter_} epochs in the refit")
     print(f"one fit at the chosen setting: median {np.median(plains):.2f} s, {plain.n_iter_} epochs")
