@@ -89,7 +89,6 @@ __all__ = [
     "CONFIDENCE_GRID",
     "FREQUENCY_SCALE_GRID",
     "N_COMPONENTS_GRID",
-    "SCREEN_STEPS",
     "SearchResult",
     "sample_rows",
     "search",
@@ -128,7 +127,6 @@ PATIENCE = 1
 #: strong λ has collapsed the models to about that ranking (measured 1.09-1.13× it on a test set
 #: whose path then stopped on the plateau) and the curve is flat, not past its peak.
 STARTED = 1.2
-
 #: Share of each user's training interactions held out for validation.
 VALIDATION_FRACTION = 0.2
 #: Users scored on the validation part (a seeded subset beyond this).
