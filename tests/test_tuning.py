@@ -99,8 +99,7 @@ def test_default_fit_chooses_lambda_on_a_path_and_records_the_table(auto_model):
     assert "log" in {row["confidence"] for row in paths} and not chosen["screen"]
     for confidence in set(tuning.CONFIDENCE_GRID) - {"log"}:
         screen = [row for row in rows if row["screen"] and row["confidence"] == confidence]
-        assert len(screen) == len(tuning.SCREEN_STEPS)
-        assert all(row["n_iter"] <= tuning.SCREEN_MAX_ITER for row in screen)
+        assert len(screen) == 1 and screen[0]["n_iter"] <= tuning.SCREEN_MAX_ITER
     # The last row refines the best path: halfway (geometrically) between two of its points.
     best_path = [row["regularization"] for row in paths if row["confidence"] == refinement["confidence"]]
     assert any(np.isclose(refinement["regularization"] ** 2, a * b) for a, b in itertools.pairwise(best_path))
@@ -384,16 +383,18 @@ def test_train_runs_the_search_once_and_refits_with_its_choice(plays, monkeypatc
 
 
 def test_a_scaling_that_passes_its_screen_gets_a_whole_path_and_is_chosen(plays, monkeypatch):
-    """The screen with a known answer: with bm25 as the protected default (set here) and k = 4,
-    bm25's idf weights lose the clusters of these plays (0.200 at its best λ against 0.225 for
-    log's first screen point), so log's screen beats it by more than the noise, log walks a whole
-    path from one step above its screened best, and a point of that path is chosen."""
+    """The screen with a known answer: with bm25 as the protected default and log screened one step
+    stronger than bm25's best λ / centre (both set here) and k = 4, bm25's idf weights lose the
+    clusters of these plays (0.200 at its best λ against 0.225 for log's screen), so log's screen
+    beats it by more than the noise, log walks a whole path from one step above its screen point,
+    and a point of that path is chosen."""
     monkeypatch.setitem(tuning.DEFAULTS, "confidence", "bm25")
+    monkeypatch.setitem(tuning.SCREEN_STEPS, "log", -1)
     params = NMFModel(n_components=4, **FAST).get_params()
     found = tuning.search(plays, params, confidences=("bm25", "log", "linear"))
     chosen = next(row for row in found.table if row["chosen"])
     assert found.params["confidence"] == chosen["confidence"] == "log" and not chosen["screen"]
-    assert [row["confidence"] for row in found.table if row["screen"]] == ["log"] * 2 + ["linear"] * 2
+    assert [row["confidence"] for row in found.table if row["screen"]] == ["log", "linear"]
     best_bm25 = max(row["ndcg@10"] for row in found.table if row["confidence"] == "bm25")
     assert chosen["ndcg@10"] > best_bm25 + 0.01
     path = [row["regularization"] for row in found.table if row["confidence"] == "log" and not row["screen"]]
@@ -402,14 +403,14 @@ def test_a_scaling_that_passes_its_screen_gets_a_whole_path_and_is_chosen(plays,
 
 def test_keeping_log_costs_only_the_screens(plays):
     """The cost rule of confidence="auto": when log is kept, the search is the log-only search plus
-    at most len(SCREEN_STEPS) short fits of SCREEN_MAX_ITER epochs per other scaling (counted in
-    epochs, not seconds), and it chooses what the log-only search chooses."""
+    one short fit of at most SCREEN_MAX_ITER epochs per other scaling (counted in epochs, not
+    seconds), and it chooses what the log-only search chooses."""
     only_log = NMFModel(n_components=6, confidence="log", **FAST).fit(plays).search_results_
     auto = NMFModel(n_components=6, **FAST).fit(plays).search_results_
     assert next(row for row in auto if row["chosen"])["confidence"] == "log"
     assert choices([row for row in auto if not row["screen"]]) == choices(only_log)
     screens = [row for row in auto if row["screen"]]
-    assert len(screens) == len(tuning.SCREEN_STEPS) * (len(tuning.CONFIDENCE_GRID) - 1)
+    assert len(screens) == len(tuning.CONFIDENCE_GRID) - 1
     assert sum(row["n_iter"] for row in screens) <= len(screens) * tuning.SCREEN_MAX_ITER
 
 
