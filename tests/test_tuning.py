@@ -418,3 +418,11 @@ def test_the_default_confidence_is_chosen_by_validation(plays):
     model = NMFModel(n_components=6, **FAST).fit(plays)
     assert model.get_params()["confidence"] == "auto" and model.confidence_ in tuning.CONFIDENCE_GRID
     assert {row["confidence"] for row in model.search_results_} == set(tuning.CONFIDENCE_GRID)
+
+
+@pytest.mark.parametrize("confidences", [(), ("log", "log"), ("log", "sqrt"), ("log", None), ("log; rm -rf /",)])
+def test_bad_confidence_candidates_are_refused(plays, confidences):
+    params = NMFModel(n_components=4, **FAST).get_params()
+    with pytest.raises(ValidationError, match=r"`confidences` must be distinct scalings among 'log', 'linear', "
+                                              r"'bm25', at least one; got .* Pass e.g. \('log', 'linear'\)"):
+        tuning.search(plays, params, confidences=confidences)

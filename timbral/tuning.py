@@ -227,6 +227,12 @@ def search(
         the table is empty.
     """
     started = time.perf_counter()
+    distinct = set(confidences)
+    if not confidences or len(distinct) < len(confidences) or not distinct <= set(CONFIDENCE_GRID):
+        raise ValidationError(
+            f"`confidences` must be distinct scalings among {', '.join(map(repr, CONFIDENCE_GRID))}, at least "
+            f"one; got {confidences!r}. Pass e.g. ('log', 'linear')."
+        )
     names = searched_parameters(params)
     explicit = params["feedback"] == "explicit"
     metric = "rmse" if explicit else f"ndcg@{K}"
