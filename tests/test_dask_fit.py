@@ -24,7 +24,7 @@ from timbral.dask import CleaningRules, fit, read_blocks, recommend_all  # noqa:
 from timbral.exceptions import ArtifactError, DataError, ValidationError  # noqa: E402
 from timbral.generate import write_partitioned  # noqa: E402
 
-SETTINGS = dict(n_components=6, max_iter=4, tol=0, random_state=5, n_threads=1)
+SETTINGS = dict(n_components=6, max_iter=4, tol=0, random_state=5, n_threads=1, confidence="log")
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +167,8 @@ def test_hostile_ids_are_data_not_code(client, tmp_path):
                                     {"feedback": "frobenius", "l1_ratio": 0.5}])
 def test_fit_equals_the_single_machine_fit(client, plays, params, tmp_path):
     ref = load_reference(plays / "all.parquet")
-    local = NMFModel(**SETTINGS, **params).fit(ref.user_items)
-    result = fit(NMFModel(**SETTINGS, **params), plays / "parts", client, rating_col="plays", n_blocks=3,
+    local = NMFModel(**(SETTINGS | params)).fit(ref.user_items)
+    result = fit(NMFModel(**(SETTINGS | params)), plays / "parts", client, rating_col="plays", n_blocks=3,
                  checkpoint=str(tmp_path / "ck"))
     model = result.model
     assert model.regularization_ == pytest.approx(local.regularization_, rel=1e-12)
@@ -190,6 +190,23 @@ def test_auto_regularization_is_searched_like_the_local_fit(client, plays):
     assert [row["ndcg@10"] for row in result.model.search_results_] == pytest.approx(
         [row["ndcg@10"] for row in local.search_results_], rel=1e-6)
     np.testing.assert_allclose(result.model.user_factors_, local.user_factors_, rtol=1e-3, atol=1e-5)
+
+
+def test_the_default_confidence_is_chosen_between_log_and_linear(client, plays):
+    """confidence="auto", the default, on workers: the search tries log and linear (bm25 needs the
+    whole matrix's statistics) and chooses what the local search chooses among those two."""
+    from timbral import tuning
+    from timbral.dask.fit import SUPPORTED_CONFIDENCES
+
+    settings = {**SETTINGS, "confidence": "auto", "max_iter": 3}
+    ref = load_reference(plays / "all.parquet")
+    expected = tuning.search(ref.user_items, NMFModel(**settings).get_params(), confidences=SUPPORTED_CONFIDENCES)
+    result = fit(NMFModel(**settings), plays / "parts", client, rating_col="plays", n_blocks=3)
+    assert {row["confidence"] for row in result.model.search_results_} == set(SUPPORTED_CONFIDENCES)
+    assert result.model.confidence_ == expected.params["confidence"]
+    assert result.model.regularization_ == expected.params["regularization"]
+    assert [row["ndcg@10"] for row in result.model.search_results_] == pytest.approx(
+        [row["ndcg@10"] for row in expected.table], rel=1e-6)
 
 
 def test_auto_regularization_searches_a_sample_drawn_on_the_workers(client, plays, monkeypatch):
@@ -266,10 +283,10 @@ def test_routing_ships_selected_rows_or_whole_blocks(client, plays):
 def test_fit_refuses_what_it_cannot_do(client, plays):
     with pytest.raises(ValidationError, match=r"support feedback .* got 'explicit'. Fit explicit"):
         fit(NMFModel(feedback="explicit"), plays / "parts", client)
-    with pytest.raises(ValidationError, match=r"got 'bm25', which needs corpus statistics .* Use confidence='log'"):
+    with pytest.raises(ValidationError, match=r"got 'bm25', which needs corpus .* Use confidence='log' or 'auto'"):
         fit(NMFModel(confidence="bm25"), plays / "parts", client)
-    with pytest.raises(ValidationError, match=r"search only regularization and n_components; got 'auto' for "
-                                              r"confidence and alpha .* --params"):
+    with pytest.raises(ValidationError, match=r"search only regularization, n_components and the confidence "
+                                              r"\('log' or 'linear'\); got 'auto' for alpha .* --params"):
         fit(NMFModel(confidence="auto", alpha="auto"), plays / "parts", client)
     with pytest.raises(ValidationError, match=r"start from init='random'; got init='nndsvd'"):
         fit(NMFModel(init="nndsvd"), plays / "parts", client)

@@ -261,14 +261,15 @@ def _count_while(work):
 def test_fit_releases_the_gil():
     matrix = play_counts(n_users=3000, n_items=2000, density=0.02)
     # A given λ: the validation search around the fit is Python work, not the kernel's loop.
-    model = NMFModel(n_components=32, max_iter=8, tol=0, n_threads=1, regularization=1.0)
+    model = NMFModel(n_components=32, max_iter=8, tol=0, n_threads=1, regularization=1.0, confidence="log")
     count, switches, _ = _count_while(lambda: model.fit(matrix))
     assert count > 20 * switches, f"the main thread ran {count} times in {switches:.0f} switch intervals"
 
 
 def test_recommend_batch_releases_the_gil_and_is_thread_safe():
     rng = np.random.default_rng(0)
-    fitted = NMFModel(n_components=32, max_iter=1, n_threads=1).fit(play_counts(n_users=2000, n_items=3000))
+    fitted = NMFModel(n_components=32, max_iter=1, n_threads=1, confidence="log").fit(
+        play_counts(n_users=2000, n_items=3000))
     model = NMFModel.from_fitted(
         fitted.get_params(),
         FittedState(
@@ -366,7 +367,7 @@ def test_missing_and_foreign_files_are_refused(tmp_path):
 
 def test_auto_regularization_is_chosen_on_a_validation_path():
     matrix = play_counts()
-    for params in ({"alpha": 2.0}, {"confidence": "linear"}, {"feedback": "explicit"}):
+    for params in ({"alpha": 2.0, "confidence": "log"}, {"confidence": "linear"}, {"feedback": "explicit"}):
         model = NMFModel(n_components=2, max_iter=2, **params).fit(matrix)
         chosen = [row for row in model.search_results_ if row["chosen"]]
         assert len(chosen) == 1 and model.regularization_ == chosen[0]["regularization"]

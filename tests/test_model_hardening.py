@@ -48,7 +48,7 @@ def test_issue10_2_explain_never_touches_all_item_factors():
     rng = np.random.default_rng(0)
     history = sp.csr_matrix((np.ones(6, np.float32), ([0] * 6, [3, 9, 70, 700, 7000, 70000])), shape=(2, n_items))
     model = NMFModel.from_fitted(
-        NMFModel(n_components=k).get_params(),
+        NMFModel(n_components=k, confidence="log").get_params(),
         FittedState(
             user_factors=rng.random((2, k), dtype=np.float32),
             item_factors=rng.random((n_items, k), dtype=np.float32),

@@ -89,11 +89,17 @@ def test_default_fit_chooses_lambda_on_a_path_and_records_the_table(auto_model):
     best = max(table, key=lambda row: row["ndcg@10"])
     plain = max((row for row in table if row["confidence"] == "log"), key=lambda row: row["ndcg@10"])
     assert chosen is best or (chosen is plain and best["confidence"] != "log")
-    *paths, refinement = table
+    *rows, refinement = table
+    paths = [row for row in rows if not row["screen"]]
     for confidence in {row["confidence"] for row in paths}:
         path = [row["regularization"] for row in paths if row["confidence"] == confidence]
         assert path == sorted(path, reverse=True) and len(path) >= tuning.PATIENCE + 1  # strong to weak
         np.testing.assert_allclose(np.divide(path[:-1], path[1:]), 2.0)  # a log grid
+    # The default scaling walks a whole path; each other one is first screened by a few short fits.
+    assert "log" in {row["confidence"] for row in paths} and not chosen["screen"]
+    for confidence in set(tuning.CONFIDENCE_GRID) - {"log"}:
+        screen = [row for row in rows if row["screen"] and row["confidence"] == confidence]
+        assert len(screen) == 1 and screen[0]["n_iter"] <= tuning.SCREEN_MAX_ITER
     # The last row refines the best path: halfway (geometrically) between two of its points.
     best_path = [row["regularization"] for row in paths if row["confidence"] == refinement["confidence"]]
     assert any(np.isclose(refinement["regularization"] ** 2, a * b) for a, b in itertools.pairwise(best_path))
@@ -102,7 +108,7 @@ def test_default_fit_chooses_lambda_on_a_path_and_records_the_table(auto_model):
 
 
 def test_an_explicit_number_turns_its_search_off(plays):
-    fixed = NMFModel(n_components=8, regularization=3.0, **FAST).fit(plays)
+    fixed = NMFModel(n_components=8, regularization=3.0, confidence="log", **FAST).fit(plays)
     assert fixed.search_results_ is None and fixed.regularization_ == 3.0 and fixed.confidence_ == "log"
     only_confidence = NMFModel(n_components=8, regularization=3.0, confidence="auto", **FAST).fit(plays)
     assert {row["regularization"] for row in only_confidence.search_results_} == {3.0}
@@ -263,7 +269,7 @@ def test_large_data_searches_on_a_seeded_user_sample(plays, monkeypatch):
     params = NMFModel(n_components=6, **FAST).get_params()
     found = tuning.search(plays, params)
     assert 0 < found.sample_users < plays.shape[0] and found.n_users == plays.shape[0]
-    assert found.table and set(found.params) == {"regularization"}
+    assert found.table and set(found.params) == {"regularization", "confidence"}
     assert choices(tuning.search(plays, params).table) == choices(found.table)  # the sample is seeded
 
 
@@ -275,10 +281,11 @@ def test_nothing_to_validate_keeps_defaults_and_says_so():
 
 
 def test_warm_start_continues_from_the_previous_factors(plays):
-    model = NMFModel(n_components=6, regularization=2.0, n_threads=1, max_iter=40, warm_start=True).fit(plays)
+    fixed = {"n_components": 6, "regularization": 2.0, "confidence": "log", "n_threads": 1}
+    model = NMFModel(**fixed, max_iter=40, warm_start=True).fit(plays)
     converged = model.loss_history_[-1]
     model.set_params(max_iter=1).fit(plays)
-    cold = NMFModel(n_components=6, regularization=2.0, n_threads=1, max_iter=1).fit(plays)
+    cold = NMFModel(**fixed, max_iter=1).fit(plays)
     assert model.loss_history_[0] <= converged * 1.001 < cold.loss_history_[0]
     with pytest.raises(ValidationError, match=r"warm_start=True needs the previous fit's shapes"):
         model.fit(plays[:50])
@@ -373,3 +380,49 @@ def test_train_runs_the_search_once_and_refits_with_its_choice(plays, monkeypatc
     chosen = next(row for row in model.search_results_ if row["chosen"])
     assert model.regularization_ == chosen["regularization"] and model.user_items_.nnz == plays.nnz
     assert model.get_params()["regularization"] == "auto" and "search" in result.timings
+
+
+def test_a_scaling_that_passes_its_screen_gets_a_whole_path_and_is_chosen(plays, monkeypatch):
+    """The screen with a known answer: with bm25 as the protected default and log screened one step
+    stronger than bm25's best λ / centre (both set here) and k = 4, bm25's idf weights lose the
+    clusters of these plays (0.200 at its best λ against 0.225 for log's screen), so log's screen
+    beats it by more than the noise, log walks a whole path from one step above its screen point,
+    and a point of that path is chosen."""
+    monkeypatch.setitem(tuning.DEFAULTS, "confidence", "bm25")
+    monkeypatch.setitem(tuning.SCREEN_STEPS, "log", -1)
+    params = NMFModel(n_components=4, **FAST).get_params()
+    found = tuning.search(plays, params, confidences=("bm25", "log", "linear"))
+    chosen = next(row for row in found.table if row["chosen"])
+    assert found.params["confidence"] == chosen["confidence"] == "log" and not chosen["screen"]
+    assert [row["confidence"] for row in found.table if row["screen"]] == ["log", "linear"]
+    best_bm25 = max(row["ndcg@10"] for row in found.table if row["confidence"] == "bm25")
+    assert chosen["ndcg@10"] > best_bm25 + 0.01
+    path = [row["regularization"] for row in found.table if row["confidence"] == "log" and not row["screen"]]
+    assert len(path) >= tuning.PATIENCE + 1 and chosen["regularization"] in path
+
+
+def test_keeping_log_costs_only_the_screens(plays):
+    """The cost rule of confidence="auto": when log is kept, the search is the log-only search plus
+    one short fit of at most SCREEN_MAX_ITER epochs per other scaling (counted in epochs, not
+    seconds), and it chooses what the log-only search chooses."""
+    only_log = NMFModel(n_components=6, confidence="log", **FAST).fit(plays).search_results_
+    auto = NMFModel(n_components=6, **FAST).fit(plays).search_results_
+    assert next(row for row in auto if row["chosen"])["confidence"] == "log"
+    assert choices([row for row in auto if not row["screen"]]) == choices(only_log)
+    screens = [row for row in auto if row["screen"]]
+    assert len(screens) == len(tuning.CONFIDENCE_GRID) - 1
+    assert sum(row["n_iter"] for row in screens) <= len(screens) * tuning.SCREEN_MAX_ITER
+
+
+def test_the_default_confidence_is_chosen_by_validation(plays):
+    model = NMFModel(n_components=6, **FAST).fit(plays)
+    assert model.get_params()["confidence"] == "auto" and model.confidence_ in tuning.CONFIDENCE_GRID
+    assert {row["confidence"] for row in model.search_results_} == set(tuning.CONFIDENCE_GRID)
+
+
+@pytest.mark.parametrize("confidences", [(), ("log", "log"), ("log", "sqrt"), ("log", None), ("log; rm -rf /",)])
+def test_bad_confidence_candidates_are_refused(plays, confidences):
+    params = NMFModel(n_components=4, **FAST).get_params()
+    with pytest.raises(ValidationError, match=r"`confidences` must be distinct scalings among 'log', 'linear', "
+                                              r"'bm25', at least one; got .* Pass e.g. \('log', 'linear'\)"):
+        tuning.search(plays, params, confidences=confidences)

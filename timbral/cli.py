@@ -134,7 +134,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--alpha", type=_number_or_auto,
                        help="confidence slope of implicit feedback, or 'auto' to choose by validation")
     model.add_argument("--confidence", choices=(*CONFIDENCE_SCALINGS, "auto"),
-                       help=f"scaling of play counts before the confidence, or 'auto' (default: {DEFAULT_CONFIDENCE})")
+                       help="scaling of play counts before the confidence, or 'auto' (default: auto, "
+                            f"{DEFAULT_CONFIDENCE} unless another scaling wins clearly on validation)")
     model.add_argument("--regularization", type=_number_or_auto, metavar="LAMBDA",
                        help="penalty weight, or 'auto' to choose by validation on the training data "
                             "(default: auto)")

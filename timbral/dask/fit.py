@@ -45,6 +45,7 @@ from timbral.dask.blocks import Blocks, CleaningRules, read_blocks
 from timbral.dask.writing import write_model
 from timbral.exceptions import ConvergenceWarning, ValidationError
 from timbral.nmf import FittedState, NMFModel
+from timbral.nmf.objective import DEFAULT_CONFIDENCE
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
 __all__ = ["BROADCAST_FRACTION", "DaskFit", "fit"]
 
 SUPPORTED_FEEDBACK = ("implicit", "frobenius")
+#: Candidates of ``confidence="auto"`` here: bm25 needs corpus statistics of the whole matrix.
+SUPPORTED_CONFIDENCES = ("log", "linear")
 #: Above this share of an item (user) block's rows needed by one block, send the whole block.
 BROADCAST_FRACTION = 0.5
 
@@ -263,7 +266,8 @@ def fit(
     ----------
     model : NMFModel
         Its parameters are used as they are; ``feedback`` "implicit" or "frobenius",
-        ``confidence`` "linear" or "log", ``init="random"``, and ``random_state`` an
+        ``confidence`` "linear", "log" or "auto" (chosen between those two),
+        ``init="random"``, and ``random_state`` an
         int, None or a PCG64 Generator.
     source : path, glob, fsspec URL, list of them, or dask.dataframe.DataFrame
         The interactions (Parquet), read and cleaned by the workers (``read_blocks``).
@@ -333,12 +337,12 @@ def _check_model(model: NMFModel) -> None:
             f"distributed fits support feedback {SUPPORTED_FEEDBACK}; got {model.feedback!r}. "
             "Fit explicit (rating) models with NMFModel.fit on one machine."
         )
-    fixed = [name for name in ("confidence", "alpha", "frequency_scale") if model.get_params()[name] == "auto"]
+    fixed = [name for name in ("alpha", "frequency_scale") if model.get_params()[name] == "auto"]
     if fixed:
         raise ValidationError(
-            f"distributed fits search only regularization and n_components; got 'auto' for "
-            f"{' and '.join(fixed)} (the search may choose bm25, which needs corpus statistics, or a "
-            "frequency-scaled ridge). Run `timbral tune` on the data and pass its values (train --params FILE)."
+            f"distributed fits search only regularization, n_components and the confidence ('log' or "
+            f"'linear'); got 'auto' for {' and '.join(fixed)} (the search may choose a frequency-scaled "
+            "ridge). Run `timbral tune` on the data and pass its values (train --params FILE)."
         )
     if model.frequency_scale:
         raise ValidationError(
@@ -348,7 +352,7 @@ def _check_model(model: NMFModel) -> None:
     if model.feedback == "implicit" and model.confidence == "bm25":
         raise ValidationError(
             "distributed fits support confidence 'linear' and 'log'; got 'bm25', which needs corpus "
-            "statistics of the whole matrix. Use confidence='log'."
+            "statistics of the whole matrix. Use confidence='log' or 'auto'."
         )
     if model.init != "random":
         raise ValidationError(f"distributed fits start from init='random'; got init={model.init!r}")
@@ -461,6 +465,8 @@ def _search(model: NMFModel, data: Blocks, client: Client, state: dict) -> tuple
     """
     params = model.get_params()
     if not tuning.searched_parameters(params):
+        if params["confidence"] == "auto":  # left only where the feedback kind ignores it, as NMFModel.fit does
+            return NMFModel(**(params | {"confidence": DEFAULT_CONFIDENCE})), None, None
         return model, None, None
     lengths = [client.submit(_row_lengths, b) for b in data.user_blocks]
     if data.report.nnz <= tuning.SAMPLE_MAX_INTERACTIONS:
@@ -470,7 +476,7 @@ def _search(model: NMFModel, data: Blocks, client: Client, state: dict) -> tuple
         rows = [client.submit(operator.getitem, plan, b) for b in range(len(lengths))]
     pieces = [client.submit(_take_rows, b, r) for b, r in zip(data.user_blocks, rows, strict=True)]
     sample = client.submit(_stack, *pieces).result()
-    found = tuning.search(sample, params)
+    found = tuning.search(sample, params, confidences=SUPPORTED_CONFIDENCES)
     start = found.factors if sample.shape == data.shape else None
     return NMFModel(**(params | found.params)), found.table, start
 

@@ -140,10 +140,11 @@ class NMFModel:
         Confidence slope for implicit feedback. As ``c = 1 + α·r'`` against the
         unobserved entries' weight 1, α also sets how much an unobserved entry
         weighs relative to an observed one; "auto" chooses it by validation.
-    confidence : {"linear", "log", "bm25", "auto"}, default="log"
+    confidence : {"linear", "log", "bm25", "auto"}, default="auto"
         How raw implicit values become ``r'`` before ``c = 1 + α·r'``: ``r``,
-        ``log(1 + r)`` or BM25 weights. ``log`` tames heavy-tailed play counts;
-        "auto" chooses among the three by validation.
+        ``log(1 + r)`` or BM25 weights. "auto" chooses by validation: ``log``
+        (which tames heavy-tailed play counts) unless another scaling beats it
+        clearly on the validation split (``timbral.tuning``); a name turns that off.
     regularization : float or "auto", default="auto"
         Total penalty weight λ, split into L2 and L1 by ``l1_ratio``. "auto"
         (implicit and explicit feedback) chooses λ by validation on a split of
@@ -205,7 +206,7 @@ class NMFModel:
         n_components: int | str = 50,
         feedback: str = DEFAULT_FEEDBACK,
         alpha: float | str = DEFAULT_ALPHA,
-        confidence: str = DEFAULT_CONFIDENCE,
+        confidence: str = "auto",
         regularization: float | str = "auto",
         frequency_scale: float | str = DEFAULT_FREQUENCY_SCALE,
         l1_ratio: float = 0.0,

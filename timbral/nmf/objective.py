@@ -44,7 +44,9 @@ from timbral.exceptions import ValidationError
 FEEDBACK_KINDS = ("implicit", "explicit", "frobenius")
 CONFIDENCE_SCALINGS = ("linear", "log", "bm25")
 DEFAULT_FEEDBACK = "implicit"
-#: ``log`` tames heavy-tailed play counts (measured best on Last.fm and MovieLens).
+#: The scaling used when none is chosen by validation, and the one ``confidence="auto"``
+#: keeps unless another wins clearly: ``log`` tames heavy-tailed play counts (measured best
+#: on Last.fm and MovieLens).
 DEFAULT_CONFIDENCE = "log"
 DEFAULT_ALPHA = 1.0
 #: ν of the frequency-scaled ridge (``RowPenalty``); 0 is the plain ridge.
