@@ -59,6 +59,7 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"user_ids": [%(users)s], "k": 1000}'
 """
+LARGE_BATCHES = LARGE_BATCH_LUA % {"users": ", ".join(map(str, range(100)))}
 FEW_USERS_LUA = """
 counter = 0
 request = function()
@@ -109,6 +110,32 @@ app.router.add_get("/api/v1/recommendations/{user_id}", recommend)
 web.run_app(app, host="127.0.0.1", port=int(port), access_log=None, print=None,
             loop=uvloop.new_event_loop())
 """
+
+
+# One core kept busy by a one-thread sgemm loop: what a scorer thread running a GIL-free
+# kernel does to the machine. The bare /ping's p99 with it running is the most our
+# /ping can hope for while misses saturate the scorer.
+BUSY_CORE = """
+import numpy as np
+from threadpoolctl import threadpool_limits
+threadpool_limits(1, "blas")
+a = np.random.default_rng(0).random((512, 512), dtype=np.float32)
+while True:
+    a @ a
+"""
+
+
+@contextmanager
+def busy_core() -> Iterator[None]:
+    """A subprocess keeping one core busy with a one-thread BLAS loop."""
+    process = subprocess.Popen([sys.executable, "-c", BUSY_CORE],
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 @contextmanager
@@ -230,7 +257,25 @@ def wrk_command(url: str, connections: int, seconds: int, script: str | None) ->
 def wrk(url: str, connections: int, seconds: int, script: str | None = None) -> dict[str, Any]:
     """One wrk run: requests/s, p50 and p99 in ms, and error counts."""
     with wrk_command(url, connections, seconds, script) as command:
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        return _wrk_figures(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+
+
+@contextmanager
+def background_wrk(url: str, connections: int, seconds: int, script: str | None) -> Iterator[dict[str, Any]]:
+    """wrk loading ``url`` for ``seconds`` in the background (1 s head start); its figures
+    fill the yielded dict when the block ends."""
+    figures: dict[str, Any] = {}
+    with wrk_command(url, connections, seconds, script) as command:
+        loader = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        try:
+            yield figures
+        finally:
+            out, _ = loader.communicate(timeout=seconds + 30)
+            figures.update(_wrk_figures(out))
+
+
+def _wrk_figures(out: str) -> dict[str, Any]:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {
@@ -264,17 +309,61 @@ def batch_latency(url: str, repeats: int = 3) -> dict[str, float]:
     return {"median_s": float(np.median(times)), "max_s": max(times)}
 
 
+def ping_sweep(model_dir: Path, settings: list[dict[str, str]], rounds: int, seconds: int) -> dict[str, Any]:
+    """/ping's p99 at 8 connections while 64 connections of misses run, for each server
+    setting, alternated over ``rounds`` short rounds (the machine is shared: one long
+    run per setting would compare different moments), each round beside the bare
+    aiohttp /ping with one core busy. Medians over the rounds."""
+    random_users = RANDOM_USERS_LUA % {"users": N_USERS}
+    runs: dict[str, list[dict[str, float]]] = {}
+    for round_ in range(rounds):
+        with reference_server(10_000, 50, "inline") as server, busy_core():
+            reference = wrk(f"{server.url}/ping", 8, seconds)
+        runs.setdefault("reference: bare /ping, one core busy", []).append({"ping_p99_ms": reference["p99_ms"]})
+        for env in settings:
+            name = " ".join(f"{key}={value}" for key, value in env.items()) or "defaults"
+            with serving(model_dir, TIMBRAL_CACHE_MAX_BYTES="0", **env) as server:
+                before = server.cpu_seconds()
+                with background_wrk(server.url, 64, seconds + 2, random_users) as misses:
+                    ping = wrk(f"{server.url}/ping", 8, seconds)
+                used = server.cpu_seconds() - before
+            served = misses["rps"] * (seconds + 2) + ping["rps"] * seconds
+            runs.setdefault(name, []).append({
+                "ping_p99_ms": ping["p99_ms"], "miss_rps": misses["rps"], "miss_p99_ms": misses["p99_ms"],
+                "server_cpu_us_per_request": 1e6 * used / max(1.0, served)})
+            print(f"round {round_ + 1}: {name:<44} {runs[name][-1]}", flush=True)
+    summary = {name: {key: round(float(np.median([run[key] for run in values])), 2) for key in values[0]}
+               for name, values in runs.items()}
+    for name, figures in summary.items():
+        print(f"median of {rounds}: {name:<44} {figures}")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=4, help="duration of each wrk run")
     parser.add_argument("--components", type=int, default=50)
     parser.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "timbral-load")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--ping-sweep", metavar="VAR=V1,V2;...", default=None,
+                        help="only measure /ping's p99 under 64 connections of misses (100K items) "
+                        "for each value of server environment variables, e.g. "
+                        "'TIMBRAL_SCORER_MAX_BATCH=8,16,32,64;TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS=0.005'")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of --ping-sweep")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
     small = build_model(args.models / f"items10k-k{args.components}", 10_000, args.components)
     large = build_model(args.models / f"items100k-k{args.components}", 100_000, args.components)
+    if args.ping_sweep is not None:
+        settings: list[dict[str, str]] = [{}]
+        for part in filter(None, args.ping_sweep.split(";")):
+            variable, _, values = part.partition("=")
+            settings += [{variable.strip(): value.strip()} for value in values.split(",")]
+        summary = ping_sweep(large, settings, args.rounds, args.seconds)
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2))
+        return 0
     results: dict[str, Any] = {}
     load_at_start = os.getloadavg()  # other work on the machine skews every figure: say how much
     seconds = args.seconds
@@ -295,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with reference_server(10_000, args.components, "inline") as server:
         record("reference: bare aiohttp /ping", 8, server, f"{server.url}/ping")
+        with busy_core():
+            record("reference: bare /ping, one core busy", 8, server, f"{server.url}/ping")
         record("reference: NumPy handler, 10K", 8, server, server.url, random_users)
     with reference_server(100_000, args.components, "executor") as server:
         record("reference: NumPy handler, 100K", 8, server, server.url, random_users)
@@ -311,19 +402,11 @@ def main(argv: list[str] | None = None) -> int:
         results["batch 1000 users, 100K items, sequential"] = batch_latency(server.url)
         print("batch 1000 users (sequential)", results["batch 1000 users, 100K items, sequential"])
         # /ping latency while 64 connections of cache misses saturate the scorer.
-        with wrk_command(server.url, 64, seconds + 2, random_users) as command:
-            loader = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-            time.sleep(1)
+        with background_wrk(server.url, 64, seconds + 2, random_users):
             record("ping under miss load", 8, server, f"{server.url}/ping")
-            loader.wait(seconds + 30)
         # /ping latency while 2 connections ask for the largest batches allowed (~5 MB each).
-        large_batches = LARGE_BATCH_LUA % {"users": ", ".join(map(str, range(100)))}
-        with wrk_command(f"{server.url}/api/v1/recommendations", 2, seconds + 2,
-                         large_batches) as command:
-            loader = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-            time.sleep(1)
+        with background_wrk(f"{server.url}/api/v1/recommendations", 2, seconds + 2, LARGE_BATCHES):
             record("ping under 100x1000 batches", 8, server, f"{server.url}/ping")
-            loader.wait(seconds + 30)
     with serving(large) as server:
         warm(server.url, 1000)
         for c in (8, 64):
@@ -346,6 +429,10 @@ def main(argv: list[str] | None = None) -> int:
                / max(0.1, results[ours]["server_cpu_us_per_request"]))
         print(f"{ours:<34} {ratio:.2f}x the requests/s of {reference} "
               f"({cpu:.2f}x its requests per CPU second)")
+    print(f"/ping p99: {results['ping under miss load c8']['p99_ms']} ms under miss load, "
+          f"{results['ping under 100x1000 batches c8']['p99_ms']} ms under 100x1000 batches; "
+          f"{results['reference: bare /ping, one core busy c8']['p99_ms']} ms for the bare aiohttp "
+          "/ping with one core busy (what this machine allows)")
     results["load_average"] = {"start": load_at_start, "end": os.getloadavg()}
     print(f"load average (1, 5, 15 min): {load_at_start} at the start, {os.getloadavg()} at the end")
     if args.json:
