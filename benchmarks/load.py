@@ -320,6 +320,7 @@ def ping_sweep(model_dir: Path, settings: list[dict[str, str]], rounds: int, sec
         with reference_server(10_000, 50, "inline") as server, busy_core():
             reference = wrk(f"{server.url}/ping", 8, seconds)
         runs.setdefault("reference: bare /ping, one core busy", []).append({"ping_p99_ms": reference["p99_ms"]})
+        print(f"round {round_ + 1}: {'reference: bare /ping, one core busy':<44} {reference}", flush=True)
         for env in settings:
             name = " ".join(f"{key}={value}" for key, value in env.items()) or "defaults"
             with serving(model_dir, TIMBRAL_CACHE_MAX_BYTES="0", **env) as server:
