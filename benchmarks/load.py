@@ -7,7 +7,10 @@ connections for: ``/ping``, cache-miss recommendations for random users, tier-1 
 tier-2 (Redis) hits, a 1000-user batch (sequential latency), and ``/ping`` while cache-miss
 load saturates the scorer or while the largest batches allowed (users × k = 100 000) are
 answered. The issue's references run in the same invocation (a bare aiohttp + uvloop
-``/ping``, and an aiohttp handler scoring top-10 with NumPy), and each of our figures is
+``/ping``, the same with one core kept busy by a one-thread sgemm loop, which is what
+this machine allows ``/ping`` while our scorer runs a kernel, an aiohttp handler
+scoring top-10 with NumPy, and that handler's ``/ping`` under the same 64 connections of
+misses as ours), and each of our figures is
 also printed as a ratio to its reference: of requests/s, and of requests per CPU second
 of the server process (steadier when other work shares the cores), with the machine's
 load average at the start and the end.
@@ -16,6 +19,10 @@ The models are fitted for two epochs only on random interactions: serving cost
 depends on the shapes, not on how well the factors fit. Everything is bounded in time: ``--seconds`` per wrk run.
 
     python benchmarks/load.py [--seconds 4] [--components 50] [--json out.json]
+
+``--ping-sweep 'TIMBRAL_SCORER_MAX_BATCH=8,16,32'`` measures only ``/ping``'s p99 under
+64 connections of misses (and the misses' throughput) for the defaults and each value,
+alternated over ``--rounds`` short rounds, each beside the busy-core reference.
 """
 
 from __future__ import annotations
@@ -313,7 +320,8 @@ def ping_sweep(model_dir: Path, settings: list[dict[str, str]], rounds: int, sec
     """/ping's p99 at 8 connections while 64 connections of misses run, for each server
     setting, alternated over ``rounds`` short rounds (the machine is shared: one long
     run per setting would compare different moments), each round beside the bare
-    aiohttp /ping with one core busy. Medians over the rounds."""
+    aiohttp /ping with one core busy and the NumPy reference's /ping under the same
+    miss load. Medians over the rounds."""
     random_users = RANDOM_USERS_LUA % {"users": N_USERS}
     runs: dict[str, list[dict[str, float]]] = {}
     for round_ in range(rounds):
@@ -321,6 +329,12 @@ def ping_sweep(model_dir: Path, settings: list[dict[str, str]], rounds: int, sec
             reference = wrk(f"{server.url}/ping", 8, seconds)
         runs.setdefault("reference: bare /ping, one core busy", []).append({"ping_p99_ms": reference["p99_ms"]})
         print(f"round {round_ + 1}: {'reference: bare /ping, one core busy':<44} {reference}", flush=True)
+        with reference_server(100_000, 50, "executor") as server:
+            with background_wrk(server.url, 64, seconds + 2, random_users) as misses:
+                reference = wrk(f"{server.url}/ping", 8, seconds)
+        name = "reference: NumPy handler's /ping under misses"
+        runs.setdefault(name, []).append({"ping_p99_ms": reference["p99_ms"], "miss_rps": misses["rps"]})
+        print(f"round {round_ + 1}: {name:<44} {runs[name][-1]}", flush=True)
         for env in settings:
             name = " ".join(f"{key}={value}" for key, value in env.items()) or "defaults"
             with serving(model_dir, TIMBRAL_CACHE_MAX_BYTES="0", **env) as server:
@@ -390,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         record("reference: NumPy handler, 10K", 8, server, server.url, random_users)
     with reference_server(100_000, args.components, "executor") as server:
         record("reference: NumPy handler, 100K", 8, server, server.url, random_users)
+        with background_wrk(server.url, 64, seconds + 2, random_users):
+            record("reference: bare /ping under NumPy misses", 8, server, f"{server.url}/ping")
 
     no_cache = {"TIMBRAL_CACHE_MAX_BYTES": "0"}
     with serving(small, **no_cache) as server:
@@ -433,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"/ping p99: {results['ping under miss load c8']['p99_ms']} ms under miss load, "
           f"{results['ping under 100x1000 batches c8']['p99_ms']} ms under 100x1000 batches; "
           f"{results['reference: bare /ping, one core busy c8']['p99_ms']} ms for the bare aiohttp "
-          "/ping with one core busy (what this machine allows)")
+          "/ping with one core busy (what this machine allows), "
+          f"{results['reference: bare /ping under NumPy misses c8']['p99_ms']} ms for the NumPy reference's "
+          "/ping under the same miss load (its thread pool scoring, the same two wrk processes)")
     results["load_average"] = {"start": load_at_start, "end": os.getloadavg()}
     print(f"load average (1, 5, 15 min): {load_at_start} at the start, {os.getloadavg()} at the end")
     if args.json:

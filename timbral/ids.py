@@ -363,7 +363,9 @@ class IdMap:
         where[~found] = -1
         return where.astype(np.int64, copy=False)
 
-    def _keys(self, values: list[Any] | tuple[Any, ...] | NDArray[Any]) -> tuple[NDArray[Any], NDArray[np.bool_] | None]:
+    def _keys(
+        self, values: list[Any] | tuple[Any, ...] | NDArray[Any]
+    ) -> tuple[NDArray[Any], NDArray[np.bool_] | None]:
         """``values`` as keys of ``_sorted``'s dtype, and which of them can be ids (None: all)."""
         n = len(values)
         if self.kind == "int":
