@@ -23,6 +23,8 @@ depends on the shapes, not on how well the factors fit. Everything is bounded in
 ``--ping-sweep 'TIMBRAL_SCORER_MAX_BATCH=8,16,32'`` measures only ``/ping``'s p99 under
 64 connections of misses (and the misses' throughput) for the defaults and each value,
 alternated over ``--rounds`` short rounds, each beside the busy-core reference.
+``--rank-batch`` measures only, in process, the Python ``Recommender.rank_batch`` spends
+around the top-K kernel per batch of 1, 4, 16 and 64 users (10K items).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +319,49 @@ def batch_latency(url: str, repeats: int = 3) -> dict[str, float]:
     return {"median_s": float(np.median(times)), "max_s": max(times)}
 
 
+def rank_batch_cost(model_dir: Path, sizes: tuple[int, ...] = (1, 4, 16, 64)) -> dict[str, Any]:
+    """In process: CPU µs of ``Recommender.rank_batch`` per batch size against the top-K
+    kernel alone on the same users (inputs prepared), as the server runs them (BLAS and
+    the model on one thread), garbage collector off, best of 9 repeats. The difference
+    is the Python a scorer thread spends around the kernel per batch."""
+    import gc
+    import timeit
+
+    from timbral import scoring
+    from timbral._core._topk import top_k as kernel
+    from timbral._threads import pin_blas_to_one_thread
+    from timbral.recommender import Recommender
+
+    pin_blas_to_one_thread()
+    recommender = Recommender.load(model_dir)
+    model = recommender.model
+    model.n_threads = 1
+    items = np.ascontiguousarray(model.item_factors_)
+    results: dict[str, Any] = {}
+    gc.disable()
+    try:
+        for size in sizes:
+            users = list(range(1000, 1000 + size))
+            rows = np.asarray(users, dtype=np.int64)
+            query = np.ascontiguousarray(model.user_factors_[rows])
+            indptr, indices = scoring.exclude_rows(recommender.user_items, rows)
+            ids, scores = np.empty((size, 10), np.int32), np.empty((size, 10), query.dtype)
+            calls = {
+                "kernel_us": partial(kernel, query, items, indptr, indices, scoring._NO_MASK, ids, scores,
+                                     scoring.CHUNK_ITEMS, scoring.BLOCK_QUERIES, 1),
+                "rank_batch_us": partial(recommender.rank_batch, users, 10),
+            }
+            number = max(20, 400 // size)
+            figures = {name: round(min(timeit.repeat(call, number=number, repeat=9, timer=time.thread_time))
+                                   / number * 1e6, 1) for name, call in calls.items()}
+            figures["python_us"] = round(figures["rank_batch_us"] - figures["kernel_us"], 1)
+            results[f"batch {size}"] = figures
+            print(f"rank_batch, batch {size:<3} {figures}", flush=True)
+    finally:
+        gc.enable()
+    return results
+
+
 def ping_sweep(model_dir: Path, settings: list[dict[str, str]], rounds: int, seconds: int) -> dict[str, Any]:
     """/ping's p99 at 8 connections while 64 connections of misses run, for each server
     setting, alternated over ``rounds`` short rounds (the machine is shared: one long
@@ -365,11 +411,18 @@ def main(argv: list[str] | None = None) -> int:
                         "for each value of server environment variables, e.g. "
                         "'TIMBRAL_SCORER_MAX_BATCH=8,16,32,64;TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS=0.005'")
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of --ping-sweep")
+    parser.add_argument("--rank-batch", action="store_true",
+                        help="only measure, in process, rank_batch against the kernel alone (10K items)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
     small = build_model(args.models / f"items10k-k{args.components}", 10_000, args.components)
     large = build_model(args.models / f"items100k-k{args.components}", 100_000, args.components)
+    if args.rank_batch:
+        costs = rank_batch_cost(small)
+        if args.json:
+            args.json.write_text(json.dumps(costs, indent=2))
+        return 0
     if args.ping_sweep is not None:
         settings: list[dict[str, str]] = [{}]
         for part in filter(None, args.ping_sweep.split(";")):

@@ -430,7 +430,7 @@ class Recommender:
         else:
             ranked, scores, strategies = self._rank_mixed(rows, user_ids, k, exclude_seen, deny, allow)
         if ranked.size and ranked[:, -1].min() >= 0:  # full rows (ids are -1 only at a row's end)
-            offsets = np.arange(0, ranked.size + 1, k, dtype=np.int64)
+            offsets = np.arange(0, ranked.size + 1, ranked.shape[1], dtype=np.int64)
             return RankedBatch(user_ids, strategies, self.item_ids[ranked.ravel()],
                                scores.ravel().astype(np.float64), offsets)
         keep = ranked >= 0
