@@ -7,7 +7,10 @@ connections for: ``/ping``, cache-miss recommendations for random users, tier-1 
 tier-2 (Redis) hits, a 1000-user batch (sequential latency), and ``/ping`` while cache-miss
 load saturates the scorer or while the largest batches allowed (users × k = 100 000) are
 answered. The issue's references run in the same invocation (a bare aiohttp + uvloop
-``/ping``, and an aiohttp handler scoring top-10 with NumPy), and each of our figures is
+``/ping``, the same with one core kept busy by a one-thread sgemm loop, which is what
+this machine allows ``/ping`` while our scorer runs a kernel, an aiohttp handler
+scoring top-10 with NumPy, and that handler's ``/ping`` under the same 64 connections of
+misses as ours), and each of our figures is
 also printed as a ratio to its reference: of requests/s, and of requests per CPU second
 of the server process (steadier when other work shares the cores), with the machine's
 load average at the start and the end.
@@ -16,6 +19,12 @@ The models are fitted for two epochs only on random interactions: serving cost
 depends on the shapes, not on how well the factors fit. Everything is bounded in time: ``--seconds`` per wrk run.
 
     python benchmarks/load.py [--seconds 4] [--components 50] [--json out.json]
+
+``--ping-sweep 'TIMBRAL_SCORER_MAX_BATCH=8,16,32'`` measures only ``/ping``'s p99 under
+64 connections of misses (and the misses' throughput) for the defaults and each value,
+alternated over ``--rounds`` short rounds, each beside the busy-core reference.
+``--rank-batch`` measures only, in process, the Python ``Recommender.rank_batch`` spends
+around the top-K kernel per batch of 1, 4, 16 and 64 users (10K items).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +69,7 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"user_ids": [%(users)s], "k": 1000}'
 """
+LARGE_BATCHES = LARGE_BATCH_LUA % {"users": ", ".join(map(str, range(100)))}
 FEW_USERS_LUA = """
 counter = 0
 request = function()
@@ -109,6 +120,32 @@ app.router.add_get("/api/v1/recommendations/{user_id}", recommend)
 web.run_app(app, host="127.0.0.1", port=int(port), access_log=None, print=None,
             loop=uvloop.new_event_loop())
 """
+
+
+# One core kept busy by a one-thread sgemm loop: what a scorer thread running a GIL-free
+# kernel does to the machine. The bare /ping's p99 with it running is the most our
+# /ping can hope for while misses saturate the scorer.
+BUSY_CORE = """
+import numpy as np
+from threadpoolctl import threadpool_limits
+threadpool_limits(1, "blas")
+a = np.random.default_rng(0).random((512, 512), dtype=np.float32)
+while True:
+    a @ a
+"""
+
+
+@contextmanager
+def busy_core() -> Iterator[None]:
+    """A subprocess keeping one core busy with a one-thread BLAS loop."""
+    process = subprocess.Popen([sys.executable, "-c", BUSY_CORE],
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 @contextmanager
@@ -230,7 +267,25 @@ def wrk_command(url: str, connections: int, seconds: int, script: str | None) ->
 def wrk(url: str, connections: int, seconds: int, script: str | None = None) -> dict[str, Any]:
     """One wrk run: requests/s, p50 and p99 in ms, and error counts."""
     with wrk_command(url, connections, seconds, script) as command:
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        return _wrk_figures(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+
+
+@contextmanager
+def background_wrk(url: str, connections: int, seconds: int, script: str | None) -> Iterator[dict[str, Any]]:
+    """wrk loading ``url`` for ``seconds`` in the background (1 s head start); its figures
+    fill the yielded dict when the block ends."""
+    figures: dict[str, Any] = {}
+    with wrk_command(url, connections, seconds, script) as command:
+        loader = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        try:
+            yield figures
+        finally:
+            out, _ = loader.communicate(timeout=seconds + 30)
+            figures.update(_wrk_figures(out))
+
+
+def _wrk_figures(out: str) -> dict[str, Any]:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {
@@ -264,17 +319,119 @@ def batch_latency(url: str, repeats: int = 3) -> dict[str, float]:
     return {"median_s": float(np.median(times)), "max_s": max(times)}
 
 
+def rank_batch_cost(model_dir: Path, sizes: tuple[int, ...] = (1, 4, 16, 64)) -> dict[str, Any]:
+    """In process: CPU µs of ``Recommender.rank_batch`` per batch size against the top-K
+    kernel alone on the same users (inputs prepared), as the server runs them (BLAS and
+    the model on one thread), garbage collector off, best of 9 repeats. The difference
+    is the Python a scorer thread spends around the kernel per batch."""
+    import gc
+    import timeit
+
+    from timbral import scoring
+    from timbral._core._topk import top_k as kernel
+    from timbral._threads import pin_blas_to_one_thread
+    from timbral.recommender import Recommender
+
+    pin_blas_to_one_thread()
+    recommender = Recommender.load(model_dir)
+    model = recommender.model
+    model.n_threads = 1
+    items = np.ascontiguousarray(model.item_factors_)
+    results: dict[str, Any] = {}
+    gc.disable()
+    try:
+        for size in sizes:
+            users = list(range(1000, 1000 + size))
+            rows = np.asarray(users, dtype=np.int64)
+            query = np.ascontiguousarray(model.user_factors_[rows])
+            indptr, indices = scoring.exclude_rows(recommender.user_items, rows)
+            ids, scores = np.empty((size, 10), np.int32), np.empty((size, 10), query.dtype)
+            calls = {
+                "kernel_us": partial(kernel, query, items, indptr, indices, scoring._NO_MASK, ids, scores,
+                                     scoring.CHUNK_ITEMS, scoring.BLOCK_QUERIES, 1),
+                "rank_batch_us": partial(recommender.rank_batch, users, 10),
+            }
+            number = max(20, 400 // size)
+            figures = {name: round(min(timeit.repeat(call, number=number, repeat=9, timer=time.thread_time))
+                                   / number * 1e6, 1) for name, call in calls.items()}
+            figures["python_us"] = round(figures["rank_batch_us"] - figures["kernel_us"], 1)
+            results[f"batch {size}"] = figures
+            print(f"rank_batch, batch {size:<3} {figures}", flush=True)
+    finally:
+        gc.enable()
+    return results
+
+
+def ping_sweep(model_dir: Path, settings: list[dict[str, str]], rounds: int, seconds: int) -> dict[str, Any]:
+    """/ping's p99 at 8 connections while 64 connections of misses run, for each server
+    setting, alternated over ``rounds`` short rounds (the machine is shared: one long
+    run per setting would compare different moments), each round beside the bare
+    aiohttp /ping with one core busy and the NumPy reference's /ping under the same
+    miss load. Medians over the rounds."""
+    random_users = RANDOM_USERS_LUA % {"users": N_USERS}
+    runs: dict[str, list[dict[str, float]]] = {}
+    for round_ in range(rounds):
+        with reference_server(10_000, 50, "inline") as server, busy_core():
+            reference = wrk(f"{server.url}/ping", 8, seconds)
+        runs.setdefault("reference: bare /ping, one core busy", []).append({"ping_p99_ms": reference["p99_ms"]})
+        print(f"round {round_ + 1}: {'reference: bare /ping, one core busy':<44} {reference}", flush=True)
+        with reference_server(100_000, 50, "executor") as server:
+            with background_wrk(server.url, 64, seconds + 2, random_users) as misses:
+                reference = wrk(f"{server.url}/ping", 8, seconds)
+        name = "reference: NumPy handler's /ping under misses"
+        runs.setdefault(name, []).append({"ping_p99_ms": reference["p99_ms"], "miss_rps": misses["rps"]})
+        print(f"round {round_ + 1}: {name:<44} {runs[name][-1]}", flush=True)
+        for env in settings:
+            name = " ".join(f"{key}={value}" for key, value in env.items()) or "defaults"
+            with serving(model_dir, TIMBRAL_CACHE_MAX_BYTES="0", **env) as server:
+                before = server.cpu_seconds()
+                with background_wrk(server.url, 64, seconds + 2, random_users) as misses:
+                    ping = wrk(f"{server.url}/ping", 8, seconds)
+                used = server.cpu_seconds() - before
+            served = misses["rps"] * (seconds + 2) + ping["rps"] * seconds
+            runs.setdefault(name, []).append({
+                "ping_p99_ms": ping["p99_ms"], "miss_rps": misses["rps"], "miss_p99_ms": misses["p99_ms"],
+                "server_cpu_us_per_request": 1e6 * used / max(1.0, served)})
+            print(f"round {round_ + 1}: {name:<44} {runs[name][-1]}", flush=True)
+    summary = {name: {key: round(float(np.median([run[key] for run in values])), 2) for key in values[0]}
+               for name, values in runs.items()}
+    for name, figures in summary.items():
+        print(f"median of {rounds}: {name:<44} {figures}")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=4, help="duration of each wrk run")
     parser.add_argument("--components", type=int, default=50)
     parser.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "timbral-load")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--ping-sweep", metavar="VAR=V1,V2;...", default=None,
+                        help="only measure /ping's p99 under 64 connections of misses (100K items) "
+                        "for each value of server environment variables, e.g. "
+                        "'TIMBRAL_SCORER_MAX_BATCH=8,16,32,64;TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS=0.005'")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of --ping-sweep")
+    parser.add_argument("--rank-batch", action="store_true",
+                        help="only measure, in process, rank_batch against the kernel alone (10K items)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
     small = build_model(args.models / f"items10k-k{args.components}", 10_000, args.components)
     large = build_model(args.models / f"items100k-k{args.components}", 100_000, args.components)
+    if args.rank_batch:
+        costs = rank_batch_cost(small)
+        if args.json:
+            args.json.write_text(json.dumps(costs, indent=2))
+        return 0
+    if args.ping_sweep is not None:
+        settings: list[dict[str, str]] = [{}]
+        for part in filter(None, args.ping_sweep.split(";")):
+            variable, _, values = part.partition("=")
+            settings += [{variable.strip(): value.strip()} for value in values.split(",")]
+        summary = ping_sweep(large, settings, args.rounds, args.seconds)
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2))
+        return 0
     results: dict[str, Any] = {}
     load_at_start = os.getloadavg()  # other work on the machine skews every figure: say how much
     seconds = args.seconds
@@ -295,9 +452,13 @@ def main(argv: list[str] | None = None) -> int:
 
     with reference_server(10_000, args.components, "inline") as server:
         record("reference: bare aiohttp /ping", 8, server, f"{server.url}/ping")
+        with busy_core():
+            record("reference: bare /ping, one core busy", 8, server, f"{server.url}/ping")
         record("reference: NumPy handler, 10K", 8, server, server.url, random_users)
     with reference_server(100_000, args.components, "executor") as server:
         record("reference: NumPy handler, 100K", 8, server, server.url, random_users)
+        with background_wrk(server.url, 64, seconds + 2, random_users):
+            record("reference: bare /ping under NumPy misses", 8, server, f"{server.url}/ping")
 
     no_cache = {"TIMBRAL_CACHE_MAX_BYTES": "0"}
     with serving(small, **no_cache) as server:
@@ -311,19 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         results["batch 1000 users, 100K items, sequential"] = batch_latency(server.url)
         print("batch 1000 users (sequential)", results["batch 1000 users, 100K items, sequential"])
         # /ping latency while 64 connections of cache misses saturate the scorer.
-        with wrk_command(server.url, 64, seconds + 2, random_users) as command:
-            loader = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-            time.sleep(1)
+        with background_wrk(server.url, 64, seconds + 2, random_users):
             record("ping under miss load", 8, server, f"{server.url}/ping")
-            loader.wait(seconds + 30)
         # /ping latency while 2 connections ask for the largest batches allowed (~5 MB each).
-        large_batches = LARGE_BATCH_LUA % {"users": ", ".join(map(str, range(100)))}
-        with wrk_command(f"{server.url}/api/v1/recommendations", 2, seconds + 2,
-                         large_batches) as command:
-            loader = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-            time.sleep(1)
+        with background_wrk(f"{server.url}/api/v1/recommendations", 2, seconds + 2, LARGE_BATCHES):
             record("ping under 100x1000 batches", 8, server, f"{server.url}/ping")
-            loader.wait(seconds + 30)
     with serving(large) as server:
         warm(server.url, 1000)
         for c in (8, 64):
@@ -346,6 +499,12 @@ def main(argv: list[str] | None = None) -> int:
                / max(0.1, results[ours]["server_cpu_us_per_request"]))
         print(f"{ours:<34} {ratio:.2f}x the requests/s of {reference} "
               f"({cpu:.2f}x its requests per CPU second)")
+    print(f"/ping p99: {results['ping under miss load c8']['p99_ms']} ms under miss load, "
+          f"{results['ping under 100x1000 batches c8']['p99_ms']} ms under 100x1000 batches; "
+          f"{results['reference: bare /ping, one core busy c8']['p99_ms']} ms for the bare aiohttp "
+          "/ping with one core busy (what this machine allows), "
+          f"{results['reference: bare /ping under NumPy misses c8']['p99_ms']} ms for the NumPy reference's "
+          "/ping under the same miss load (its thread pool scoring, the same two wrk processes)")
     results["load_average"] = {"start": load_at_start, "end": os.getloadavg()}
     print(f"load average (1, 5, 15 min): {load_at_start} at the start, {os.getloadavg()} at the end")
     if args.json:

@@ -27,15 +27,13 @@ from .keys import LIFECYCLE
 
 log = logging.getLogger("timbral.server")
 
-GIL_SWITCH_INTERVAL_SECONDS = 0.001
-
 
 def run(config: Config) -> None:
     """Serve ``config`` until SIGTERM/SIGINT (blocking). ``timbral serve`` calls this."""
     configure_logging(config.log_level, log_format=config.log_format)
     # A scoring thread running Python between kernel calls holds the GIL for at most
-    # this long before the event loop gets it back (the default is 5 ms).
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
+    # this long before the event loop gets it back (Python's default is 5 ms).
+    sys.setswitchinterval(config.gil_switch_interval_seconds)
     log.info("starting", extra={"host": config.api_host, "port": config.api_port,
                                 "model_dir": config.model_dir, "redis": config.redis_url is not None})
     app = create_app(config)

@@ -66,6 +66,12 @@ class Config:
     # since ingested ids are trained on with the loader's limit.
     max_id_length: int = MAX_ID_BYTES
     executor_threads: int = 0  # 0 = one per available core (micro-batcher: one fewer, for the event loop)
+    # Single-user requests a scorer thread answers per batch: larger batches read the item
+    # factors fewer times, smaller ones hand the loop fewer answers to write at once.
+    scorer_max_batch: int = 64
+    # How long a thread running Python keeps the GIL when another wants it (Python's
+    # default is 5 ms): a scorer thread between kernel calls delays the event loop this long.
+    gil_switch_interval_seconds: float = 0.001
     tier1_max_bytes: int = 128 << 20
     redis_timeout_seconds: float = 0.05
     redis_connect_timeout_seconds: float = 0.1
@@ -186,6 +192,10 @@ def _check(config: Config) -> list[str]:
          f"a number of bytes (UTF-8) in 1..{MAX_ID_BYTES}, the longest id the model files and the "
          "loader accept")
     need(config.executor_threads >= 0, "executor_threads", "an integer >= 0 (0 = one per core)")
+    need(1 <= config.scorer_max_batch <= 4096, "scorer_max_batch",
+         "an integer in 1..4096 (single-user requests scored together)")
+    need(1e-6 <= config.gil_switch_interval_seconds <= 0.1, "gil_switch_interval_seconds",
+         "a number of seconds in 0.000001..0.1 (Python's default is 0.005)")
     need(config.tier1_max_bytes >= 0, "tier1_max_bytes", "a number of bytes >= 0 (0 = no tier 1)")
     need(config.redis_timeout_seconds > 0, "redis_timeout_seconds", "a number of seconds > 0")
     need(config.redis_connect_timeout_seconds > 0, "redis_connect_timeout_seconds",
@@ -257,6 +267,8 @@ ENV_NAMES: dict[str, str] = {
     "max_body_bytes": "TIMBRAL_MAX_BODY_BYTES",
     "max_id_length": "TIMBRAL_MAX_ID_LENGTH",
     "executor_threads": "TIMBRAL_EXECUTOR_THREADS",
+    "scorer_max_batch": "TIMBRAL_SCORER_MAX_BATCH",
+    "gil_switch_interval_seconds": "TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS",
     "tier1_max_bytes": "TIMBRAL_CACHE_MAX_BYTES",
     "redis_timeout_seconds": "TIMBRAL_REDIS_TIMEOUT_SECONDS",
     "redis_connect_timeout_seconds": "TIMBRAL_REDIS_CONNECT_TIMEOUT_SECONDS",
@@ -304,6 +316,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_body_bytes": _parse_number(int),
     "max_id_length": _parse_number(int),
     "executor_threads": _parse_number(int),
+    "scorer_max_batch": _parse_number(int),
+    "gil_switch_interval_seconds": _parse_number(float),
     "tier1_max_bytes": _parse_number(int),
     "redis_timeout_seconds": _parse_number(float),
     "redis_connect_timeout_seconds": _parse_number(float),

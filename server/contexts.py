@@ -44,7 +44,8 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     # get the others. On 2 cores, one scorer answered as many misses at 8 connections and
     # took a third off /ping's p99 under 64 connections of misses (benchmarks/README.md).
     scorers = configured or max(1, available_cpus() - 1)
-    batcher = RecommendBatcher(scorers, observe=app[METRICS].observe_batch)
+    batcher = RecommendBatcher(scorers, max_batch=app[CONFIG].scorer_max_batch,
+                               observe=app[METRICS].observe_batch)
     app[BATCHER] = batcher
     yield
     await batcher.close()  # answers what is still queued

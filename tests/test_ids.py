@@ -148,3 +148,15 @@ def test_encode_sorts_distinct_ids_and_codes_each_value():
     assert ids.ids.tolist() == [-1, 30] and codes.tolist() == [1, 0, 1]
     with pytest.raises(ValidationError, match="missing ids"):
         IdMap.encode(pa.array(["a", None], pa.large_string()), name="item_id")
+
+
+def test_lists_of_python_ints_take_the_fast_path_with_the_same_answers(ints):
+    # The service looks up lists of Python ints (parsed URL ids); a value beyond int64
+    # overflows the one-call conversion and must still map to -1, not raise or wrap.
+    assert ints.lookup([42, 0, -3, 5, INT64_MAX, INT64_MIN]).tolist() == [0, 4, 5, -1, 2, 3]
+    assert ints.lookup([42, 2**63, -(2**63) - 1, 7]).tolist() == [0, -1, -1, 1]
+    assert ints.lookup([True, 42]).tolist() == [-1, 0]  # a bool is not an id, even beside ints
+    assert ints.lookup((7, 42)).tolist() == [1, 0] and ints.lookup(iter([7])).tolist() == [1]
+    strings = IdMap.from_ids(["007", "7"], name="item_id")
+    assert strings.lookup([7, 7]).tolist() == [1, 1]  # "007" is not 7
+    assert IdMap.from_ids(np.arange(5), name="user_id").lookup([4, 5, -1, 0]).tolist() == [4, -1, -1, 0]

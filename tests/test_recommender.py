@@ -98,6 +98,24 @@ def test_batch_equals_single(rec):
         assert [s for _, s in r.items] == pytest.approx([s for _, s in single.items], rel=1e-5)
 
 
+@pytest.mark.parametrize("users", [["user-4", "user-9", "user-4"], ["ghost", "user-9", "spook"], ["ghost"], []],
+                         ids=["known", "mixed", "unknown", "empty"])
+@pytest.mark.parametrize("k", [5, 55], ids=["full rows", "padded rows"])
+def test_rank_batch_equals_recommend_for_known_unknown_and_mixed_batches(rec, users, k):
+    # k=55 of 60 items leaves fewer eligible items than k for users with > 5 seen items:
+    # rows of different lengths, the path with a padded copy.
+    batch = rec.rank_batch(users, k)
+    assert batch.offsets[0] == 0 and batch.offsets.dtype == np.int64 and batch.scores.dtype == np.float64
+    assert len(batch.item_ids) == batch.offsets[-1] == len(batch.scores)
+    for row, user in zip(batch.rows(), users, strict=True):
+        alone = rec.recommend(user, k=k)
+        assert (row.user_id, row.strategy) == (alone.user_id, alone.strategy)
+        assert [i for i, _ in row.items] == [i for i, _ in alone.items]
+        assert [s for _, s in row.items] == pytest.approx([s for _, s in alone.items], rel=1e-5)
+    if k == 55 and users and users[0] == "user-4":
+        assert np.diff(batch.offsets).min() < k  # the path with -1 padding was taken
+
+
 def test_similar_and_explain(rec, model):
     similar = rec.similar(ITEMS[4], k=5)
     ids, scores = model.similar_items(4, 5)

@@ -15,6 +15,7 @@ from timbral.server import handlers
 from timbral.server.app import create_app
 from timbral.server.batching import RecommendBatcher
 from timbral.server.cache import recommendation_bodies
+from timbral.server.config import Config, ConfigError
 from timbral.server.errors import ApiError
 from timbral.server.metrics import Metrics
 from timbral.server.state import load_model
@@ -216,3 +217,50 @@ async def test_a_full_queue_refuses_with_503_instead_of_growing(model_dir):
     finally:
         gate.opened.set()
         await batcher.close()
+
+
+async def test_a_configured_scorer_batch_cap_is_honoured(aiohttp_client, model_dir):
+    client = await aiohttp_client(create_app(config(model_dir, executor_threads=1, scorer_max_batch=1)))
+    users = [f"u{i}" for i in range(12)]
+    responses = await asyncio.gather(*(client.get(f"/api/v1/recommendations/{u}?k=3") for u in users))
+    assert [r.status for r in responses] == [200] * len(users)
+    metrics = (await (await client.get("/metrics")).text()).splitlines()
+    batches = next(line for line in metrics if line.startswith("timbral_scoring_batch_size_count"))
+    assert float(batches.split()[-1]) == len(users)  # never two requests in one scoring call
+
+
+async def test_the_batcher_takes_at_most_max_batch_requests_at_once(model_dir):
+    model = load_model(model_dir, Metrics())
+    sizes: list[int] = []
+    batcher = RecommendBatcher(1, max_batch=2, observe=lambda size, seconds: sizes.append(size))
+    gate = _Gate(model)
+    try:
+        held = await _held(batcher, gate)
+        queued = [asyncio.ensure_future(batcher.recommend(gate, f"u{i}", 2, True)) for i in range(5)]
+        await asyncio.sleep(0.01)
+        gate.opened.set()
+        answers = await asyncio.gather(*queued)
+        await held
+    finally:
+        await batcher.close()
+    assert sizes == [1, 2, 2, 1]
+    assert [orjson.loads(a.body)["user_id"] for a in answers] == [f"u{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize(("variable", "raw", "expected"), [
+    ("TIMBRAL_SCORER_MAX_BATCH", "0", r"=0: expected an integer in 1\.\.4096"),
+    ("TIMBRAL_SCORER_MAX_BATCH", "5000", r"=5000: expected an integer in 1\.\.4096"),
+    ("TIMBRAL_SCORER_MAX_BATCH", "eight", r"='eight': expected an integer"),
+    ("TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS", "0", r"=0\.0: expected a number of seconds in 0\.000001\.\.0\.1"),
+    ("TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS", "5", r"=5\.0: expected a number of seconds in 0\.000001\.\.0\.1"),
+    ("TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS", "nan", r"=nan: expected a number of seconds in 0\.000001"),
+])
+def test_scorer_settings_are_validated_at_start_naming_the_variable_and_the_range(variable, raw, expected):
+    with pytest.raises(ConfigError, match=variable + expected):
+        Config.from_env({variable: raw})
+
+
+def test_scorer_settings_are_read_from_the_environment():
+    assert (Config.from_env({}).scorer_max_batch, Config.from_env({}).gil_switch_interval_seconds) == (64, 0.001)
+    chosen = Config.from_env({"TIMBRAL_SCORER_MAX_BATCH": "16", "TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS": "0.002"})
+    assert (chosen.scorer_max_batch, chosen.gil_switch_interval_seconds) == (16, 0.002)

@@ -351,23 +351,42 @@ class IdMap:
         if isinstance(values, np.ndarray) and values.ndim != 1:
             values = values.reshape(-1)
         n = len(values)
-        if self.kind == "int" and isinstance(values, np.ndarray) and values.dtype.kind == "i":
-            keys, ok = values.astype(np.int64, copy=False), np.ones(n, bool)
-        elif self.kind == "int":
-            converted = [_int_or_none(v) for v in values]
-            ok = np.fromiter((v is not None for v in converted), dtype=bool, count=n)
-            keys = np.fromiter((0 if v is None else v for v in converted), dtype=np.int64, count=n)
-        else:
-            converted = [_str_or_none(v) for v in values]
-            ok = np.fromiter((v is not None for v in converted), dtype=bool, count=n)
-            keys = np.empty(n, dtype=object)
-            keys[:] = ["" if v is None else v for v in converted]
         if not self._sorted.size or not n:
             return np.full(n, -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self._sorted, keys), self._sorted.size - 1)
-        found = ok & (self._sorted[pos] == keys)
+        keys, ok = self._keys(values)
+        pos = np.searchsorted(self._sorted, keys)
+        np.minimum(pos, self._sorted.size - 1, out=pos)
+        found = self._sorted[pos] == keys
+        if ok is not None:
+            found &= ok
         where = pos if self._order is None else self._order[pos]
-        return np.where(found, where, -1).astype(np.int64)
+        where[~found] = -1
+        return where.astype(np.int64, copy=False)
+
+    def _keys(
+        self, values: list[Any] | tuple[Any, ...] | NDArray[Any]
+    ) -> tuple[NDArray[Any], NDArray[np.bool_] | None]:
+        """``values`` as keys of ``_sorted``'s dtype, and which of them can be ids (None: all)."""
+        n = len(values)
+        if self.kind == "int":
+            if isinstance(values, np.ndarray) and values.dtype.kind == "i":
+                return values.astype(np.int64, copy=False), None
+            # The service's case: Python ints (ids parsed from a URL). One C-level
+            # conversion instead of one call per id; an int beyond int64 overflows and
+            # takes the general path, which maps it to -1.
+            if not isinstance(values, np.ndarray) and all(type(v) is int for v in values):
+                try:
+                    return np.array(values, dtype=np.int64), None
+                except OverflowError:
+                    pass
+            converted = [_int_or_none(v) for v in values]
+            ok = np.fromiter((v is not None for v in converted), dtype=bool, count=n)
+            return np.fromiter((0 if v is None else v for v in converted), dtype=np.int64, count=n), ok
+        converted = [_str_or_none(v) for v in values]
+        ok = np.fromiter((v is not None for v in converted), dtype=bool, count=n)
+        keys = np.empty(n, dtype=object)
+        keys[:] = ["" if v is None else v for v in converted]
+        return keys, ok
 
     def index(self, value: Any) -> int:
         """Internal index of one id; :class:`UnknownIdError` if the map does not hold it."""

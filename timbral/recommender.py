@@ -421,34 +421,54 @@ class Recommender:
         deny = self._known_items(exclude_items)
         allow = self._known_items(items)
         rows = self._users.lookup(user_ids)
-        known = np.flatnonzero(rows >= 0)
-        strategies = ["popularity"] * len(user_ids)
-        if known.size:
-            ids, known_scores = self.model.recommend_batch(
-                rows[known], k, exclude_seen=exclude_seen, exclude_items=deny, items=allow,
+        if rows.size and rows.min() >= 0:  # the usual case: every user known, no padded copy
+            ranked, scores = self.model.recommend_batch(
+                rows, k, exclude_seen=exclude_seen, exclude_items=deny, items=allow,
                 user_items=self.user_items,
             )
-            external = self._users.external(rows[known])
-            for position, user in zip(known.tolist(), external, strict=True):
-                user_ids[position] = user
-                strategies[position] = "nmf"
-        if known.size and known.size == len(user_ids):  # the usual case: no padded copy
-            ranked, scores = ids, known_scores
+            user_ids, strategies = self._users.external(rows), ["nmf"] * rows.size
         else:
-            ranked = np.full((len(user_ids), k), -1, dtype=np.int64)
-            scores = np.zeros((len(user_ids), k), dtype=np.float64)
-            if known.size:
-                ranked[known], scores[known] = ids, known_scores
-            top = self._popular_indices(k, deny, allow)
-            unknown = rows < 0
-            ranked[unknown, : top.size] = top
-            scores[unknown, : top.size] = self.item_popularity[top]
+            ranked, scores, strategies = self._rank_mixed(rows, user_ids, k, exclude_seen, deny, allow)
+        if ranked.size and ranked[:, -1].min() >= 0:  # full rows (ids are -1 only at a row's end)
+            offsets = np.arange(0, ranked.size + 1, ranked.shape[1], dtype=np.int64)
+            return RankedBatch(user_ids, strategies, self.item_ids[ranked.ravel()],
+                               scores.ravel().astype(np.float64), offsets)
         keep = ranked >= 0
         offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
         np.cumsum(keep.sum(axis=1), out=offsets[1:])
         return RankedBatch(
             user_ids, strategies, self.item_ids[ranked[keep]], scores[keep].astype(np.float64), offsets
         )
+
+    def _rank_mixed(
+        self,
+        rows: NDArray[np.int64],
+        user_ids: list[Any],
+        k: int,
+        exclude_seen: bool,
+        deny: NDArray[np.int64] | None,
+        allow: NDArray[np.int64] | None,
+    ) -> tuple[NDArray[np.integer], NDArray[np.floating], list[str]]:
+        """:meth:`rank_batch` when some users are unknown: ids and scores padded to ``k``
+        (unknown users get the popular items), and the strategies; stores the known
+        users' ids as the model holds them into ``user_ids``."""
+        known = np.flatnonzero(rows >= 0)
+        strategies = ["popularity"] * len(user_ids)
+        ranked = np.full((len(user_ids), k), -1, dtype=np.int64)
+        scores = np.zeros((len(user_ids), k), dtype=np.float64)
+        if known.size:
+            ranked[known], scores[known] = self.model.recommend_batch(
+                rows[known], k, exclude_seen=exclude_seen, exclude_items=deny, items=allow,
+                user_items=self.user_items,
+            )
+            for position, user in zip(known.tolist(), self._users.external(rows[known]), strict=True):
+                user_ids[position] = user
+                strategies[position] = "nmf"
+        top = self._popular_indices(k, deny, allow)
+        unknown = rows < 0
+        ranked[unknown, : top.size] = top
+        scores[unknown, : top.size] = self.item_popularity[top]
+        return ranked, scores, strategies
 
     def similar(self, item_id: Any, k: int = 10) -> list[tuple[ExternalId, float]]:
         """The ``k`` items closest to ``item_id`` (cosine of item factors), itself excluded.
