@@ -15,6 +15,7 @@ from timbral.metrics import (
     hit_rate_at_k,
     map_at_k,
     ndcg_at_k,
+    popularity_top_k,
     precision_at_k,
     ranking_metrics,
     ranking_scores,
@@ -159,3 +160,15 @@ def test_rating_metrics_hand_computed():
     perfect = type("Perfect", (), {"predict": lambda self, u, i: test.toarray()[u, i]})()
     assert rating_metrics(perfect, test) == pytest.approx({"rmse": 0.0, "mae": 0.0, "n_ratings": 3})
     assert rating_metrics(perfect, matrix([[], []]))["n_ratings"] == 0
+
+
+def test_popularity_top_k_ranks_by_listeners_skips_what_each_user_played_and_pads():
+    # items played by 3, 2, 2, 1 and 0 users; ties by item index
+    train = sp.csr_matrix(np.array([[1, 1, 0, 0, 0],
+                                    [9, 0, 1, 0, 0],
+                                    [1, 1, 1, 1, 0]], dtype=np.float32))
+    got = popularity_top_k(train, [0, 1, 2], 3)
+    np.testing.assert_array_equal(got, [[2, 3, 4], [1, 3, 4], [4, -1, -1]])
+    assert popularity_top_k(train, [], 2).shape == (0, 2)
+    with pytest.raises(ValidationError, match="train must be a scipy.sparse matrix, got ndarray"):
+        popularity_top_k(train.toarray(), [0], 2)

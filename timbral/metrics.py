@@ -40,6 +40,7 @@ __all__ = [
     "hit_rate_at_k",
     "map_at_k",
     "ndcg_at_k",
+    "popularity_top_k",
     "precision_at_k",
     "ranking_metrics",
     "ranking_scores",
@@ -184,6 +185,22 @@ def ranking_metrics(
         ids = np.asarray(ids)
         recommended[start : start + len(batch), : ids.shape[1]] = ids[:, :k]
     return ranking_scores(recommended, test, users)
+
+
+def popularity_top_k(train: sp.spmatrix, users: ArrayLike, k: int) -> NDArray[np.int64]:
+    """The ``k`` items most users of ``train`` have played that each of ``users`` has not
+    (ties by item index), padded with -1: the popularity baseline, and what a model whose
+    factors collapsed under a too strong penalty still reaches."""
+    train = _csr(train, "train")
+    users = np.asarray(users, dtype=np.int64)
+    order = np.argsort(-np.bincount(train.indices, minlength=train.shape[1]), kind="stable")
+    out = np.full((users.size, k), -1, dtype=np.int64)
+    for row, user in enumerate(users.tolist()):
+        seen = train.indices[train.indptr[user] : train.indptr[user + 1]]
+        candidates = order[: k + seen.size]
+        picked = candidates[~np.isin(candidates, seen)][:k]
+        out[row, : picked.size] = picked
+    return out
 
 
 def rating_metrics(model: Any, test: sp.spmatrix) -> dict[str, float]:

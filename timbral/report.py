@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from timbral.metrics import ranking_scores
+from timbral.metrics import popularity_top_k, ranking_scores
 
 __all__ = ["evaluation_numbers", "write_report"]
 
@@ -65,7 +65,7 @@ def evaluation_numbers(model: Any, train: sp.csr_matrix, test: sp.csr_matrix, *,
     plays = np.bincount(train.indices, minlength=train.shape[1])
     lists = {
         "model": _model_top_k(model, users, max_k),
-        "popularity": _popularity_top_k(train, plays, users, max_k),
+        "popularity": popularity_top_k(train, users, max_k),
     }
     ks = list(range(1, max_k + 1))
     curves = {
@@ -242,18 +242,4 @@ def _model_top_k(model: Any, users: NDArray[np.int64], k: int) -> NDArray[np.int
     for start in range(0, users.size, _BATCH):
         ids, _ = model.recommend_batch(users[start : start + _BATCH], k, exclude_seen=True)
         out[start : start + ids.shape[0], : ids.shape[1]] = ids
-    return out
-
-
-def _popularity_top_k(
-    train: sp.csr_matrix, plays: NDArray[np.int64], users: NDArray[np.int64], k: int
-) -> NDArray[np.int64]:
-    """The ``k`` most played items each user has not played (ties by item index)."""
-    order = np.argsort(-plays, kind="stable")
-    out = np.full((users.size, k), -1, dtype=np.int64)
-    for row, user in enumerate(users):
-        seen = train.indices[train.indptr[user] : train.indptr[user + 1]]
-        candidates = order[: k + seen.size]
-        picked = candidates[~np.isin(candidates, seen)][:k]
-        out[row, : picked.size] = picked
     return out

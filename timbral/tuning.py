@@ -79,7 +79,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from timbral.exceptions import ConvergenceWarning, ValidationError
-from timbral.metrics import ranking_scores, rating_metrics
+from timbral.metrics import popularity_top_k, ranking_scores, rating_metrics
 from timbral.nmf import NMFModel
 from timbral.nmf.objective import DEFAULT_CONFIDENCE, auto_regularization
 from timbral.split import random_split
@@ -430,18 +430,10 @@ def _gain(candidate: NDArray[np.float64], reference: NDArray[np.float64], higher
 
 
 def _popularity_ndcg(train: sp.csr_matrix, valid: sp.csr_matrix, groups: list[NDArray[np.int64]]) -> float:
-    """NDCG@K on ``valid`` of recommending every user the most played items of ``train`` they have
-    not seen: what a model whose factors collapsed under a too strong λ still reaches."""
+    """NDCG@K on ``valid`` of the popularity baseline: what a model whose factors collapsed
+    under a too strong λ still reaches."""
     users = np.concatenate(groups) if groups else np.zeros(0, np.int64)
-    counts = np.bincount(train.indices, minlength=train.shape[1])
-    order = np.argsort(-counts, kind="stable")
-    ids = np.full((users.size, K), -1, dtype=np.int64)
-    for row, user in enumerate(users):
-        seen = train.indices[train.indptr[user]:train.indptr[user + 1]]
-        top = order[: K + seen.size]
-        unseen = top[~np.isin(top, seen)][:K]
-        ids[row, : unseen.size] = unseen
-    return float(ranking_scores(ids, valid, users)["ndcg"])
+    return float(ranking_scores(popularity_top_k(train, users, K), valid, users)["ndcg"])
 
 
 def _score(
