@@ -195,11 +195,14 @@ def popularity_top_k(train: sp.spmatrix, users: ArrayLike, k: int) -> NDArray[np
     users = np.asarray(users, dtype=np.int64)
     order = np.argsort(-np.bincount(train.indices, minlength=train.shape[1]), kind="stable")
     out = np.full((users.size, k), -1, dtype=np.int64)
+    played = np.zeros(train.shape[1], dtype=bool)  # one user's items at a time (np.isin sorts: 20x slower)
     for row, user in enumerate(users.tolist()):
         seen = train.indices[train.indptr[user] : train.indptr[user + 1]]
+        played[seen] = True
         candidates = order[: k + seen.size]
-        picked = candidates[~np.isin(candidates, seen)][:k]
+        picked = candidates[~played[candidates]][:k]
         out[row, : picked.size] = picked
+        played[seen] = False
     return out
 
 
