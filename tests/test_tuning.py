@@ -229,6 +229,10 @@ def test_tune_writes_what_train_params_uses(plays_file, tmp_path, capsys):
     assert chosen["feedback"] == "implicit" and chosen["n_components"] == 6
     assert chosen["confidence"] in tuning.CONFIDENCE_GRID and isinstance(chosen["regularization"], float)
     assert [row["chosen"] for row in written["search"]["table"]].count(True) == 1
+    screens = [row for row in written["search"]["table"] if row["screen"]]
+    assert {row["confidence"] for row in screens} == {"linear", "bm25"}  # the default search screens both
+    assert [line.split()[2] for line in out.splitlines() if line.startswith("  s ")] == [
+        row["confidence"] for row in screens]
     assert main(["train", str(plays_file), "--params", str(params), "-o", str(tmp_path / "m"),
                  "--iterations", "20", "--threads", "1", "--no-eval"]) == 0
     model = Recommender.load(tmp_path / "m").model

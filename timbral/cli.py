@@ -433,14 +433,16 @@ def _apply_params_file(args: argparse.Namespace) -> None:
 
 
 def _search_table(table: list[dict[str, Any]], metric: str) -> str:
-    """The validation table: one line per setting, the chosen one marked."""
+    """The validation table: one line per setting, the chosen one marked ``*`` and the
+    screens (short fits that only decide whether a scaling gets a path) ``s``."""
     head = (f"    {'k':>4}  {'confidence':<10}  {'alpha':>6}  {'lambda':>10}  {'nu':>4}  {metric:>8}  {'epochs':>6}  "
             f"{'seconds':>7}")
     lines = [head]
     for row in table:
         confidence = row["confidence"] or "-"
         alpha = "-" if row["alpha"] is None else f"{row['alpha']:g}"
-        lines.append(f"{'*' if row['chosen'] else ' ':>3} {row['n_components']:>4}  {confidence:<10}  {alpha:>6}  "
+        mark = "*" if row["chosen"] else "s" if row.get("screen") else " "
+        lines.append(f"{mark:>3} {row['n_components']:>4}  {confidence:<10}  {alpha:>6}  "
                      f"{row['regularization']:>10.4g}  {row['frequency_scale']:>4g}  {row[metric]:>8.4f}  "
                      f"{row['n_iter']:>6}  "
                      f"{row['seconds']:>7.2f}")
@@ -532,7 +534,8 @@ def _cmd_tune(args: argparse.Namespace, progress: bool) -> int:
         _print_json(document | {"output": str(args.output)})
         return 0
     sampled = "" if found.sample_users == found.n_users else f" (a sample of {found.sample_users:,} users)"
-    print(f"Validation on {found.n_users:,} users{sampled}, {found.seconds:.1f} s; * = chosen:")
+    print(f"Validation on {found.n_users:,} users{sampled}, {found.seconds:.1f} s; * = chosen, "
+          "s = a screen (a short fit deciding whether that scaling gets a whole path):")
     print(_search_table(found.table, found.metric) if found.table else
           "  no user has enough interactions to hold some out: defaults kept")
     print(f"Chosen: {', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in chosen.items())}")
