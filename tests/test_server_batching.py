@@ -125,6 +125,22 @@ async def _held(batcher: RecommendBatcher, gate: _Gate) -> asyncio.Task:
     return task
 
 
+async def _queued_behind(batcher: RecommendBatcher, gate: _Gate, asks: list) -> list:
+    """The answers to ``asks`` (``(model, user)`` pairs, k = 4), all queued while the one
+    scorer thread is held in ``gate``, so that it takes them together; closes ``batcher``."""
+    try:
+        held = await _held(batcher, gate)
+        pending = [asyncio.ensure_future(batcher.recommend(model, user, 4, True)) for model, user in asks]
+        await asyncio.sleep(0.01)
+        gate.opened.set()
+        answers = await asyncio.gather(*pending)
+        await held
+    finally:
+        gate.opened.set()
+        await batcher.close()
+    return answers
+
+
 def _expected_body(model, user: str, k: int, exclude_seen: bool = True) -> bytes:
     recs = model.recommender.recommend(user, k, exclude_seen=exclude_seen)
     items = orjson.dumps(recs.to_dict()["recommendations"], option=orjson.OPT_SERIALIZE_NUMPY)
@@ -153,19 +169,9 @@ async def test_a_model_swapped_mid_batch_scores_each_request_with_its_own_model(
     assert old.version != new.version
     sizes: list[int] = []
     batcher = RecommendBatcher(1, observe=lambda size, seconds: sizes.append(size))
-    gate = _Gate(old)
-    try:
-        held = await _held(batcher, gate)
-        # queued behind the held batch, so the scorer takes them together: a reload
-        # landed between the first two requests
-        asks = [(old, "u1"), (new, "u1"), (old, "u2"), (new, "nobody"), (new, "u3")]
-        pending = [asyncio.ensure_future(batcher.recommend(m, u, 4, True)) for m, u in asks]
-        await asyncio.sleep(0.01)
-        gate.opened.set()
-        answers = await asyncio.gather(*pending)
-        await held
-    finally:
-        await batcher.close()
+    # a reload landed between the first two requests
+    asks = [(old, "u1"), (new, "u1"), (old, "u2"), (new, "nobody"), (new, "u3")]
+    answers = await _queued_behind(batcher, _Gate(old), asks)
     assert sizes == [1, 2, 3]  # the gate's batch, then one scoring call per model
     for (model, user), answer in zip(asks, answers, strict=True):
         if user == "nobody":
@@ -234,15 +240,7 @@ async def test_the_batcher_takes_at_most_max_batch_requests_at_once(model_dir):
     sizes: list[int] = []
     batcher = RecommendBatcher(1, max_batch=2, observe=lambda size, seconds: sizes.append(size))
     gate = _Gate(model)
-    try:
-        held = await _held(batcher, gate)
-        queued = [asyncio.ensure_future(batcher.recommend(gate, f"u{i}", 2, True)) for i in range(5)]
-        await asyncio.sleep(0.01)
-        gate.opened.set()
-        answers = await asyncio.gather(*queued)
-        await held
-    finally:
-        await batcher.close()
+    answers = await _queued_behind(batcher, gate, [(gate, f"u{i}") for i in range(5)])
     assert sizes == [1, 2, 2, 1]
     assert [orjson.loads(a.body)["user_id"] for a in answers] == [f"u{i}" for i in range(5)]
 
