@@ -9,13 +9,6 @@ bodies, so the event loop does no JSON work for a miss. The whole batch is hande
 back with one ``call_soon_threadsafe``: one wake-up of the loop per batch, not one
 task, executor round trip and ``set_result`` per request. Under light load nothing
 waits: an idle scorer takes a request as soon as it is queued.
-
-A small model's request is scored on the event loop instead, when no scorer is busy:
-a queued request wakes a scorer thread and then the loop (two futex wake-ups, tens to
-hundreds of µs on a busy machine), more than scoring one user over 10K items × 64
-factors costs (~50 µs in the kernel). ``inline_max_cost`` bounds the model's
-n_items × n_components for that; a larger model stays on the scorers, since its kernel
-would hold the loop for milliseconds.
 """
 
 from __future__ import annotations
@@ -74,9 +67,6 @@ class RecommendBatcher:
     max_queued : int
         Requests waiting or being scored at most; beyond it requests are refused with
         503 at once instead of queueing without bound behind a saturated scorer.
-    inline_max_cost : int
-        A request whose model has at most this many n_items × n_components is scored on
-        the event loop while no request is queued or being scored (0: never).
     observe : callable(batch_size, seconds), optional
         Told about every scoring call, from the scorer thread (for metrics).
     """
@@ -87,12 +77,10 @@ class RecommendBatcher:
         *,
         max_batch: int = 64,
         max_queued: int = 4096,
-        inline_max_cost: int = 0,
         observe: Callable[[int, float], None] | None = None,
     ) -> None:
         self._max_batch = max(1, max_batch)
         self._max_queued = max(1, max_queued)
-        self._inline_max_cost = inline_max_cost
         self._observe = observe
         self._loop = asyncio.get_running_loop()
         self._queue: queue.SimpleQueue[_Ask | None] = queue.SimpleQueue()
@@ -118,20 +106,10 @@ class RecommendBatcher:
             raise ApiError(503, "overloaded",
                            f"{self._pending} recommendations are already waiting to be scored; "
                            "retry shortly", headers={"Retry-After": "1"})
-        if self._pending == 0 and model.scoring_cost <= self._inline_max_cost:
-            return self._answer_inline(model, user_id, k, exclude_seen)
         future: asyncio.Future[Answer] = self._loop.create_future()
         self._pending += 1
         self._queue.put(_Ask(model, user_id, k, exclude_seen, future))
         return await future
-
-    def _answer_inline(self, model: LoadedModel, user_id: ExternalId, k: int, exclude_seen: bool) -> Answer:
-        """Score one request here, on the loop: the scorers' code, without the two hand-offs."""
-        start = time.perf_counter()
-        answer = _answer(model, [user_id], [k], exclude_seen)[0]
-        if self._observe is not None:
-            self._observe(1, time.perf_counter() - start)
-        return answer
 
     async def close(self) -> None:
         """Answer everything queued, then stop the threads (shutdown)."""
@@ -175,9 +153,7 @@ class RecommendBatcher:
         for group in groups.values():
             start = time.perf_counter()
             try:
-                answers: list[Answer] | list[Exception] = _answer(
-                    group[0].model, [ask.user_id for ask in group], [ask.k for ask in group],
-                    group[0].exclude_seen)
+                answers: list[Answer] | list[Exception] = _answer(group)
             except Exception as exc:  # handed to each caller, which re-raises it
                 answers = [exc] * len(group)
             if self._observe is not None:
@@ -200,13 +176,15 @@ class RecommendBatcher:
                 future.set_result(outcome)
 
 
-def _answer(model: LoadedModel, user_ids: list[ExternalId], ks: list[int], exclude_seen: bool) -> list[Answer]:
-    """Each user's answer at their ``k``, scored as one batch, bodies built here.
+def _answer(asks: list[_Ask]) -> list[Answer]:
+    """Score ``asks`` (one model, one ``exclude_seen``) as one batch, bodies built in this thread.
 
     The batch is scored at the largest ``k``; a shorter list is a prefix of a longer one.
     """
-    batch = model.recommender.rank_batch(user_ids, max(ks), exclude_seen=exclude_seen)
-    rows = encode_rows(batch, ks)
+    model = asks[0].model
+    batch = model.recommender.rank_batch(
+        [ask.user_id for ask in asks], max(ask.k for ask in asks), exclude_seen=asks[0].exclude_seen)
+    rows = encode_rows(batch, [ask.k for ask in asks])
     answers = []
     for user, strategy, row in zip(batch.user_ids, batch.strategies, rows, strict=True):
         if strategy == "popularity":

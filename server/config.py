@@ -69,10 +69,6 @@ class Config:
     # Single-user requests a scorer thread answers per batch: larger batches read the item
     # factors fewer times, smaller ones hand the loop fewer answers to write at once.
     scorer_max_batch: int = 64
-    # A model with at most this many n_items × n_components is scored on the event loop
-    # while no scorer is busy: one user's kernel then costs less than the two thread
-    # wake-ups of a queued request (0 = always queue).
-    inline_scoring_max_cost: int = 1_000_000
     # How long a thread running Python keeps the GIL when another wants it (Python's
     # default is 5 ms): a scorer thread between kernel calls delays the event loop this long.
     gil_switch_interval_seconds: float = 0.001
@@ -198,8 +194,6 @@ def _check(config: Config) -> list[str]:
     need(config.executor_threads >= 0, "executor_threads", "an integer >= 0 (0 = one per core)")
     need(1 <= config.scorer_max_batch <= 4096, "scorer_max_batch",
          "an integer in 1..4096 (single-user requests scored together)")
-    need(config.inline_scoring_max_cost >= 0, "inline_scoring_max_cost",
-         "an integer >= 0: the largest n_items × n_components scored on the event loop (0 = never)")
     need(1e-6 <= config.gil_switch_interval_seconds <= 0.1, "gil_switch_interval_seconds",
          "a number of seconds in 0.000001..0.1 (Python's default is 0.005)")
     need(config.tier1_max_bytes >= 0, "tier1_max_bytes", "a number of bytes >= 0 (0 = no tier 1)")
@@ -274,7 +268,6 @@ ENV_NAMES: dict[str, str] = {
     "max_id_length": "TIMBRAL_MAX_ID_LENGTH",
     "executor_threads": "TIMBRAL_EXECUTOR_THREADS",
     "scorer_max_batch": "TIMBRAL_SCORER_MAX_BATCH",
-    "inline_scoring_max_cost": "TIMBRAL_INLINE_SCORING_MAX_COST",
     "gil_switch_interval_seconds": "TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS",
     "tier1_max_bytes": "TIMBRAL_CACHE_MAX_BYTES",
     "redis_timeout_seconds": "TIMBRAL_REDIS_TIMEOUT_SECONDS",
@@ -324,7 +317,6 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_id_length": _parse_number(int),
     "executor_threads": _parse_number(int),
     "scorer_max_batch": _parse_number(int),
-    "inline_scoring_max_cost": _parse_number(int),
     "gil_switch_interval_seconds": _parse_number(float),
     "tier1_max_bytes": _parse_number(int),
     "redis_timeout_seconds": _parse_number(float),

@@ -35,7 +35,6 @@ class LoadedModel:
     loaded_at: datetime
     n_users: int
     n_items: int
-    scoring_cost: int  # n_items × n_components: multiply-adds to score one user
 
     def user_id(self, value: ExternalId) -> ExternalId:
         """A client's user id in the model's id kind (path segments are strings)."""
@@ -112,7 +111,6 @@ def load_model(path: Path, metrics: Metrics) -> LoadedModel:
         loaded_at=datetime.now(UTC),
         n_users=int(recommender.n_users),
         n_items=int(recommender.n_items),
-        scoring_cost=int(recommender.n_items) * int(recommender.model.item_factors_.shape[1]),
     )
 
 

@@ -23,8 +23,7 @@ from timbral.server.state import load_model
 
 @pytest.fixture
 async def client(aiohttp_client, model_dir):
-    """Every miss queued (no inline scoring), so that concurrent requests can share a batch."""
-    return await aiohttp_client(create_app(config(model_dir, executor_threads=1, inline_scoring_max_cost=0)))
+    return await aiohttp_client(create_app(config(model_dir, executor_threads=1)))
 
 
 async def test_concurrent_requests_share_a_batch_and_match_single_scoring(client, model_dir):
@@ -66,7 +65,7 @@ class _BrokenRecommender:
 
 async def test_a_failing_batch_fails_its_requests_and_the_batcher_recovers(model_dir):
     good = load_model(model_dir, Metrics())
-    broken = SimpleNamespace(recommender=_BrokenRecommender(), scoring_cost=good.scoring_cost)
+    broken = SimpleNamespace(recommender=_BrokenRecommender())
     batcher = RecommendBatcher(1)
     try:
         results = await asyncio.gather(
@@ -107,7 +106,6 @@ class _Gate:
 
     def __init__(self, model) -> None:
         self.version = model.version
-        self.scoring_cost = model.scoring_cost
         self.opened = threading.Event()
         self.entered = threading.Event()
         self._recommender = model.recommender
@@ -228,8 +226,7 @@ async def test_a_full_queue_refuses_with_503_instead_of_growing(model_dir):
 
 
 async def test_a_configured_scorer_batch_cap_is_honoured(aiohttp_client, model_dir):
-    client = await aiohttp_client(create_app(config(model_dir, executor_threads=1, scorer_max_batch=1,
-                                                    inline_scoring_max_cost=0)))
+    client = await aiohttp_client(create_app(config(model_dir, executor_threads=1, scorer_max_batch=1)))
     users = [f"u{i}" for i in range(12)]
     responses = await asyncio.gather(*(client.get(f"/api/v1/recommendations/{u}?k=3") for u in users))
     assert [r.status for r in responses] == [200] * len(users)
@@ -255,10 +252,6 @@ async def test_the_batcher_takes_at_most_max_batch_requests_at_once(model_dir):
     ("TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS", "0", r"=0\.0: expected a number of seconds in 0\.000001\.\.0\.1"),
     ("TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS", "5", r"=5\.0: expected a number of seconds in 0\.000001\.\.0\.1"),
     ("TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS", "nan", r"=nan: expected a number of seconds in 0\.000001"),
-    ("TIMBRAL_INLINE_SCORING_MAX_COST", "-1", r"=-1: expected an integer >= 0: the largest n_items × n_components"
-                                              r" scored on the event loop \(0 = never\)"),
-    ("TIMBRAL_INLINE_SCORING_MAX_COST", "1e6", r"='1e6': expected an integer"),
-    ("TIMBRAL_INLINE_SCORING_MAX_COST", "640000; rm -rf /", r"='640000; rm -rf /': expected an integer"),
 ])
 def test_scorer_settings_are_validated_at_start_naming_the_variable_and_the_range(variable, raw, expected):
     with pytest.raises(ConfigError, match=variable + expected):
@@ -266,135 +259,6 @@ def test_scorer_settings_are_validated_at_start_naming_the_variable_and_the_rang
 
 
 def test_scorer_settings_are_read_from_the_environment():
-    defaults = Config.from_env({})
-    assert (defaults.scorer_max_batch, defaults.gil_switch_interval_seconds, defaults.inline_scoring_max_cost) == (
-        64, 0.001, 1_000_000)
-    chosen = Config.from_env({"TIMBRAL_SCORER_MAX_BATCH": "16", "TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS": "0.002",
-                              "TIMBRAL_INLINE_SCORING_MAX_COST": " 0 "})
-    assert (chosen.scorer_max_batch, chosen.gil_switch_interval_seconds, chosen.inline_scoring_max_cost) == (
-        16, 0.002, 0)
-
-
-class _Threads:
-    """An ``observe`` callback that records which thread scored each call, and its size."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int]] = []
-
-    def __call__(self, size: int, seconds: float) -> None:
-        self.calls.append((threading.current_thread().name, size))
-
-
-def _fields(answer) -> tuple:
-    return answer.user_id, answer.strategy, answer.body, answer.cached_body
-
-
-# known users, unknown ones, ids of the other kind, each k and exclude_seen both ways
-ASKS = [(user, k, seen) for user in ("u0", "u7", "nobody", "u119", 42, "u3") for k in (1, 5, 60)
-        for seen in (True, False)]
-
-
-async def test_inline_answers_are_byte_identical_to_queued_ones(model_dir):
-    """On the loop and on a scorer thread the same code answers: the same bytes, for known
-    and unknown users, every k, ``exclude_seen`` both ways."""
-    model = load_model(model_dir, Metrics())
-    inline_threads, queued_threads = _Threads(), _Threads()
-    inline = RecommendBatcher(1, inline_max_cost=model.scoring_cost, observe=inline_threads)
-    queued = RecommendBatcher(1, inline_max_cost=model.scoring_cost - 1, observe=queued_threads)
-    try:
-        for user, k, seen in ASKS:
-            assert _fields(await inline.recommend(model, user, k, seen)) == _fields(
-                await queued.recommend(model, user, k, seen))
-    finally:
-        await inline.close()
-        await queued.close()
-    assert inline_threads.calls == [(threading.current_thread().name, 1)] * len(ASKS)
-    assert {name for name, _ in queued_threads.calls} == {"timbral-batch-0"}
-    assert inline.pending == 0 == queued.pending
-
-
-@pytest.mark.parametrize("seen", [True, False])
-async def test_inline_answers_equal_a_mixed_queued_batchs(model_dir, seen):
-    """Known and unknown users scored in one queued batch answer as each alone on the loop
-    (the same items and strategies; scores to float32 rounding, as any batch's)."""
-    model = load_model(model_dir, Metrics())
-    users = ["u1", "nobody", "u2", 7, "u1", "u118"]
-    sizes: list[int] = []
-    queued = RecommendBatcher(1, observe=lambda size, seconds: sizes.append(size))
-    gate = _Gate(model)
-    try:
-        held = await _held(queued, gate)
-        pending = [asyncio.ensure_future(queued.recommend(model, user, 3 + i, seen)) for i, user in enumerate(users)]
-        await asyncio.sleep(0.01)
-        gate.opened.set()
-        batch = await asyncio.gather(*pending)
-        await held
-    finally:
-        gate.opened.set()
-        await queued.close()
-    assert sizes == [1, len(users)]  # the gate's, then all of them in one scoring call
-    inline = RecommendBatcher(1, inline_max_cost=10**12)
-    try:
-        alone = [await inline.recommend(model, user, 3 + i, seen) for i, user in enumerate(users)]
-    finally:
-        await inline.close()
-    assert [(a.user_id, a.strategy) for a in alone] == [(b.user_id, b.strategy) for b in batch]
-    assert [a.strategy for a in alone] == ["nmf", "popularity", "nmf", "popularity", "nmf", "nmf"]
-    for one, many in zip(alone, batch, strict=True):  # a batch's sgemm rounds as float32 does
-        if one.body is None:
-            assert many.body is None is many.cached_body is one.cached_body
-            continue
-        one_body, many_body = orjson.loads(one.body), orjson.loads(many.body)
-        assert [r["item_id"] for r in one_body["recommendations"]] == [
-            r["item_id"] for r in many_body["recommendations"]]
-        assert [r["score"] for r in one_body["recommendations"]] == pytest.approx(
-            [r["score"] for r in many_body["recommendations"]], rel=1e-5)
-        assert {**one_body, "recommendations": None} == {**many_body, "recommendations": None}
-
-
-async def test_a_busy_scorer_or_a_large_model_sends_requests_to_the_queue(model_dir):
-    """Inline only while nothing is queued or being scored (answers keep their order behind
-    a busy scorer) and only for a model at most ``inline_max_cost``."""
-    model = load_model(model_dir, Metrics())
-    threads = _Threads()
-    batcher = RecommendBatcher(1, inline_max_cost=model.scoring_cost, observe=threads)
-    gate = _Gate(model)
-    try:
-        gate.scoring_cost = model.scoring_cost + 1  # one multiply-add over the bound: queued
-        held = await _held(batcher, gate)
-        behind = asyncio.ensure_future(batcher.recommend(model, "u5", 2, True))
-        await asyncio.sleep(0.01)
-        assert batcher.pending == 2 and not behind.done()
-        gate.opened.set()
-        await asyncio.gather(held, behind)
-        assert (await batcher.recommend(model, "u5", 2, True)).strategy == "nmf"  # idle again: inline
-    finally:
-        gate.opened.set()
-        await batcher.close()
-    assert threads.calls == [("timbral-batch-0", 1), ("timbral-batch-0", 1), (threading.current_thread().name, 1)]
-
-
-async def test_a_failing_inline_scoring_fails_its_request_only(model_dir):
-    good = load_model(model_dir, Metrics())
-    broken = SimpleNamespace(recommender=_BrokenRecommender(), scoring_cost=good.scoring_cost)
-    batcher = RecommendBatcher(1, inline_max_cost=good.scoring_cost)
-    try:
-        with pytest.raises(MemoryError, match="scratch allocation failed"):
-            await batcher.recommend(broken, "u1", 5, True)
-        assert batcher.pending == 0
-        assert (await batcher.recommend(good, "u1", 5, True)).strategy == "nmf"
-    finally:
-        await batcher.close()
-
-
-async def test_inline_scoring_through_the_service_answers_as_queued_scoring(aiohttp_client, model_dir):
-    inline = await aiohttp_client(create_app(config(model_dir)))  # the default bound: this model is inline
-    queued = await aiohttp_client(create_app(config(model_dir, inline_scoring_max_cost=0)))
-    for path in ("/api/v1/recommendations/u4?k=7", "/api/v1/recommendations/u4?k=7&exclude_seen=false",
-                 "/api/v1/recommendations/nobody?k=3", "/api/v1/recommendations/u9"):
-        answers = [await client.get(path) for client in (inline, queued)]
-        assert [r.status for r in answers] == [200, 200]
-        assert await answers[0].read() == await answers[1].read()
-    metrics = (await (await inline.get("/metrics")).text()).splitlines()
-    scored = next(line for line in metrics if line.startswith("timbral_scoring_batch_size_count"))
-    assert float(scored.split()[-1]) == 4  # observed on the loop as on a scorer
+    assert (Config.from_env({}).scorer_max_batch, Config.from_env({}).gil_switch_interval_seconds) == (64, 0.001)
+    chosen = Config.from_env({"TIMBRAL_SCORER_MAX_BATCH": "16", "TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS": "0.002"})
+    assert (chosen.scorer_max_batch, chosen.gil_switch_interval_seconds) == (16, 0.002)
