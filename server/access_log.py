@@ -7,8 +7,9 @@ only records its fields (a tuple); lines are formatted and written in batches in
 every ``FLUSH_SECONDS``, at ``MAX_PENDING`` lines, and at shutdown. A JSON batch is
 formatted column by column: the timestamps by one NumPy call, each text column by one
 orjson call, and the lines interleaved from the columns and the template's constant
-pieces by one ``bytes.join``, so no Python runs per line (0.4 µs a line against 1.8 µs
-through a bytes template per line, 3.2 µs through a dict and ``datetime``).
+pieces by one ``bytes.join``: only the duration's ``round`` runs per line in Python
+(~1.6 µs a line against ~1.9 µs through a bytes template per line, 3.2 µs through a
+dict and ``datetime``).
 """
 
 from __future__ import annotations
