@@ -233,8 +233,10 @@ def serving(model_dir: Path, python: str = sys.executable, **env: str) -> Iterat
                    "TIMBRAL_ADMIN_TOKEN": ADMIN, **env}
     if "REDIS_URL" not in env:
         environment.pop("REDIS_URL", None)
-    process = subprocess.Popen([python, "-m", "timbral.server"], cwd=ROOT if python == sys.executable else None,
-                               env=environment,
+    # another interpreter's checkout is the one it has installed: run it outside this one,
+    # whose timbral/ ``-m`` would otherwise find first
+    process = subprocess.Popen([python, "-m", "timbral.server"],
+                               cwd=ROOT if python == sys.executable else tempfile.gettempdir(), env=environment,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield _wait_until_up(process, f"http://127.0.0.1:{port}")
