@@ -23,6 +23,15 @@ depends on the shapes, not on how well the factors fit. Everything is bounded in
 ``--ping-sweep 'TIMBRAL_SCORER_MAX_BATCH=8,16,32'`` measures only ``/ping``'s p99 under
 64 connections of misses (and the misses' throughput) for the defaults and each value,
 alternated over ``--rounds`` short rounds, each beside the busy-core reference.
+``--ratios`` measures only the issue's headline ratios (``/ping`` against the bare
+aiohttp ``/ping``, a miss at 10K items at 8 and 64 connections against the NumPy
+handler, a miss at 100K items at 8 connections against it) and ``/ping``'s p99 under 64
+connections of 10K misses, over ``--rounds`` short rounds; in each round the references
+and every setting run back to back, so each ratio compares one moment. It prints the
+median ratio and its spread over the rounds, of requests/s and of requests per server
+CPU second. ``--ratios 'TIMBRAL_INLINE_SCORING_MAX_COST=0'`` adds settings (same syntax
+as ``--ping-sweep``) and ``--python /venv/bin/python`` (repeatable) another checkout
+installed in that interpreter, each alternated with the defaults.
 ``--rank-batch`` measures only, in process, the Python ``Recommender.rank_batch`` spends
 around the top-K kernel per batch of 1, 4, 16 and 64 users (10K items).
 """
@@ -215,15 +224,19 @@ class Server:
 
 
 @contextmanager
-def serving(model_dir: Path, **env: str) -> Iterator[Server]:
-    """``python -m timbral.server`` on a free loopback port."""
+def serving(model_dir: Path, python: str = sys.executable, **env: str) -> Iterator[Server]:
+    """``python -m timbral.server`` (this checkout's, or the one ``python`` has installed)
+    on a free loopback port."""
     port = free_port()
     environment = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(port),
                    "TIMBRAL_MODEL_DIR": str(model_dir), "LOG_LEVEL": "INFO",
                    "TIMBRAL_ADMIN_TOKEN": ADMIN, **env}
     if "REDIS_URL" not in env:
         environment.pop("REDIS_URL", None)
-    process = subprocess.Popen([sys.executable, "-m", "timbral.server"], cwd=ROOT, env=environment,
+    # another interpreter's checkout is the one it has installed: run it outside this one,
+    # whose timbral/ ``-m`` would otherwise find first
+    process = subprocess.Popen([python, "-m", "timbral.server"],
+                               cwd=ROOT if python == sys.executable else tempfile.gettempdir(), env=environment,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield _wait_until_up(process, f"http://127.0.0.1:{port}")
@@ -400,6 +413,93 @@ def ping_sweep(model_dir: Path, settings: list[dict[str, str]], rounds: int, sec
     return summary
 
 
+# (figure, ours, reference): the requests/s ratios ``--ratios`` reports, ours / reference
+HEADLINE = (
+    ("/ping c8 vs bare aiohttp", "ping c8", "bare /ping c8"),
+    ("miss 10K c8 vs NumPy inline", "miss 10K c8", "NumPy 10K c8"),
+    ("miss 10K c64 vs NumPy inline c64", "miss 10K c64", "NumPy 10K c64"),
+    ("miss 100K c8 vs NumPy", "miss 100K c8", "NumPy 100K c8"),
+)
+
+
+def _setting_name(env: dict[str, str], python: str) -> str:
+    name = " ".join(f"{key}={value}" for key, value in env.items()) or "defaults"
+    return name if python == sys.executable else f"{python}: {name}"
+
+
+def headline_ratios(small: Path, large: Path, settings: list[tuple[dict[str, str], str]], rounds: int,
+                    seconds: int, components: int) -> dict[str, Any]:
+    """The issue's headline ratios for each setting (server environment, interpreter),
+    alternated over ``rounds`` rounds; medians and spreads over the rounds.
+
+    Every round measures the references and then each setting, back to back: the machine
+    is shared, and a ratio whose two sides ran minutes apart says more about the
+    neighbours than about the code."""
+    random_users = RANDOM_USERS_LUA % {"users": N_USERS}
+    no_cache = {"TIMBRAL_CACHE_MAX_BYTES": "0"}
+    ratios: dict[str, dict[str, list[float]]] = {}
+    ping_p99: dict[str, list[float]] = {}
+
+    def run(figures: dict[str, dict[str, float]], name: str, server: Server, url: str, connections: int,
+            script: str | None = None) -> None:
+        before = server.cpu_seconds()
+        result = wrk(url, connections, seconds, script)
+        result["cpu_us"] = 1e6 * (server.cpu_seconds() - before) / max(1.0, result["rps"] * seconds)
+        figures[name] = result
+
+    for round_ in range(rounds):
+        reference: dict[str, dict[str, float]] = {}
+        with reference_server(10_000, components, "inline") as server:
+            run(reference, "bare /ping c8", server, f"{server.url}/ping", 8)
+            for c in (8, 64):
+                run(reference, f"NumPy 10K c{c}", server, server.url, c, random_users)
+        with reference_server(100_000, components, "executor") as server:
+            run(reference, "NumPy 100K c8", server, server.url, 8, random_users)
+        for env, python in settings:
+            name, ours = _setting_name(env, python), {}
+            with serving(small, python, **no_cache, **env) as server:
+                run(ours, "ping c8", server, f"{server.url}/ping", 8)
+                for c in (8, 64):
+                    run(ours, f"miss 10K c{c}", server, server.url, c, random_users)
+                with background_wrk(server.url, 64, seconds + 2, random_users):
+                    p99 = wrk(f"{server.url}/ping", 8, seconds)["p99_ms"]
+            with serving(large, python, **no_cache, **env) as server:
+                run(ours, "miss 100K c8", server, server.url, 8, random_users)
+            ping_p99.setdefault(name, []).append(p99)
+            for figure, mine, theirs in HEADLINE:
+                series = ratios.setdefault(name, {})
+                series.setdefault(figure, []).append(ours[mine]["rps"] / reference[theirs]["rps"])
+                series.setdefault(f"{figure}, per CPU s", []).append(
+                    reference[theirs]["cpu_us"] / max(0.1, ours[mine]["cpu_us"]))
+            print(f"round {round_ + 1}: {name}: " + ", ".join(
+                f"{figure} {values[-1]:.2f}x" for figure, values in ratios[name].items())
+                + f", /ping p99 under 64 connections of 10K misses {p99:.2f} ms", flush=True)
+        print(f"round {round_ + 1}: references (req/s): "
+              + ", ".join(f"{key} {value['rps']:.0f}" for key, value in reference.items()), flush=True)
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"median": round(float(np.median(values)), 3), "min": round(min(values), 3),
+                "max": round(max(values), 3)}
+
+    summary = {name: {**{figure: spread(values) for figure, values in series.items()},
+                      "/ping p99 ms under 64 connections of 10K misses": spread(ping_p99[name])}
+               for name, series in ratios.items()}
+    for name, figures in summary.items():
+        print(f"median of {rounds} rounds (min-max): {name}")
+        for figure, values in figures.items():
+            print(f"  {figure:<52} {values['median']:.2f} ({values['min']:.2f}-{values['max']:.2f})")
+    return summary
+
+
+def _settings(spec: str) -> list[dict[str, str]]:
+    """``'VAR=V1,V2;VAR2=V3'`` as one environment per value, after the defaults (``{}``)."""
+    settings: list[dict[str, str]] = [{}]
+    for part in filter(None, spec.split(";")):
+        variable, _, values = part.partition("=")
+        settings += [{variable.strip(): value.strip()} for value in values.split(",")]
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=4, help="duration of each wrk run")
@@ -410,7 +510,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="only measure /ping's p99 under 64 connections of misses (100K items) "
                         "for each value of server environment variables, e.g. "
                         "'TIMBRAL_SCORER_MAX_BATCH=8,16,32,64;TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS=0.005'")
-    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of --ping-sweep")
+    parser.add_argument("--ratios", metavar="VAR=V1,V2;...", nargs="?", const="", default=None,
+                        help="only measure the headline ratios over --rounds alternated rounds, for the "
+                        "defaults and each value of server environment variables (optional)")
+    parser.add_argument("--python", action="append", default=[],
+                        help="with --ratios: also measure the checkout installed in this interpreter")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of --ping-sweep and --ratios")
     parser.add_argument("--rank-batch", action="store_true",
                         help="only measure, in process, rank_batch against the kernel alone (10K items)")
     args = parser.parse_args(argv)
@@ -423,12 +528,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(costs, indent=2))
         return 0
+    if args.ratios is not None:
+        settings = [(env, sys.executable) for env in _settings(args.ratios)]
+        settings += [({}, python) for python in args.python]
+        summary = headline_ratios(small, large, settings, args.rounds, args.seconds, args.components)
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2))
+        return 0
     if args.ping_sweep is not None:
-        settings: list[dict[str, str]] = [{}]
-        for part in filter(None, args.ping_sweep.split(";")):
-            variable, _, values = part.partition("=")
-            settings += [{variable.strip(): value.strip()} for value in values.split(",")]
-        summary = ping_sweep(large, settings, args.rounds, args.seconds)
+        summary = ping_sweep(large, _settings(args.ping_sweep), args.rounds, args.seconds)
         if args.json:
             args.json.write_text(json.dumps(summary, indent=2))
         return 0

@@ -4,9 +4,12 @@
 Going through ``logging`` (a LogRecord, a lock, a formatter, a flushed write per
 line) costs about 19 µs per request, as much as answering ``/ping`` itself. A request
 only records its fields (a tuple); lines are formatted and written in batches instead,
-every ``FLUSH_SECONDS``, at ``MAX_PENDING`` lines, and at shutdown. A JSON batch gets
-its timestamps from one NumPy call and each line from a bytes template (2.1 µs a line
-against 3.2 µs through a dict and ``datetime`` per line).
+every ``FLUSH_SECONDS``, at ``MAX_PENDING`` lines, and at shutdown. A JSON batch is
+formatted column by column: the timestamps by one NumPy call, each text column by one
+orjson call, and the lines interleaved from the columns and the template's constant
+pieces by one ``bytes.join``: only the duration's ``round`` runs per line in Python
+(~1.6 µs a line against ~1.9 µs through a bytes template per line, 3.2 µs through a
+dict and ``datetime``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
+from itertools import chain, repeat
 from typing import IO
 
 import numpy as np
@@ -67,10 +71,18 @@ class AccessLog:
         self.flush()
 
 
-_JSON_LINE = (
-    b'{"timestamp":"%b","level":"INFO","service":"' + SERVICE.encode() + b'",'
-    b'"logger":"timbral.server.access","message":"request","request_id":%b,"method":%b,'
-    b'"path":%b,"route":%b,"status":%d,"duration_ms":%b}\n'
+# A line's constant pieces; the fields go between them, in this order: timestamp,
+# request_id, method, path, route (JSON strings without their quotes), status, duration_ms.
+_JSON_PIECES = (
+    b'{"timestamp":"',
+    b'","level":"INFO","service":"' + SERVICE.encode() + b'","logger":"timbral.server.access",'
+    b'"message":"request","request_id":"',
+    b'","method":"',
+    b'","path":"',
+    b'","route":"',
+    b'","status":',
+    b',"duration_ms":',
+    b"}\n",
 )
 
 
@@ -80,14 +92,26 @@ def _json_lines(pending: list[_Fields]) -> bytes:
     Every text a client chose (request id, method, path) goes through orjson, so quotes
     and control characters are escaped.
     """
-    micros = np.rint(np.array([fields[0] for fields in pending]) * 1e6).astype(np.int64)
-    stamps = np.datetime_as_string(micros.view("datetime64[us]"), unit="us", timezone="UTC").tolist()
-    dumps = orjson.dumps
-    return b"".join([
-        _JSON_LINE % (stamp.encode(), dumps(request_id), dumps(method), dumps(path), dumps(route), status,
-                      dumps(round(seconds * 1000, 3)))
-        for stamp, (_, request_id, method, path, route, status, seconds) in zip(stamps, pending, strict=True)
-    ])
+    stamps, request_ids, methods, paths, routes, statuses, seconds = zip(*pending, strict=True)
+    micros = np.rint(np.array(stamps) * 1e6).astype(np.int64)
+    columns = [
+        _strings(np.datetime_as_string(micros.view("datetime64[us]"), unit="us", timezone="UTC").tolist()),
+        _strings(request_ids), _strings(methods), _strings(paths), _strings(routes),
+        orjson.dumps(statuses)[1:-1].split(b","),
+        orjson.dumps([round(value * 1000, 3) for value in seconds])[1:-1].split(b","),
+    ]
+    first, *between = _JSON_PIECES
+    return b"".join(chain.from_iterable(zip(
+        repeat(first), *chain.from_iterable(zip(columns, map(repeat, between), strict=True)))))
+
+
+def _strings(texts: tuple[str, ...] | list[str]) -> list[bytes]:
+    """Each text as a JSON string without its quotes: one orjson call for the column.
+
+    Splitting the array at ``","`` is exact: inside an encoded string every ``"`` is
+    escaped as ``\\"``, so quote, comma, quote only ever separates two elements.
+    """
+    return orjson.dumps(texts)[2:-2].split(b'","')
 
 
 def _text_lines(pending: list[_Fields]) -> bytes:
