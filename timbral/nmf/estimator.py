@@ -153,13 +153,15 @@ class NMFModel:
         A number turns that search off. Every "auto" parameter is searched
         together; the values used are the fitted ``regularization_``,
         ``confidence_``, ``alpha_``, ``frequency_scale_`` and ``n_components_``.
-    frequency_scale : float in [0, 2] or "auto", default=DEFAULT_FREQUENCY_SCALE
+    frequency_scale : float in [0, 2] or "auto", default="auto"
         ν of the frequency-scaled ridge (Rendle et al. 2021): each row of W and H
         gets λ₂ · (m / m̄)^ν, where m is the row's total entry weight (Σ of its
         confidences plus β per unobserved entry) and m̄ the mean over all rows, so
         heavily weighted rows are shrunk more (``timbral.nmf.objective.RowPenalty``).
         0 is the plain ridge; "auto" chooses among ``timbral.tuning.FREQUENCY_SCALE_GRID``
-        by validation (implicit and explicit; frobenius uses 0).
+        by validation (implicit and explicit): 0 unless ν = 1 beats it clearly on the
+        validation split. Frobenius fits, and "auto" without a search (a fixed λ and
+        nothing else to choose), use 0.
     l1_ratio : float in [0, 1], default=0.0
         Share of ``regularization`` given to the L1 (sparsity) term.
     max_iter : int, default=200
@@ -208,7 +210,7 @@ class NMFModel:
         alpha: float | str = DEFAULT_ALPHA,
         confidence: str = "auto",
         regularization: float | str = "auto",
-        frequency_scale: float | str = DEFAULT_FREQUENCY_SCALE,
+        frequency_scale: float | str = "auto",
         l1_ratio: float = 0.0,
         max_iter: int = 200,
         tol: float = 1e-4,
@@ -413,7 +415,7 @@ class NMFModel:
             )
         nu = state.frequency_scale
         if nu is None:  # directories written before the frequency-scaled ridge: the plain one
-            nu = 0.0 if model.frequency_scale == "auto" else model.frequency_scale
+            nu = DEFAULT_FREQUENCY_SCALE if model.frequency_scale == "auto" else model.frequency_scale
         if not isinstance(nu, numbers.Real) or isinstance(nu, bool) or not (np.isfinite(nu) and 0 <= nu <= 2):
             raise ValidationError(
                 f"`frequency_scale` must be a number in [0, 2] (the ν the fit used); got {nu!r}."
@@ -730,7 +732,7 @@ class NMFModel:
         # "auto" λ and ν are left only for frobenius, which has no validation metric: a fixed light ridge.
         reg = chosen["regularization"]
         regularization = auto_regularization(user_items, self.feedback, alpha, confidence) if reg == "auto" else reg
-        nu = 0.0 if chosen["frequency_scale"] == "auto" else float(chosen["frequency_scale"])
+        nu = DEFAULT_FREQUENCY_SCALE if chosen["frequency_scale"] == "auto" else float(chosen["frequency_scale"])
         return _Choice(
             int(chosen["n_components"]), confidence, alpha, float(regularization), nu, table, factors
         )
