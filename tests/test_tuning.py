@@ -442,3 +442,19 @@ def test_bad_confidence_candidates_are_refused(plays, confidences):
     with pytest.raises(ValidationError, match=r"`confidences` must be distinct scalings among 'log', 'linear', "
                                               r"'bm25', at least one; got .* Pass e.g. \('log', 'linear'\)"):
         tuning.search(plays, params, confidences=confidences)
+
+
+def test_a_nu_that_passes_its_screen_walks_its_own_path_and_is_chosen(plays, monkeypatch):
+    """The ν screen with a known answer: with ν = 1 as the protected default, ν = 0 must beat its
+    screen by the noise rule, which it does not on these plays (0.2152 against 0.2148 at k = 4),
+    so ν = 1 walks a whole path from one step above its screen point (ν = 0's best λ), and a point
+    of that path is chosen."""
+    monkeypatch.setitem(tuning.DEFAULTS, "frequency_scale", 1.0)
+    found = tuning.search(plays, NMFModel(n_components=4, confidence="log", **FAST).get_params())
+    chosen = next(row for row in found.table if row["chosen"])
+    assert found.params["frequency_scale"] == chosen["frequency_scale"] == 1.0 and not chosen["screen"]
+    screen = next(row for row in found.table if row["screen"])
+    path = [row["regularization"] for row in found.table if row["frequency_scale"] == 1.0 and not row["screen"]]
+    assert path[0] == pytest.approx(2 * screen["regularization"])  # one step above the screen point
+    assert path[:-1] == sorted(path[:-1], reverse=True) and len(path) >= tuning.PATIENCE + 2  # + the midpoint
+    assert chosen["regularization"] in path
