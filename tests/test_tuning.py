@@ -178,6 +178,7 @@ def test_chosen_parameters_round_trip_through_the_model_directory(auto_model, pl
     loaded = Recommender.load(tmp_path / "model").model
     assert loaded.regularization_ == auto_model.regularization_
     assert loaded.confidence_ == auto_model.confidence_ and loaded.alpha_ == auto_model.alpha_
+    assert loaded.frequency_scale_ == auto_model.frequency_scale_ and loaded.get_params()["frequency_scale"] == "auto"
     assert loaded.search_results_ == auto_model.search_results_
     users = np.arange(5)
     np.testing.assert_allclose(loaded.recommend_batch(users, 5)[1], auto_model.recommend_batch(users, 5)[1])
