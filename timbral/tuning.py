@@ -166,7 +166,7 @@ class SearchResult:
         One row per setting tried, in order: ``n_components``, ``confidence``,
         ``alpha``, ``regularization``, ``frequency_scale``, the metric (``ndcg@10``
         or ``rmse``), ``n_iter``, ``seconds``, ``screen`` (a short fit that only decides
-        whether its confidence scaling gets a whole path; never chosen) and ``chosen``.
+        whether its confidence scaling or ν gets a whole path; never chosen) and ``chosen``.
     metric : str
         ``"ndcg@10"`` (higher is better) or ``"rmse"`` (lower is better).
     sample_users, n_users : int
