@@ -291,6 +291,8 @@ def test_fit_refuses_what_it_cannot_do(client, plays):
     with pytest.raises(ValidationError, match=r"search only regularization, n_components and the confidence "
                                               r"\('log' or 'linear'\); got 'auto' for alpha .* --params"):
         fit(NMFModel(confidence="auto", alpha="auto"), plays / "parts", client)
+    with pytest.raises(ValidationError, match=r"plain ridge; got frequency_scale=1.0, .* Pass frequency_scale=0"):
+        fit(NMFModel(frequency_scale=1.0), plays / "parts", client)  # "auto", the default, keeps the plain ridge
     with pytest.raises(ValidationError, match=r"start from init='random'; got init='nndsvd'"):
         fit(NMFModel(init="nndsvd"), plays / "parts", client)
     with pytest.raises(ValidationError, match=r"n_blocks must be a positive integer, got 0"):

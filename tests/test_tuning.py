@@ -147,6 +147,7 @@ def test_search_never_reads_the_test_split():
     clean, dirty = run(ratings), run(poisoned)
     assert dirty.metrics["rmse"] > clean.metrics["rmse"] + 0.3  # the poison is in the test split
     assert choices(clean.recommender.model.search_results_) == choices(dirty.recommender.model.search_results_)
+    assert any(row["frequency_scale"] == 1.0 for row in clean.recommender.model.search_results_)  # ν's screen too
     assert clean.recommender.model.regularization_ == dirty.recommender.model.regularization_
     # ... and it would have moved the choice had it been read: on the poisoned test, another λ wins.
     train_part, _ = random_split(poisoned, test_fraction=0.2, seed=0)
