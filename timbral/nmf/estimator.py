@@ -286,7 +286,8 @@ class NMFModel:
             Called after every epoch.
         backend : HalfStepBackend, optional
             Where the row solves run; default this machine
-            (``timbral.distributed.fit_distributed`` passes a Dask backend).
+            (``timbral.distributed.fit_distributed`` passes a Dask backend). A backend
+            without per-row ridges keeps ``frequency_scale="auto"`` at the plain ridge.
         search : timbral.tuning.SearchResult, optional
             A search already run for these parameters (e.g. on the training part of
             an evaluation split): its choices settle the "auto" parameters and it is
@@ -299,7 +300,8 @@ class NMFModel:
         self.check_params()
         csr = check_user_items(user_items)
         rng = check_random_state(self.random_state)
-        chosen = self._choose_parameters(csr, show_progress, search)
+        plain_ridge = backend is not None and not backend.supports_row_l2
+        chosen = self._choose_parameters(csr, show_progress, search, plain_ridge)
         l1, l2 = _penalties(chosen.regularization, self.l1_ratio)
         initial = self._warm_start_factors(csr.shape, chosen.n_components) or chosen.factors
         progress = _progress_bar(self.max_iter) if show_progress else None
@@ -702,14 +704,17 @@ class NMFModel:
         return seen if seen.has_sorted_indices else seen.sorted_indices()
 
     def _choose_parameters(
-        self, user_items: sp.csr_matrix, show_progress: bool = False, found: SearchResult | None = None
+        self, user_items: sp.csr_matrix, show_progress: bool = False, found: SearchResult | None = None,
+        plain_ridge: bool = False,
     ) -> _Choice:
         """Settle every "auto" parameter by ``timbral.tuning.search`` (validation on a split of
         ``user_items``) or by ``found``; with the search's factors to start the fit from (None:
-        from ``init``)."""
+        from ``init``). ``plain_ridge``: the backend has no per-row ridge, so "auto" ν is 0, not searched."""
         from timbral import tuning  # tuning fits NMFModels: imported here, not at the top
 
         chosen, table, factors = self.get_params(), None, None
+        if plain_ridge and chosen["frequency_scale"] == "auto":
+            chosen["frequency_scale"] = DEFAULT_FREQUENCY_SCALE
         names = tuning.searched_parameters(chosen)
         if names:
             if found is None:
