@@ -11,7 +11,7 @@ fit) is the one load cannot move.
 Usage::
 
     python benchmarks/tuning_cost.py path/to/lastfm-2k/user_artists.dat
-    python benchmarks/tuning_cost.py --generate 200000 50000 10000000 [--confidence auto] [--frequency-scale auto]
+    python benchmarks/tuning_cost.py --generate 200000 50000 10000000 [--confidence log] [--frequency-scale 0]
     python benchmarks/tuning_cost.py --generate 60000 20000 1500000 --carry
 
 ``--carry`` measures the rule that carries λ from the search's user sample to all the
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generate", nargs=3, type=int, metavar=("USERS", "ITEMS", "INTERACTIONS"))
     parser.add_argument("--components", type=int, default=50)
     parser.add_argument("--confidence", default="auto", help="'auto' (the default) searches the scaling too")
-    parser.add_argument("--frequency-scale", default="0", help="ν of the frequency-scaled ridge; 'auto' searches it")
+    parser.add_argument("--frequency-scale", default="auto",
+                        help="ν of the frequency-scaled ridge: 'auto' (the default) searches it, a number fixes it")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of both fits; medians are reported")
     parser.add_argument("--carry", action="store_true",

@@ -184,8 +184,10 @@ def test_auto_regularization_is_searched_like_the_local_fit(client, plays):
     """Data within the search's sample size: the workers hand every row to the search, which chooses
     and starts the fit as NMFModel.fit does."""
     ref = load_reference(plays / "all.parquet")
-    local = NMFModel(**{**SETTINGS, "max_iter": 3}).fit(ref.user_items)
+    # frequency_scale "auto" (the default) keeps the plain ridge on workers: ν = 0 locally too.
+    local = NMFModel(**{**SETTINGS, "max_iter": 3, "frequency_scale": 0}).fit(ref.user_items)
     result = fit(NMFModel(**{**SETTINGS, "max_iter": 3}), plays / "parts", client, rating_col="plays", n_blocks=3)
+    assert result.model.frequency_scale_ == 0.0
     assert result.model.regularization_ == local.regularization_
     assert [row["ndcg@10"] for row in result.model.search_results_] == pytest.approx(
         [row["ndcg@10"] for row in local.search_results_], rel=1e-6)
@@ -200,7 +202,8 @@ def test_the_default_confidence_is_chosen_between_log_and_linear(client, plays):
 
     settings = {**SETTINGS, "confidence": "auto", "max_iter": 3}
     ref = load_reference(plays / "all.parquet")
-    expected = tuning.search(ref.user_items, NMFModel(**settings).get_params(), confidences=SUPPORTED_CONFIDENCES)
+    plain = NMFModel(**settings, frequency_scale=0).get_params()  # ν: the plain ridge on workers
+    expected = tuning.search(ref.user_items, plain, confidences=SUPPORTED_CONFIDENCES)
     result = fit(NMFModel(**settings), plays / "parts", client, rating_col="plays", n_blocks=3)
     assert {row["confidence"] for row in result.model.search_results_} == set(SUPPORTED_CONFIDENCES)
     assert result.model.confidence_ == expected.params["confidence"]
@@ -218,7 +221,7 @@ def test_auto_regularization_searches_a_sample_drawn_on_the_workers(client, play
     ref = load_reference(plays / "all.parquet")
     rows = tuning.sample_rows(np.diff(ref.user_items.indptr), np.random.default_rng(SETTINGS["random_state"]))
     assert 0 < ref.user_items[rows].nnz <= 2_000 < ref.user_items.nnz
-    expected = tuning.search(ref.user_items[rows], NMFModel(**SETTINGS).get_params())
+    expected = tuning.search(ref.user_items[rows], NMFModel(**SETTINGS, frequency_scale=0).get_params())  # plain ridge
     result = fit(NMFModel(**SETTINGS), plays / "parts", client, rating_col="plays", n_blocks=3)
     assert result.model.regularization_ == expected.params["regularization"]
     assert [row["ndcg@10"] for row in result.model.search_results_] == pytest.approx(
@@ -288,6 +291,8 @@ def test_fit_refuses_what_it_cannot_do(client, plays):
     with pytest.raises(ValidationError, match=r"search only regularization, n_components and the confidence "
                                               r"\('log' or 'linear'\); got 'auto' for alpha .* --params"):
         fit(NMFModel(confidence="auto", alpha="auto"), plays / "parts", client)
+    with pytest.raises(ValidationError, match=r"plain ridge; got frequency_scale=1.0, .* Pass frequency_scale=0"):
+        fit(NMFModel(frequency_scale=1.0), plays / "parts", client)  # "auto", the default, keeps the plain ridge
     with pytest.raises(ValidationError, match=r"start from init='random'; got init='nndsvd'"):
         fit(NMFModel(init="nndsvd"), plays / "parts", client)
     with pytest.raises(ValidationError, match=r"n_blocks must be a positive integer, got 0"):

@@ -131,6 +131,20 @@ def test_a_backend_without_row_ridges_is_refused():
         fit_nmf(plays(), n_components=2, frequency_scale=0.5, rng=np.random.default_rng(0), backend=_NoRowRidge())
 
 
+def test_auto_nu_keeps_the_plain_ridge_on_a_backend_without_row_ridges(monkeypatch):
+    """frequency_scale="auto" is the default: where the search would choose ν = 1 (here made the
+    protected value, so it wins), a backend that cannot fit it gets ν = 0 and no ν search, not an error."""
+    from timbral import tuning
+
+    monkeypatch.setitem(tuning.DEFAULTS, "frequency_scale", 1.0)
+    R = plays(120, 60)
+    local = NMFModel(n_components=3, confidence="log", max_iter=20, n_threads=1).fit(R)
+    assert local.frequency_scale_ == 1.0
+    remote = NMFModel(n_components=3, confidence="log", max_iter=20, n_threads=1).fit(R, backend=_NoRowRidge())
+    assert remote.frequency_scale_ == 0.0 and {row["frequency_scale"] for row in remote.search_results_} == {0.0}
+    assert remote.get_params()["frequency_scale"] == "auto"
+
+
 @pytest.mark.parametrize("value", [-0.5, 2.5, "AUTO", float("nan"), True])
 def test_bad_frequency_scales_are_refused(value):
     with pytest.raises(ValidationError, match=r"`frequency_scale` must be"):

@@ -91,8 +91,8 @@ def test_default_fit_chooses_lambda_on_a_path_and_records_the_table(auto_model):
     assert chosen is best or (chosen is plain and best["confidence"] != "log")
     *rows, refinement = table
     paths = [row for row in rows if not row["screen"]]
-    for confidence in {row["confidence"] for row in paths}:
-        path = [row["regularization"] for row in paths if row["confidence"] == confidence]
+    for setting in {(row["confidence"], row["frequency_scale"]) for row in paths}:
+        path = [row["regularization"] for row in paths if (row["confidence"], row["frequency_scale"]) == setting]
         assert path == sorted(path, reverse=True) and len(path) >= tuning.PATIENCE + 1  # strong to weak
         np.testing.assert_allclose(np.divide(path[:-1], path[1:]), 2.0)  # a log grid
     # The default scaling walks a whole path; each other one is first screened by a few short fits.
@@ -101,7 +101,8 @@ def test_default_fit_chooses_lambda_on_a_path_and_records_the_table(auto_model):
         screen = [row for row in rows if row["screen"] and row["confidence"] == confidence]
         assert len(screen) == 1 and screen[0]["n_iter"] <= tuning.SCREEN_MAX_ITER
     # The last row refines the best path: halfway (geometrically) between two of its points.
-    best_path = [row["regularization"] for row in paths if row["confidence"] == refinement["confidence"]]
+    best_path = [row["regularization"] for row in paths if (row["confidence"], row["frequency_scale"]) ==
+                 (refinement["confidence"], refinement["frequency_scale"])]
     assert any(np.isclose(refinement["regularization"] ** 2, a * b) for a, b in itertools.pairwise(best_path))
     assert {row["confidence"] for row in table} == set(tuning.CONFIDENCE_GRID)
     assert auto_model.get_params()["confidence"] == "auto"  # the parameter itself stays as given
@@ -113,6 +114,9 @@ def test_an_explicit_number_turns_its_search_off(plays):
     only_confidence = NMFModel(n_components=8, regularization=3.0, confidence="auto", **FAST).fit(plays)
     assert {row["regularization"] for row in only_confidence.search_results_} == {3.0}
     assert len(only_confidence.search_results_) == len(tuning.CONFIDENCE_GRID)
+    # ν ("auto", the default) is searched with λ only: a fixed λ keeps the plain ridge.
+    assert {row["frequency_scale"] for row in only_confidence.search_results_} == {0.0}
+    assert fixed.frequency_scale_ == only_confidence.frequency_scale_ == 0.0
 
 
 def test_search_is_seeded(plays):
@@ -143,6 +147,7 @@ def test_search_never_reads_the_test_split():
     clean, dirty = run(ratings), run(poisoned)
     assert dirty.metrics["rmse"] > clean.metrics["rmse"] + 0.3  # the poison is in the test split
     assert choices(clean.recommender.model.search_results_) == choices(dirty.recommender.model.search_results_)
+    assert any(row["frequency_scale"] == 1.0 for row in clean.recommender.model.search_results_)  # ν's screen too
     assert clean.recommender.model.regularization_ == dirty.recommender.model.regularization_
     # ... and it would have moved the choice had it been read: on the poisoned test, another λ wins.
     train_part, _ = random_split(poisoned, test_fraction=0.2, seed=0)
@@ -174,6 +179,7 @@ def test_chosen_parameters_round_trip_through_the_model_directory(auto_model, pl
     loaded = Recommender.load(tmp_path / "model").model
     assert loaded.regularization_ == auto_model.regularization_
     assert loaded.confidence_ == auto_model.confidence_ and loaded.alpha_ == auto_model.alpha_
+    assert loaded.frequency_scale_ == auto_model.frequency_scale_ and loaded.get_params()["frequency_scale"] == "auto"
     assert loaded.search_results_ == auto_model.search_results_
     users = np.arange(5)
     np.testing.assert_allclose(loaded.recommend_batch(users, 5)[1], auto_model.recommend_batch(users, 5)[1])
@@ -230,7 +236,9 @@ def test_tune_writes_what_train_params_uses(plays_file, tmp_path, capsys):
     assert chosen["confidence"] in tuning.CONFIDENCE_GRID and isinstance(chosen["regularization"], float)
     assert [row["chosen"] for row in written["search"]["table"]].count(True) == 1
     screens = [row for row in written["search"]["table"] if row["screen"]]
-    assert {row["confidence"] for row in screens} == {"linear", "bm25"}  # the default search screens both
+    # The default search screens both other scalings, and ν = 1.
+    assert {(row["confidence"], row["frequency_scale"]) for row in screens} == {
+        ("linear", 0.0), ("bm25", 0.0), ("log", 1.0)}
     assert [line.split()[2] for line in out.splitlines() if line.startswith("  s ")] == [
         row["confidence"] for row in screens]
     assert main(["train", str(plays_file), "--params", str(params), "-o", str(tmp_path / "m"),
@@ -273,7 +281,7 @@ def test_large_data_searches_on_a_seeded_user_sample(plays, monkeypatch):
     params = NMFModel(n_components=6, **FAST).get_params()
     found = tuning.search(plays, params)
     assert 0 < found.sample_users < plays.shape[0] and found.n_users == plays.shape[0]
-    assert found.table and set(found.params) == {"regularization", "confidence"}
+    assert found.table and set(found.params) == {"regularization", "confidence", "frequency_scale"}
     assert choices(tuning.search(plays, params).table) == choices(found.table)  # the sample is seeded
 
 
@@ -329,15 +337,21 @@ def test_tune_refuses_bad_input(tmp_path, capsys):
     assert "expected a positive integer, got 'many'" in capsys.readouterr().err
 
 
-def test_frequency_scale_auto_tries_each_nu_at_the_best_lambda(plays):
-    model = NMFModel(n_components=6, frequency_scale="auto", **FAST).fit(plays)
-    table = model.search_results_
-    tried = [row for row in table if row["frequency_scale"] != 0.0]
-    assert sorted(row["frequency_scale"] for row in tried) == list(tuning.FREQUENCY_SCALE_GRID[1:])
-    assert len({row["regularization"] for row in tried}) == 1  # at one λ: the best at ν = 0
-    chosen = next(row for row in table if row["chosen"])
-    assert model.frequency_scale_ == chosen["frequency_scale"] and model.regularization_ == chosen["regularization"]
+def test_frequency_scale_is_searched_by_default_from_a_screen_one_step_weaker(plays):
+    """ν = 1 gets one short warm fit at half the best λ at ν = 0 (its best sits about there); it is
+    recorded in ``frequency_scale_`` and the table, and a screen row is never the one chosen."""
+    model = NMFModel(n_components=6, confidence="log", **FAST).fit(plays)
     assert model.get_params()["frequency_scale"] == "auto"
+    table = model.search_results_
+    screen = [row for row in table if row["frequency_scale"] == 1.0 and row["screen"]]
+    assert len(screen) == 1 and screen[0]["n_iter"] <= tuning.SCREEN_MAX_ITER
+    before = table[: table.index(screen[0])]  # the ν = 0 path it was screened from
+    assert {row["frequency_scale"] for row in before} == {0.0}
+    best_plain = max(before, key=lambda row: row["ndcg@10"])
+    assert screen[0]["regularization"] == pytest.approx(best_plain["regularization"] / 2)
+    chosen = next(row for row in table if row["chosen"])
+    assert not chosen["screen"] and chosen["frequency_scale"] in tuning.FREQUENCY_SCALE_GRID
+    assert model.frequency_scale_ == chosen["frequency_scale"] and model.regularization_ == chosen["regularization"]
 
 
 def test_a_departure_from_the_defaults_must_beat_the_noise():
@@ -394,7 +408,7 @@ def test_a_scaling_that_passes_its_screen_gets_a_whole_path_and_is_chosen(plays,
     and a point of that path is chosen."""
     monkeypatch.setitem(tuning.DEFAULTS, "confidence", "bm25")
     monkeypatch.setitem(tuning.SCREEN_STEPS, "log", -1)
-    params = NMFModel(n_components=4, **FAST).get_params()
+    params = NMFModel(n_components=4, frequency_scale=0, **FAST).get_params()
     found = tuning.search(plays, params, confidences=("bm25", "log", "linear"))
     chosen = next(row for row in found.table if row["chosen"])
     assert found.params["confidence"] == chosen["confidence"] == "log" and not chosen["screen"]
@@ -409,8 +423,8 @@ def test_keeping_log_costs_only_the_screens(plays):
     """The cost rule of confidence="auto": when log is kept, the search is the log-only search plus
     one short fit of at most SCREEN_MAX_ITER epochs per other scaling (counted in epochs, not
     seconds), and it chooses what the log-only search chooses."""
-    only_log = NMFModel(n_components=6, confidence="log", **FAST).fit(plays).search_results_
-    auto = NMFModel(n_components=6, **FAST).fit(plays).search_results_
+    only_log = NMFModel(n_components=6, confidence="log", frequency_scale=0, **FAST).fit(plays).search_results_
+    auto = NMFModel(n_components=6, frequency_scale=0, **FAST).fit(plays).search_results_
     assert next(row for row in auto if row["chosen"])["confidence"] == "log"
     assert choices([row for row in auto if not row["screen"]]) == choices(only_log)
     screens = [row for row in auto if row["screen"]]
@@ -430,3 +444,19 @@ def test_bad_confidence_candidates_are_refused(plays, confidences):
     with pytest.raises(ValidationError, match=r"`confidences` must be distinct scalings among 'log', 'linear', "
                                               r"'bm25', at least one; got .* Pass e.g. \('log', 'linear'\)"):
         tuning.search(plays, params, confidences=confidences)
+
+
+def test_a_nu_that_passes_its_screen_walks_its_own_path_and_is_chosen(plays, monkeypatch):
+    """The ν screen with a known answer: with ν = 1 as the protected default, ν = 0 must beat its
+    screen by the noise rule, which it does not on these plays (0.2152 against 0.2148 at k = 4),
+    so ν = 1 walks a whole path from one step above its screen point (ν = 0's best λ), and a point
+    of that path is chosen."""
+    monkeypatch.setitem(tuning.DEFAULTS, "frequency_scale", 1.0)
+    found = tuning.search(plays, NMFModel(n_components=4, confidence="log", **FAST).get_params())
+    chosen = next(row for row in found.table if row["chosen"])
+    assert found.params["frequency_scale"] == chosen["frequency_scale"] == 1.0 and not chosen["screen"]
+    screen = next(row for row in found.table if row["screen"])
+    path = [row["regularization"] for row in found.table if row["frequency_scale"] == 1.0 and not row["screen"]]
+    assert path[0] == pytest.approx(2 * screen["regularization"])  # one step above the screen point
+    assert path[:-1] == sorted(path[:-1], reverse=True) and len(path) >= tuning.PATIENCE + 2  # + the midpoint
+    assert chosen["regularization"] in path

@@ -434,7 +434,7 @@ def _apply_params_file(args: argparse.Namespace) -> None:
 
 def _search_table(table: list[dict[str, Any]], metric: str) -> str:
     """The validation table: one line per setting, the chosen one marked ``*`` and the
-    screens (short fits that only decide whether a scaling gets a path) ``s``."""
+    screens (short fits that only decide whether a scaling or ν gets a path) ``s``."""
     head = (f"    {'k':>4}  {'confidence':<10}  {'alpha':>6}  {'lambda':>10}  {'nu':>4}  {metric:>8}  {'epochs':>6}  "
             f"{'seconds':>7}")
     lines = [head]
@@ -535,7 +535,7 @@ def _cmd_tune(args: argparse.Namespace, progress: bool) -> int:
         return 0
     sampled = "" if found.sample_users == found.n_users else f" (a sample of {found.sample_users:,} users)"
     print(f"Validation on {found.n_users:,} users{sampled}, {found.seconds:.1f} s; * = chosen, "
-          "s = a screen (a short fit deciding whether that scaling gets a whole path):")
+          "s = a screen (a short fit deciding whether that scaling or ν gets a whole path):")
     print(_search_table(found.table, found.metric) if found.table else
           "  no user has enough interactions to hold some out: defaults kept")
     print(f"Chosen: {', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in chosen.items())}")

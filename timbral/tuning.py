@@ -29,11 +29,17 @@ too large on others), so :func:`search` measures instead of guessing:
    walk a whole path (from one step above its screen point); screened rows themselves
    are never chosen. A search that keeps ``log`` thus pays two short fits for the two
    other scalings (on Last.fm 10 epochs, against 147 for their whole paths).
+   **ν.** With ``frequency_scale="auto"`` (the default), ν = 1 is screened the same way
+   after the paths: one ``SCREEN_MAX_ITER``-epoch fit warm-started from the best path's
+   model, ``FREQUENCY_SCREEN_STEPS`` path step weaker than the best λ at ν = 0 (the
+   row-scaled ridge λ·(m_u/m̄)^ν shrinks the heavy rows, which carry most of the loss,
+   harder than the plain one: where ν = 1 won on validation, Last.fm, its best λ was
+   half of ν = 0's, and at ν = 0's λ it lost).
+   It walks a whole path of its own only if its screen beats ν = 0 under the rule of
+   step 4. (ν is searched only with λ: a λ the caller fixed is one for the plain ridge.)
    The path of the setting the rule of step 4 picks then gets one more point: the
    geometric midpoint between its best λ and the better neighbour (a factor √2
-   resolution for the price of one fit). With ``frequency_scale="auto"``, that
-   setting's best λ is then tried with each ν of ``FREQUENCY_SCALE_GRID``
-   (warm-started: one short fit each).
+   resolution for the price of one fit).
 4. **Select.** NDCG@10 for implicit feedback, RMSE for explicit; ties keep the
    stronger penalty. A validation set of a few hundred users is noisy, so a setting
    that departs from the defaults (``log`` confidence, α = 1, ν = 0) must beat the
@@ -81,7 +87,7 @@ from numpy.typing import NDArray
 from timbral.exceptions import ConvergenceWarning, ValidationError
 from timbral.metrics import popularity_top_k, ranking_scores, rating_metrics
 from timbral.nmf import NMFModel
-from timbral.nmf.objective import DEFAULT_CONFIDENCE, auto_regularization
+from timbral.nmf.objective import DEFAULT_ALPHA, DEFAULT_CONFIDENCE, DEFAULT_FREQUENCY_SCALE, auto_regularization
 from timbral.split import random_split
 
 __all__ = [
@@ -100,10 +106,12 @@ CONFIDENCE_GRID = ("log", "linear", "bm25")
 #: Candidates of ``alpha="auto"``: observed entries weigh 1 + α·r' against 1 for unobserved ones.
 ALPHA_GRID = (0.25, 1.0, 4.0)
 #: Candidates of ``frequency_scale="auto"`` (ν of the frequency-scaled ridge; 0 first: the default).
-FREQUENCY_SCALE_GRID = (0.0, 0.5, 1.0)
+#: Rendle et al. (2021) found ν = 1 decisive for iALS; ν = 0.5 was never chosen on a set measured here
+#: (Last.fm's test-split grid: 0.2331 against 0.2337 at ν = 0), so the search spends no fit on it.
+FREQUENCY_SCALE_GRID = (0.0, 1.0)
 #: The values the noise-aware rule protects: a setting that departs from them must beat the
 #: best row at them by ``MARGIN_SE`` standard errors.
-DEFAULTS = {"confidence": DEFAULT_CONFIDENCE, "alpha": 1.0, "frequency_scale": 0.0}
+DEFAULTS = {"confidence": DEFAULT_CONFIDENCE, "alpha": DEFAULT_ALPHA, "frequency_scale": DEFAULT_FREQUENCY_SCALE}
 #: Seeded groups of validation users whose paired differences give that standard error.
 GROUPS = 10
 #: Standard errors a departure must win by. With one, MovieLens-small's search chose bm25
@@ -117,6 +125,11 @@ MARGIN_SE = 2.0
 #: default under the noise rule gets a whole path: a search that keeps ``log`` pays two short fits.
 SCREEN_STEPS = {"linear": 1, "bm25": -1, "log": 0}
 SCREEN_MAX_ITER = 5
+#: ``frequency_scale="auto"``: path steps from the best λ at ν = 0 to each other ν's screen point
+#: (weaker: on Last.fm's validation split, the one measured where ν = 1 won, its best λ was half of
+#: ν = 0's, and at ν = 0's own λ it lost 8 %; on MovieLens-small half and the same λ tied, and on the
+#: generated sets, where it does not win, its best was ν = 0's λ).
+FREQUENCY_SCREEN_STEPS = {1.0: 1}
 #: Candidates of ``n_components="auto"``.
 N_COMPONENTS_GRID = (32, 64, 128)
 #: λ / centre along the path, strong to weak (factor 2 per step).
@@ -155,7 +168,7 @@ class SearchResult:
         One row per setting tried, in order: ``n_components``, ``confidence``,
         ``alpha``, ``regularization``, ``frequency_scale``, the metric (``ndcg@10``
         or ``rmse``), ``n_iter``, ``seconds``, ``screen`` (a short fit that only decides
-        whether its confidence scaling gets a whole path; never chosen) and ``chosen``.
+        whether its confidence scaling or ν gets a whole path; never chosen) and ``chosen``.
     metric : str
         ``"ndcg@10"`` (higher is better) or ``"rmse"`` (lower is better).
     sample_users, n_users : int
@@ -180,7 +193,8 @@ def searched_parameters(params: Mapping[str, Any]) -> list[str]:
 
     ``confidence`` and ``alpha`` only matter for implicit feedback; frobenius has no
     validation metric, so its "auto" λ stays a fixed light ridge (ν = 0) and its
-    ``n_components`` must be a number.
+    ``n_components`` must be a number. ν is searched with λ only: its best λ is about half
+    the plain ridge's, so a λ the caller fixed is one for the plain ridge, and "auto" ν keeps it.
     """
     feedback = params["feedback"]
     if feedback == "frobenius":
@@ -191,6 +205,8 @@ def searched_parameters(params: Mapping[str, Any]) -> list[str]:
             )
         return []
     names = [name for name in _SEARCHED if params[name] == "auto"]
+    if params["regularization"] != "auto":
+        names = [name for name in names if name != "frequency_scale"]
     if feedback != "implicit":
         names = [name for name in names if name not in ("confidence", "alpha")]
     return names
@@ -256,7 +272,7 @@ def search(
         return result
     lambdas = (None,) if "regularization" not in names else PATH
     scales = FREQUENCY_SCALE_GRID[1:] if "frequency_scale" in names else ()
-    nu = 0.0 if params["frequency_scale"] == "auto" else float(params["frequency_scale"])
+    nu = DEFAULT_FREQUENCY_SCALE if params["frequency_scale"] == "auto" else float(params["frequency_scale"])
     total = len(combos) * len(lambdas) + (lambdas != (None,)) + len(scales)
     progress = _progress_bar(total) if show_progress else None
     by_group: list[NDArray[np.float64]] = []  # the metric of each table row on each user group
@@ -329,7 +345,8 @@ def search(
     # Per setting: its fixed parameters, its model (each keeps its own path's last factors), the
     # centre of its λ grid, its path's rows and whether they are only a screen.
     paths: list[tuple[dict[str, Any], NMFModel, float, list[dict[str, Any]], bool]] = []
-    best_step = None  # the path step of the best row so far (later paths start one step stronger)
+    best_step = None  # the path step of the best row so far (later paths start one step stronger) ...
+    best_path: Any = None  # ... and its entry in ``paths``
     try:
         for confidence, alpha, n_components in combos:
             alpha = _alpha(alpha)
@@ -354,10 +371,18 @@ def search(
             paths.append((fixed, model, centre, path, screened))
             if not screened and min(map(loss, path)) <= min(loss(row) for *_, rows, _ in paths for row in rows):
                 best_step = first + min(range(len(path)), key=lambda i: loss(path[i]))
+                best_path = paths[-1]
+        if scales:  # each ν ≠ 0 screened from the best path's model, on its centre (λ is searched too)
+            fixed, model, centre, *_ = best_path
+            for scale in scales:
+                step = min(best_step + FREQUENCY_SCREEN_STEPS[scale], len(lambdas) - 1)
+                screen = copy.deepcopy(model).set_params(frequency_scale=scale)
+                rows = [point(screen, centre * lambdas[step], SCREEN_MAX_ITER, screen=True)]
+                paths.append(({**fixed, "frequency_scale": scale}, screen, centre, rows, True))
         pick = result.table[_select(result.table, by_group, loss, names, not explicit)]
         at = next(i for i, (*_, rows, _) in enumerate(paths) if any(row is pick for row in rows))
         fixed, model, centre, path, screened = paths[at]
-        if screened:  # a scaling passed its screen: its whole path, from one step above its best screen point
+        if screened:  # a scaling or ν passed its screen: its whole path, from one step above its screen point
             if progress is not None:
                 progress.total += len(lambdas)
             lambda_step = {centre * lambdas[step]: step for step in range(len(lambdas))}
@@ -376,10 +401,6 @@ def search(
                                   WARM_MAX_ITER))
             elif progress is not None:
                 progress.update(1)
-        best = min(path, key=loss)
-        for scale in scales:  # ν at the best λ of that setting, warm-started
-            model.set_params(frequency_scale=scale)
-            point(model, best["regularization"], WARM_MAX_ITER)
     finally:
         if progress is not None:
             progress.close()

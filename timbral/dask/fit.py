@@ -45,7 +45,7 @@ from timbral.dask.blocks import Blocks, CleaningRules, read_blocks
 from timbral.dask.writing import write_model
 from timbral.exceptions import ConvergenceWarning, ValidationError
 from timbral.nmf import FittedState, NMFModel
-from timbral.nmf.objective import DEFAULT_CONFIDENCE
+from timbral.nmf.objective import DEFAULT_CONFIDENCE, DEFAULT_FREQUENCY_SCALE
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -267,6 +267,7 @@ def fit(
     model : NMFModel
         Its parameters are used as they are; ``feedback`` "implicit" or "frobenius",
         ``confidence`` "linear", "log" or "auto" (chosen between those two),
+        ``frequency_scale`` 0 or "auto" (the plain ridge: ν is not searched here),
         ``init="random"``, and ``random_state`` an
         int, None or a PCG64 Generator.
     source : path, glob, fsspec URL, list of them, or dask.dataframe.DataFrame
@@ -337,14 +338,13 @@ def _check_model(model: NMFModel) -> None:
             f"distributed fits support feedback {SUPPORTED_FEEDBACK}; got {model.feedback!r}. "
             "Fit explicit (rating) models with NMFModel.fit on one machine."
         )
-    fixed = [name for name in ("alpha", "frequency_scale") if model.get_params()[name] == "auto"]
-    if fixed:
+    if model.alpha == "auto":
         raise ValidationError(
-            f"distributed fits search only regularization, n_components and the confidence ('log' or "
-            f"'linear'); got 'auto' for {' and '.join(fixed)} (the search may choose a frequency-scaled "
-            "ridge). Run `timbral tune` on the data and pass its values (train --params FILE)."
+            "distributed fits search only regularization, n_components and the confidence ('log' or "
+            "'linear'); got 'auto' for alpha (the weight of unobserved entries). Run `timbral tune` on the "
+            "data and pass its values (train --params FILE)."
         )
-    if model.frequency_scale:
+    if model.frequency_scale not in ("auto", 0):  # "auto" (the default) keeps the plain ridge here
         raise ValidationError(
             f"distributed fits use the plain ridge; got frequency_scale={model.frequency_scale!r}, "
             "which needs each row's own λ. Pass frequency_scale=0."
@@ -463,7 +463,7 @@ def _search(model: NMFModel, data: Blocks, client: Client, state: dict) -> tuple
     comes to the client. Data that small is the sample itself: then the search sees
     what the local one sees, and the fit starts from its factors as ``NMFModel.fit`` does.
     """
-    params = model.get_params()
+    params = model.get_params() | {"frequency_scale": DEFAULT_FREQUENCY_SCALE}  # the plain ridge (_check_model)
     if not tuning.searched_parameters(params):
         if params["confidence"] == "auto":  # left only where the feedback kind ignores it, as NMFModel.fit does
             return NMFModel(**(params | {"confidence": DEFAULT_CONFIDENCE})), None, None

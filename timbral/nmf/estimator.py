@@ -153,13 +153,15 @@ class NMFModel:
         A number turns that search off. Every "auto" parameter is searched
         together; the values used are the fitted ``regularization_``,
         ``confidence_``, ``alpha_``, ``frequency_scale_`` and ``n_components_``.
-    frequency_scale : float in [0, 2] or "auto", default=DEFAULT_FREQUENCY_SCALE
+    frequency_scale : float in [0, 2] or "auto", default="auto"
         ν of the frequency-scaled ridge (Rendle et al. 2021): each row of W and H
         gets λ₂ · (m / m̄)^ν, where m is the row's total entry weight (Σ of its
         confidences plus β per unobserved entry) and m̄ the mean over all rows, so
         heavily weighted rows are shrunk more (``timbral.nmf.objective.RowPenalty``).
         0 is the plain ridge; "auto" chooses among ``timbral.tuning.FREQUENCY_SCALE_GRID``
-        by validation (implicit and explicit; frobenius uses 0).
+        by validation (implicit and explicit): 0 unless ν = 1 beats it clearly on the
+        validation split. Frobenius fits, and "auto" without a search (a fixed λ and
+        nothing else to choose), use 0.
     l1_ratio : float in [0, 1], default=0.0
         Share of ``regularization`` given to the L1 (sparsity) term.
     max_iter : int, default=200
@@ -208,7 +210,7 @@ class NMFModel:
         alpha: float | str = DEFAULT_ALPHA,
         confidence: str = "auto",
         regularization: float | str = "auto",
-        frequency_scale: float | str = DEFAULT_FREQUENCY_SCALE,
+        frequency_scale: float | str = "auto",
         l1_ratio: float = 0.0,
         max_iter: int = 200,
         tol: float = 1e-4,
@@ -284,7 +286,8 @@ class NMFModel:
             Called after every epoch.
         backend : HalfStepBackend, optional
             Where the row solves run; default this machine
-            (``timbral.distributed.fit_distributed`` passes a Dask backend).
+            (``timbral.distributed.fit_distributed`` passes a Dask backend). A backend
+            without per-row ridges keeps ``frequency_scale="auto"`` at the plain ridge.
         search : timbral.tuning.SearchResult, optional
             A search already run for these parameters (e.g. on the training part of
             an evaluation split): its choices settle the "auto" parameters and it is
@@ -297,7 +300,8 @@ class NMFModel:
         self.check_params()
         csr = check_user_items(user_items)
         rng = check_random_state(self.random_state)
-        chosen = self._choose_parameters(csr, show_progress, search)
+        plain_ridge = backend is not None and not backend.supports_row_l2
+        chosen = self._choose_parameters(csr, show_progress, search, plain_ridge)
         l1, l2 = _penalties(chosen.regularization, self.l1_ratio)
         initial = self._warm_start_factors(csr.shape, chosen.n_components) or chosen.factors
         progress = _progress_bar(self.max_iter) if show_progress else None
@@ -413,7 +417,7 @@ class NMFModel:
             )
         nu = state.frequency_scale
         if nu is None:  # directories written before the frequency-scaled ridge: the plain one
-            nu = 0.0 if model.frequency_scale == "auto" else model.frequency_scale
+            nu = DEFAULT_FREQUENCY_SCALE if model.frequency_scale == "auto" else model.frequency_scale
         if not isinstance(nu, numbers.Real) or isinstance(nu, bool) or not (np.isfinite(nu) and 0 <= nu <= 2):
             raise ValidationError(
                 f"`frequency_scale` must be a number in [0, 2] (the ν the fit used); got {nu!r}."
@@ -700,14 +704,17 @@ class NMFModel:
         return seen if seen.has_sorted_indices else seen.sorted_indices()
 
     def _choose_parameters(
-        self, user_items: sp.csr_matrix, show_progress: bool = False, found: SearchResult | None = None
+        self, user_items: sp.csr_matrix, show_progress: bool = False, found: SearchResult | None = None,
+        plain_ridge: bool = False,
     ) -> _Choice:
         """Settle every "auto" parameter by ``timbral.tuning.search`` (validation on a split of
         ``user_items``) or by ``found``; with the search's factors to start the fit from (None:
-        from ``init``)."""
+        from ``init``). ``plain_ridge``: the backend has no per-row ridge, so "auto" ν is 0, not searched."""
         from timbral import tuning  # tuning fits NMFModels: imported here, not at the top
 
         chosen, table, factors = self.get_params(), None, None
+        if plain_ridge and chosen["frequency_scale"] == "auto":
+            chosen["frequency_scale"] = DEFAULT_FREQUENCY_SCALE
         names = tuning.searched_parameters(chosen)
         if names:
             if found is None:
@@ -730,7 +737,7 @@ class NMFModel:
         # "auto" λ and ν are left only for frobenius, which has no validation metric: a fixed light ridge.
         reg = chosen["regularization"]
         regularization = auto_regularization(user_items, self.feedback, alpha, confidence) if reg == "auto" else reg
-        nu = 0.0 if chosen["frequency_scale"] == "auto" else float(chosen["frequency_scale"])
+        nu = DEFAULT_FREQUENCY_SCALE if chosen["frequency_scale"] == "auto" else float(chosen["frequency_scale"])
         return _Choice(
             int(chosen["n_components"]), confidence, alpha, float(regularization), nu, table, factors
         )

@@ -49,7 +49,8 @@ DEFAULT_FEEDBACK = "implicit"
 #: on Last.fm and MovieLens).
 DEFAULT_CONFIDENCE = "log"
 DEFAULT_ALPHA = 1.0
-#: ν of the frequency-scaled ridge (``RowPenalty``); 0 is the plain ridge.
+#: ν of the frequency-scaled ridge (``RowPenalty``) used when none is chosen by validation, and the
+#: one ``frequency_scale="auto"`` keeps unless another wins clearly: 0, the plain ridge.
 DEFAULT_FREQUENCY_SCALE = 0.0
 #: ``confidence="log"``: r' = log1p(r / LOG_EPSILON); a play count of 1 gives r' = log 2.
 LOG_EPSILON = 1.0
