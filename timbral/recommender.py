@@ -425,12 +425,13 @@ class Recommender:
         # k clamped, user_items in the constructor): score through its unchecked path.
         seen = self.user_items if exclude_seen else None
         mask = item_mask(self.n_items, allow=allow, deny=deny)
-        if rows.size and rows.min() >= 0:  # the usual case: every user known, no padded copy
+        # min() of a list: for a batch of a few users, ndarray.min's Python wrapper costs more
+        if rows.size and min(rows.tolist()) >= 0:  # the usual case: every user known, no padded copy
             ranked, scores = self.model.recommend_trusted(rows, k, seen=seen, item_mask=mask)
             user_ids, strategies = self._users.external(rows), ["nmf"] * rows.size
         else:
             ranked, scores, strategies = self._rank_mixed(rows, user_ids, k, seen, mask, deny, allow)
-        if ranked.size and ranked[:, -1].min() >= 0:  # full rows (ids are -1 only at a row's end)
+        if ranked.size and min(ranked[:, -1].tolist()) >= 0:  # full rows (ids are -1 only at a row's end)
             offsets = np.arange(0, ranked.size + 1, ranked.shape[1], dtype=np.int64)
             return RankedBatch(user_ids, strategies, self.item_ids[ranked.ravel()],
                                scores.ravel().astype(np.float64), offsets)

@@ -75,8 +75,9 @@ def exclude_rows(
     """
     rows = np.asarray(rows)
     if rows.size == 1:  # one user, the service's usual batch: two scalars, a view of the row
-        start, stop = matrix.indptr[rows[0]], matrix.indptr[rows[0] + 1]
-        indptr = np.array([0, stop - start], dtype=np.int64)
+        row = rows.item()
+        start, stop = matrix.indptr[row : row + 2].tolist()
+        indptr = np.array((0, stop - start), dtype=np.int64)
         return indptr, matrix.indices[start:stop].astype(np.int32, copy=False)
     starts, stops = matrix.indptr[rows], matrix.indptr[rows + 1]
     lengths = (stops - starts).astype(np.int64)

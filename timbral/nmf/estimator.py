@@ -581,7 +581,7 @@ class NMFModel:
         NumPy errors, not the checked errors of :meth:`recommend_batch`.
         """
         scorer = self._cached("top_k", lambda: TopK(self._scoring_items()))
-        query = self.user_factors_[users]
+        query = self.user_factors_.take(users, axis=0)  # a third of fancy indexing's cost for a row
         if self.feedback == "explicit":
             query = np.hstack([query, np.ones((query.shape[0], 1), dtype=query.dtype)])
         exclude = None if seen is None else exclude_rows(seen, users)
