@@ -79,11 +79,13 @@ def exclude_rows(
         start, stop = matrix.indptr[row : row + 2].tolist()
         indptr = np.array((0, stop - start), dtype=np.int64)
         return indptr, matrix.indices[start:stop].astype(np.int32, copy=False)
+    # Ufunc and array methods rather than np.cumsum and np.repeat, whose Python
+    # wrappers cost more than the work for a batch of a few users.
     starts, stops = matrix.indptr[rows], matrix.indptr[rows + 1]
-    lengths = (stops - starts).astype(np.int64)
+    lengths = (stops - starts).astype(np.int64, copy=False)
     indptr = np.zeros(lengths.size + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    positions = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
+    np.add.accumulate(lengths, out=indptr[1:])
+    positions = (starts - indptr[:-1]).repeat(lengths) + np.arange(indptr[-1])
     return indptr, matrix.indices[positions].astype(np.int32, copy=False)
 
 
