@@ -36,6 +36,20 @@ _NO_EXCLUDE_INDICES = np.empty(0, dtype=np.int32)
 _NO_MASK = np.empty(0, dtype=np.uint8)
 
 
+def _scoring_dtype(*dtypes: np.dtype) -> np.dtype:
+    """The float dtype scores are computed in: the inputs' common one, float32 at least
+    (float16 and integers are scored in float32 and float64)."""
+    dtype = np.result_type(*dtypes, np.float32)
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+
+
+def _check_n_items(n_items: int) -> None:
+    if n_items > _MAX_ITEMS:
+        raise ValidationError(
+            f"`items` has {n_items} rows; item ids are int32, so at most 2**31 - 2 items."
+        )
+
+
 def _as_factors(name: str, array: NDArray[np.floating], dtype: np.dtype) -> NDArray:
     """``array`` as a C-contiguous 2-D array of ``dtype`` (a copy only when needed)."""
     out = np.asarray(array)
@@ -164,9 +178,7 @@ def top_k(
         Their scores, ``-inf`` where ``ids`` is -1. Items whose score is NaN are
         never returned.
     """
-    dtype = np.result_type(np.asarray(query).dtype, np.asarray(items).dtype, np.float32)
-    if dtype not in (np.float32, np.float64):
-        dtype = np.dtype(np.float64)
+    dtype = _scoring_dtype(np.asarray(query).dtype, np.asarray(items).dtype)
     query = _as_factors("query", query, dtype)
     items = _as_factors("items", items, dtype)
     n_queries, n_items = query.shape[0], items.shape[0]
@@ -175,10 +187,7 @@ def top_k(
             f"`query` has {query.shape[1]} factors per row but `items` has {items.shape[1]} "
             f"(shapes {query.shape} and {items.shape}); both must come from the same model."
         )
-    if n_items > _MAX_ITEMS:
-        raise ValidationError(
-            f"`items` has {n_items} rows; item ids are int32, so at most 2**31 - 2 items."
-        )
+    _check_n_items(n_items)
     k = check_k(k, limit=n_items)
     indptr, indices = _NO_EXCLUDE_INDPTR, _NO_EXCLUDE_INDICES
     if exclude is not None:
@@ -245,14 +254,10 @@ class TopK:
     """
 
     def __init__(self, items: NDArray[np.floating]) -> None:
-        dtype = np.result_type(np.asarray(items).dtype, np.float32)
-        self.dtype = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        self.dtype = _scoring_dtype(np.asarray(items).dtype)
         self.items = _as_factors("items", items, self.dtype)
         self.n_items = self.items.shape[0]
-        if self.n_items > _MAX_ITEMS:
-            raise ValidationError(
-                f"`items` has {self.n_items} rows; item ids are int32, so at most 2**31 - 2 items."
-            )
+        _check_n_items(self.n_items)
         self._threads: dict[int, int] = {}
 
     def __call__(
