@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_info
 from timbral import _reference
 from timbral._core._topk import top_k as top_k_kernel
 from timbral.exceptions import ValidationError
-from timbral.scoring import CHUNK_ITEMS, top_k
+from timbral.scoring import CHUNK_ITEMS, TopK, exclude_rows, top_k
 
 DTYPES = [np.float32, np.float64]
 
@@ -220,3 +220,58 @@ def test_bad_inputs_name_the_argument_and_value(kwargs, match):
     with pytest.raises(ValidationError, match=match):
         top_k(args.pop("query"), args.pop("items"), args.pop("k"), **args)
     assert issubclass(ValidationError, ValueError)
+
+
+# -- TopK: the same call prepared once for one item matrix ---------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("rows", [[4], [0, 4, 4, 11], list(range(30))], ids=["one", "several", "many"])
+@pytest.mark.parametrize("n_threads", [0, 1, 2])
+def test_prepared_top_k_is_top_k_bit_for_bit(dtype, rows, n_threads):
+    rng = np.random.default_rng(len(rows))
+    items = (rng.random((CHUNK_ITEMS + 300, 12)) * 10).astype(dtype)
+    users = (rng.random((30, 12)) * 10).astype(dtype)
+    keep = np.ones(30, dtype=np.float32)
+    keep[4] = 0  # a row with nothing excluded
+    seen = sp.csr_matrix(sp.diags(keep) @ random_exclude(rng, 30, items.shape[0], 0.02))
+    seen.eliminate_zeros()
+    seen.sort_indices()
+    rows = np.asarray(rows, dtype=np.int64)
+    mask = rng.random(items.shape[0]) < 0.1
+    prepared = TopK(items)
+    assert prepared.n_items == items.shape[0] and prepared.dtype in (np.float32, np.float64)
+    for k, exclude, item_mask in ((1, None, None), (10, exclude_rows(seen, rows), None),
+                                  (CHUNK_ITEMS + 300, exclude_rows(seen, rows), mask)):
+        got = prepared(users[rows], k, exclude=exclude, item_mask=item_mask, n_threads=n_threads)
+        want = top_k(users[rows], items, k, exclude=None if exclude is None else sp.csr_matrix(seen[rows]),
+                     item_mask=item_mask, n_threads=n_threads)
+        assert got[1].dtype == want[1].dtype
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_exclude_rows_is_the_csr_rows(index_dtype):
+    rng = np.random.default_rng(9)
+    matrix = random_exclude(rng, 20, 500, 0.05)
+    matrix.indices = matrix.indices.astype(index_dtype)
+    matrix.indptr = matrix.indptr.astype(index_dtype)
+    for rows in ([7], [0], [19], [3, 3, 0, 19], np.arange(20), np.array([[5]])):
+        indptr, indices = exclude_rows(matrix, np.asarray(rows))
+        want = matrix[np.asarray(rows).reshape(-1)]
+        assert indptr.dtype == np.int64 and indices.dtype == np.int32
+        np.testing.assert_array_equal(indptr, want.indptr)
+        np.testing.assert_array_equal(indices, want.indices)
+
+
+@pytest.mark.parametrize(
+    ("items", "match"),
+    [
+        (np.ones(4), r"`items` must be a 2-D array of factors, got shape \(4,\)"),
+        (np.ones((2, 3, 4)), r"`items` must be a 2-D array of factors, got shape \(2, 3, 4\)"),
+    ],
+)
+def test_prepared_top_k_checks_its_items_once(items, match):
+    with pytest.raises(ValidationError, match=match):
+        TopK(items)

@@ -84,19 +84,26 @@ def pin_blas_to_one_thread() -> None:
             _blas_state["pinned"] = True
 
 
-@contextlib.contextmanager
-def single_threaded_blas() -> Iterator[None]:
+_ALREADY_SINGLE = contextlib.nullcontext()  # reusable: enters and exits as often as asked
+
+
+def single_threaded_blas() -> contextlib.AbstractContextManager[None]:
     """Keep BLAS on one thread while our OpenMP kernels use the cores (implicit #440).
 
     The kernels call BLAS from each of their own threads; a multi-threaded OpenBLAS
     underneath oversubscribes the cores (a 1000-user top-K batch ran 13× slower).
     The limit is process-wide, so concurrent callers share it, reference counted:
     the first sets it, the last restores it. The threadpool controller is built
-    once (it scans the loaded libraries, which takes milliseconds).
+    once (it scans the loaded libraries, which takes milliseconds). Once the process
+    has pinned BLAS (``pin_blas_to_one_thread``) this is a no-op context, without
+    the generator machinery of a limited one (a few µs on every scoring call).
     """
-    if _blas_state["pinned"]:
-        yield
-        return
+    return _ALREADY_SINGLE if _blas_state["pinned"] else _limited_blas()
+
+
+@contextlib.contextmanager
+def _limited_blas() -> Iterator[None]:
+    """``single_threaded_blas`` while BLAS is not pinned: set the limit, reference counted."""
     with _blas_lock:
         if _blas_state["users"] == 0:
             if _blas_state["controller"] is None:

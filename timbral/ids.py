@@ -354,13 +354,16 @@ class IdMap:
         if not self._sorted.size or not n:
             return np.full(n, -1, dtype=np.int64)
         keys, ok = self._keys(values)
-        pos = np.searchsorted(self._sorted, keys)
-        np.minimum(pos, self._sorted.size - 1, out=pos)
-        found = self._sorted[pos] == keys
+        # Methods and take(mode="clip") rather than np.searchsorted, np.minimum and
+        # fancy indexing: the service looks up one id per request, where NumPy's
+        # function dispatch costs more than the search.
+        pos = self._sorted.searchsorted(keys)
+        found = self._sorted.take(pos, mode="clip") == keys
         if ok is not None:
             found &= ok
-        where = pos if self._order is None else self._order[pos]
-        where[~found] = -1
+        where = pos if self._order is None else self._order.take(pos, mode="clip")
+        if not found.all():
+            where[~found] = -1
         return where.astype(np.int64, copy=False)
 
     def _keys(

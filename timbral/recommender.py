@@ -421,15 +421,17 @@ class Recommender:
         deny = self._known_items(exclude_items)
         allow = self._known_items(items)
         rows = self._users.lookup(user_ids)
-        if rows.size and rows.min() >= 0:  # the usual case: every user known, no padded copy
-            ranked, scores = self.model.recommend_batch(
-                rows, k, exclude_seen=exclude_seen, exclude_items=deny, items=allow,
-                user_items=self.user_items,
-            )
+        # Everything the model would check is checked above (indices from the id maps,
+        # k clamped, user_items in the constructor): score through its unchecked path.
+        seen = self.user_items if exclude_seen else None
+        mask = item_mask(self.n_items, allow=allow, deny=deny)
+        # min() of a list: for a batch of a few users, ndarray.min's Python wrapper costs more
+        if rows.size and min(rows.tolist()) >= 0:  # the usual case: every user known, no padded copy
+            ranked, scores = self.model.recommend_trusted(rows, k, seen=seen, item_mask=mask)
             user_ids, strategies = self._users.external(rows), ["nmf"] * rows.size
         else:
-            ranked, scores, strategies = self._rank_mixed(rows, user_ids, k, exclude_seen, deny, allow)
-        if ranked.size and ranked[:, -1].min() >= 0:  # full rows (ids are -1 only at a row's end)
+            ranked, scores, strategies = self._rank_mixed(rows, user_ids, k, seen, mask, deny, allow)
+        if ranked.size and min(ranked[:, -1].tolist()) >= 0:  # full rows (ids are -1 only at a row's end)
             offsets = np.arange(0, ranked.size + 1, ranked.shape[1], dtype=np.int64)
             return RankedBatch(user_ids, strategies, self.item_ids[ranked.ravel()],
                                scores.ravel().astype(np.float64), offsets)
@@ -445,7 +447,8 @@ class Recommender:
         rows: NDArray[np.int64],
         user_ids: list[Any],
         k: int,
-        exclude_seen: bool,
+        seen: sp.csr_matrix | None,
+        mask: NDArray[np.bool_] | None,
         deny: NDArray[np.int64] | None,
         allow: NDArray[np.int64] | None,
     ) -> tuple[NDArray[np.integer], NDArray[np.floating], list[str]]:
@@ -457,10 +460,7 @@ class Recommender:
         ranked = np.full((len(user_ids), k), -1, dtype=np.int64)
         scores = np.zeros((len(user_ids), k), dtype=np.float64)
         if known.size:
-            ranked[known], scores[known] = self.model.recommend_batch(
-                rows[known], k, exclude_seen=exclude_seen, exclude_items=deny, items=allow,
-                user_items=self.user_items,
-            )
+            ranked[known], scores[known] = self.model.recommend_trusted(rows[known], k, seen=seen, item_mask=mask)
             for position, user in zip(known.tolist(), self._users.external(rows[known]), strict=True):
                 user_ids[position] = user
                 strategies[position] = "nmf"

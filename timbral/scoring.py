@@ -4,6 +4,10 @@
 descending, ties to the lower item index, padding with id -1 / score -inf) but
 scores items in bounded chunks, in parallel, with the GIL released. It is the one
 place that checks ``k`` for top-K (positive, clamped to the number of items).
+
+``TopK`` is the same call prepared for one item matrix, for callers that score many
+small batches against it (the service): the items are checked and coerced once, and
+each call only allocates the results and runs the kernel, trusting its inputs.
 """
 
 from __future__ import annotations
@@ -30,6 +34,20 @@ _MAX_ITEMS = int(np.iinfo(np.int32).max) - 1  # item ids are int32, -1 is paddin
 _NO_EXCLUDE_INDPTR = np.empty(0, dtype=np.int64)
 _NO_EXCLUDE_INDICES = np.empty(0, dtype=np.int32)
 _NO_MASK = np.empty(0, dtype=np.uint8)
+
+
+def _scoring_dtype(*dtypes: np.dtype) -> np.dtype:
+    """The float dtype scores are computed in: the inputs' common one, float32 at least
+    (float16 and integers are scored in float32 and float64)."""
+    dtype = np.result_type(*dtypes, np.float32)
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+
+
+def _check_n_items(n_items: int) -> None:
+    if n_items > _MAX_ITEMS:
+        raise ValidationError(
+            f"`items` has {n_items} rows; item ids are int32, so at most 2**31 - 2 items."
+        )
 
 
 def _as_factors(name: str, array: NDArray[np.floating], dtype: np.dtype) -> NDArray:
@@ -69,13 +87,19 @@ def exclude_rows(
     ``matrix`` must have sorted indices. Slicing a CSR row through scipy costs tens
     of microseconds, more than scoring a user against 10K items.
     """
-    starts, stops = matrix.indptr[rows], matrix.indptr[np.asarray(rows) + 1]
-    lengths = (stops - starts).astype(np.int64)
+    rows = np.asarray(rows)
+    if rows.size == 1:  # one user, the service's usual batch: two scalars, a view of the row
+        row = rows.item()
+        start, stop = matrix.indptr[row : row + 2].tolist()
+        indptr = np.array((0, stop - start), dtype=np.int64)
+        return indptr, matrix.indices[start:stop].astype(np.int32, copy=False)
+    # Ufunc and array methods rather than np.cumsum and np.repeat, whose Python
+    # wrappers cost more than the work for a batch of a few users.
+    starts, stops = matrix.indptr[rows], matrix.indptr[rows + 1]
+    lengths = (stops - starts).astype(np.int64, copy=False)
     indptr = np.zeros(lengths.size + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    if lengths.size == 1:
-        return indptr, matrix.indices[starts[0] : stops[0]].astype(np.int32, copy=False)
-    positions = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
+    np.add.accumulate(lengths, out=indptr[1:])
+    positions = (starts - indptr[:-1]).repeat(lengths) + np.arange(indptr[-1])
     return indptr, matrix.indices[positions].astype(np.int32, copy=False)
 
 
@@ -154,9 +178,7 @@ def top_k(
         Their scores, ``-inf`` where ``ids`` is -1. Items whose score is NaN are
         never returned.
     """
-    dtype = np.result_type(np.asarray(query).dtype, np.asarray(items).dtype, np.float32)
-    if dtype not in (np.float32, np.float64):
-        dtype = np.dtype(np.float64)
+    dtype = _scoring_dtype(np.asarray(query).dtype, np.asarray(items).dtype)
     query = _as_factors("query", query, dtype)
     items = _as_factors("items", items, dtype)
     n_queries, n_items = query.shape[0], items.shape[0]
@@ -165,10 +187,7 @@ def top_k(
             f"`query` has {query.shape[1]} factors per row but `items` has {items.shape[1]} "
             f"(shapes {query.shape} and {items.shape}); both must come from the same model."
         )
-    if n_items > _MAX_ITEMS:
-        raise ValidationError(
-            f"`items` has {n_items} rows; item ids are int32, so at most 2**31 - 2 items."
-        )
+    _check_n_items(n_items)
     k = check_k(k, limit=n_items)
     indptr, indices = _NO_EXCLUDE_INDPTR, _NO_EXCLUDE_INDICES
     if exclude is not None:
@@ -182,10 +201,29 @@ def top_k(
                 "pass one boolean per item (True = never recommend)."
             )
         mask = mask.view(np.uint8)
+    return _select(query, items, k, indptr, indices, mask, effective_n_threads(n_threads))
+
+
+def _select(
+    query: NDArray[np.floating],
+    items: NDArray[np.floating],
+    k: int,
+    indptr: NDArray[np.int64],
+    indices: NDArray[np.int32],
+    mask: NDArray[np.uint8],
+    n_threads: int,
+) -> tuple[NDArray[np.int32], NDArray[np.floating]]:
+    """The kernel call behind ``top_k`` and ``TopK``, on inputs that meet its preconditions.
+
+    ``query`` and ``items`` C-contiguous of one float dtype and width, ``1 <= k <= n_items``,
+    the exclusion pair in int64/int32 (empty for none), ``mask`` uint8 (empty for none),
+    ``n_threads`` resolved (≥ 1); small problems use fewer threads (``MIN_WORK_PER_THREAD``).
+    """
+    n_queries = query.shape[0]
     ids = np.empty((n_queries, k), dtype=np.int32)
-    scores = np.empty((n_queries, k), dtype=dtype)
-    work = n_queries * n_items * max(1, query.shape[1])
-    threads = max(1, min(effective_n_threads(n_threads), work // MIN_WORK_PER_THREAD))
+    scores = np.empty((n_queries, k), dtype=items.dtype)
+    work = n_queries * items.shape[0] * max(1, items.shape[1])
+    threads = max(1, min(n_threads, work // MIN_WORK_PER_THREAD))
     with single_threaded_blas():
         failed = _top_k_kernel(
             query, items, indptr, indices, mask, ids, scores, CHUNK_ITEMS, BLOCK_QUERIES, threads
@@ -196,3 +234,51 @@ def top_k(
             f"scores of scratch; lower `n_threads` (got {n_threads})."
         )
     return ids, scores
+
+
+class TopK:
+    """``top_k`` against one item matrix, checked once and then trusted.
+
+    Parameters
+    ----------
+    items : ndarray of shape (n_items, n_factors)
+        Item factors, checked and coerced as ``top_k`` does (``dtype`` is their float
+        dtype, float16 and integers scored in float32 and float64).
+
+    Notes
+    -----
+    A call does no validation: it is for callers whose inputs are already checked
+    (``NMFModel.recommend_trusted``). Thread counts are resolved once per value asked
+    for (``OMP_NUM_THREADS`` is read then, not on every call). Safe to share between
+    threads.
+    """
+
+    def __init__(self, items: NDArray[np.floating]) -> None:
+        self.dtype = _scoring_dtype(np.asarray(items).dtype)
+        self.items = _as_factors("items", items, self.dtype)
+        self.n_items = self.items.shape[0]
+        _check_n_items(self.n_items)
+        self._threads: dict[int, int] = {}
+
+    def __call__(
+        self,
+        query: NDArray[np.floating],
+        k: int,
+        *,
+        exclude: tuple[NDArray[np.int64], NDArray[np.int32]] | None = None,
+        item_mask: NDArray[np.bool_] | None = None,
+        n_threads: int = 0,
+    ) -> tuple[NDArray[np.int32], NDArray[np.floating]]:
+        """``top_k(query, items, k, ...)`` for trusted inputs.
+
+        ``query`` is 2-D with the items' width (cast to ``dtype`` if needed), ``k`` in
+        ``[1, n_items]``, ``exclude`` an ``exclude_rows`` pair with one row per query
+        row, ``item_mask`` bool of shape (n_items,). Returns as ``top_k``.
+        """
+        threads = self._threads.get(n_threads)
+        if threads is None:
+            threads = self._threads[n_threads] = effective_n_threads(n_threads)
+        indptr, indices = (_NO_EXCLUDE_INDPTR, _NO_EXCLUDE_INDICES) if exclude is None else exclude
+        mask = _NO_MASK if item_mask is None else item_mask.view(np.uint8)
+        query = np.ascontiguousarray(query, dtype=self.dtype)
+        return _select(query, self.items, k, indptr, indices, mask, threads)
