@@ -275,3 +275,25 @@ def test_exclude_rows_is_the_csr_rows(index_dtype):
 def test_prepared_top_k_checks_its_items_once(items, match):
     with pytest.raises(ValidationError, match=match):
         TopK(items)
+
+
+def test_prepared_top_k_refuses_extents_the_kernel_would_read_past():
+    """Trusted inputs are not re-validated, but a slip in their shapes must be an error,
+    never a read past an array by the GIL-free kernel."""
+    rng = np.random.default_rng(3)
+    items = rng.random((50, 8), dtype=np.float32)
+    prepared = TopK(items)
+    query = rng.random((2, 8), dtype=np.float32)
+    seen = exclude_rows(random_exclude(rng, 5, 50, 0.1), np.array([0, 1]))
+    for call in (
+        lambda: prepared(rng.random((2, 7), dtype=np.float32), 5),  # narrower than the items
+        lambda: prepared(query, 0),
+        lambda: prepared(query, 51),
+        lambda: prepared(query, 5, item_mask=np.zeros(49, dtype=bool)),
+        lambda: prepared(query[:1], 5, exclude=seen),  # two rows of exclusions for one query
+        lambda: prepared(query, 5, exclude=(seen[0], seen[1][:0])),  # fewer indices than pointed at
+    ):
+        with pytest.raises(ValidationError, match=r"TopK: inputs outside its contract .* use top_k"):
+            call()
+    ids, _ = prepared(query, 5, exclude=seen, item_mask=np.zeros(50, dtype=bool))
+    assert ids.shape == (2, 5)

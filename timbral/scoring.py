@@ -281,4 +281,16 @@ class TopK:
         indptr, indices = (_NO_EXCLUDE_INDPTR, _NO_EXCLUDE_INDICES) if exclude is None else exclude
         mask = _NO_MASK if item_mask is None else item_mask.view(np.uint8)
         query = np.ascontiguousarray(query, dtype=self.dtype)
+        # Trusted means not re-validated, not unguarded: the kernel reads these extents
+        # without the GIL and without bounds checks, so a caller's slip must not become
+        # a read past an array. A few integer comparisons, next to the checks' 60 µs.
+        if (query.ndim != 2 or query.shape[1] != self.items.shape[1] or not 1 <= k <= self.n_items
+                or mask.size not in (0, self.n_items)
+                or (exclude is not None and (indptr.size != query.shape[0] + 1
+                                             or indices.size < indptr[-1]))):
+            raise ValidationError(
+                f"TopK: inputs outside its contract (query shape {query.shape}, items "
+                f"{self.items.shape}, k={k}, item_mask size {mask.size}, exclude "
+                f"{indptr.size} row pointers and {indices.size} indices); use top_k, which checks them."
+            )
         return _select(query, self.items, k, indptr, indices, mask, threads)
