@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from timbral import NMFModel, Recommender
+from timbral import NMFModel, Recommender, load_interactions
 from timbral._reference import top_k as reference_top_k
 from timbral.exceptions import ArtifactError, ConvergenceWarning, NotFittedError, ValidationError
 from timbral.nmf import FittedState
@@ -80,6 +80,17 @@ def test_constructor_is_keyword_only_and_stores_without_checking():
 def test_bad_matrices_are_refused(matrix, message):
     with pytest.raises(ValueError, match=message):
         NMFModel(n_components=2, max_iter=2).fit(matrix)
+
+
+def test_interactions_object_is_refused_with_the_attribute_to_pass(tmp_path):
+    """What load_interactions returns carries ids; the model takes its matrix, and says so."""
+    path = tmp_path / "plays.csv"
+    path.write_text("user,item,plays\n" + "".join(f"u{u},i{i},{u + i + 1}\n" for u in range(6) for i in range(5)))
+    data = load_interactions(path)
+    with pytest.raises(ValueError, match=r"got Interactions: pass its matrix, `user_items.user_items`"):
+        NMFModel(n_components=2, max_iter=2).fit(data)
+    NMFModel(n_components=2, max_iter=2, regularization=0.1, confidence="log",
+             frequency_scale=0.0).fit(data.user_items)
 
 
 def test_unfitted_model_says_what_to_do():

@@ -105,10 +105,13 @@ def check_user_items(user_items: Any, *, name: str = "user_items") -> sp.csr_mat
             )
         user_items = sp.csr_matrix(user_items)
     elif not sp.issparse(user_items):
+        if sp.issparse(getattr(user_items, "user_items", None)):  # what load_interactions returns
+            hint = f"pass its matrix, `{name}.user_items` (the ids stay in its id maps)."
+        else:
+            hint = ("build one with scipy.sparse.csr_matrix((values, (user_idx, item_idx))), or read "
+                    "a file with timbral.load_interactions and pass its `.user_items`.")
         raise ValidationError(
-            f"`{name}` must be a scipy.sparse matrix (users × items); got {type(user_items).__name__}. "
-            "Build one with scipy.sparse.csr_matrix((values, (user_idx, item_idx))) or use "
-            "timbral.load_interactions."
+            f"`{name}` must be a scipy.sparse matrix (users × items); got {type(user_items).__name__}: {hint}"
         )
     csr = sp.csr_matrix(user_items)
     if csr.shape[0] == 0 or csr.shape[1] == 0:
