@@ -248,9 +248,8 @@ class TopK:
     Notes
     -----
     A call does no validation: it is for callers whose inputs are already checked
-    (``NMFModel.recommend_trusted``). Thread counts are resolved once per value asked
-    for (``OMP_NUM_THREADS`` is read then, not on every call). Safe to share between
-    threads.
+    (``NMFModel.recommend_trusted``); the extents the kernel reads are still guarded.
+    Safe to share between threads.
     """
 
     def __init__(self, items: NDArray[np.floating]) -> None:
@@ -258,7 +257,6 @@ class TopK:
         self.items = _as_factors("items", items, self.dtype)
         self.n_items = self.items.shape[0]
         _check_n_items(self.n_items)
-        self._threads: dict[int, int] = {}
 
     def __call__(
         self,
@@ -275,9 +273,6 @@ class TopK:
         ``[1, n_items]``, ``exclude`` an ``exclude_rows`` pair with one row per query
         row, ``item_mask`` bool of shape (n_items,). Returns as ``top_k``.
         """
-        threads = self._threads.get(n_threads)
-        if threads is None:
-            threads = self._threads[n_threads] = effective_n_threads(n_threads)
         indptr, indices = (_NO_EXCLUDE_INDPTR, _NO_EXCLUDE_INDICES) if exclude is None else exclude
         mask = _NO_MASK if item_mask is None else item_mask.view(np.uint8)
         query = np.ascontiguousarray(query, dtype=self.dtype)
@@ -293,4 +288,4 @@ class TopK:
                 f"{self.items.shape}, k={k}, item_mask size {mask.size}, exclude "
                 f"{indptr.size} row pointers and {indices.size} indices); use top_k, which checks them."
             )
-        return _select(query, self.items, k, indptr, indices, mask, threads)
+        return _select(query, self.items, k, indptr, indices, mask, effective_n_threads(n_threads))

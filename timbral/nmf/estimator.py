@@ -585,9 +585,7 @@ class NMFModel:
         NumPy errors, not the checked errors of :meth:`recommend_batch`.
         """
         scorer = self._cached("top_k", lambda: TopK(self._scoring_items()))
-        query = self.user_factors_.take(users, axis=0)  # a third of fancy indexing's cost for a row
-        if self.feedback == "explicit":
-            query = np.hstack([query, np.ones((query.shape[0], 1), dtype=query.dtype)])
+        query = self._scoring_query(self.user_factors_.take(users, axis=0))  # take: a third of fancy indexing's cost
         exclude = None if seen is None else exclude_rows(seen, users)
         ids, scores = scorer(query, k, exclude=exclude, item_mask=item_mask, n_threads=self.n_threads)
         return ids, self._with_bias(scores, users)
@@ -879,10 +877,8 @@ class NMFModel:
         mask = self._item_mask(exclude_items, items)
         if exclude is not None and not isinstance(exclude, tuple):
             exclude = sp.csr_matrix(exclude)
-        if self.feedback == "explicit":
-            query = np.hstack([query, np.ones((query.shape[0], 1), dtype=query.dtype)])
         ids, scores = top_k(
-            np.ascontiguousarray(query, dtype=self.item_factors_.dtype),
+            np.ascontiguousarray(self._scoring_query(query), dtype=self.item_factors_.dtype),
             self._scoring_items(),
             k,
             exclude=exclude,
@@ -898,6 +894,13 @@ class NMFModel:
             allow=None if items is None else check_indices(items, self.n_items_, name="items"),
             deny=None if exclude_items is None else check_indices(exclude_items, self.n_items_, name="exclude_items"),
         )
+
+    def _scoring_query(self, query: NDArray[np.floating]) -> NDArray[np.floating]:
+        """Factor rows as scored against ``_scoring_items``: explicit feedback appends a 1 that
+        meets the item bias column."""
+        if self.feedback != "explicit":
+            return query
+        return np.hstack([query, np.ones((query.shape[0], 1), dtype=query.dtype)])
 
     def _with_bias(self, scores: NDArray[np.floating], users: NDArray[np.int64] | None) -> NDArray[np.floating]:
         """Explicit feedback's scores plus μ + b_u (the kernel adds b_i through the extra item column)."""
