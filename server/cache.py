@@ -335,6 +335,5 @@ class TieredCache:
             await self.redis.set(key, value)
 
     async def set(self, key: str, value: bytes) -> None:
-        self.tier1.set(key, value)
-        if self.redis is not None:
-            await self.redis.set(key, value)
+        self.set_local(key, value)
+        await self.set_shared(key, value)
