@@ -337,6 +337,12 @@ def search(
                 break
         return path
 
+    def screen(model: NMFModel, centre: float, offset: int) -> list[dict[str, Any]]:
+        """A screen's one row: ``SCREEN_MAX_ITER`` epochs, ``offset`` path steps weaker than the
+        best λ so far (on ``centre``'s grid)."""
+        step = min(max(best_step + offset, 0), len(lambdas) - 1)
+        return [point(model, centre * lambdas[step], SCREEN_MAX_ITER, screen=True)]
+
     def eligible() -> list[int]:
         """The table rows the final choice may take: every row but the screens'."""
         return [i for i, row in enumerate(result.table) if not row["screen"]]
@@ -362,8 +368,7 @@ def search(
             screened = (best_step is not None and lambdas != (None,) and "confidence" in names
                         and confidence != DEFAULTS["confidence"])
             if screened:
-                step = min(max(best_step + SCREEN_STEPS[confidence], 0), len(lambdas) - 1)
-                path = [point(model, centre * lambdas[step], SCREEN_MAX_ITER, screen=True)]
+                path = screen(model, centre, SCREEN_STEPS[confidence])
                 if progress is not None:
                     progress.update(len(lambdas) - 1)
             else:
@@ -375,10 +380,9 @@ def search(
         if scales:  # each ν ≠ 0 screened from the best path's model, on its centre (λ is searched too)
             fixed, model, centre, *_ = best_path
             for scale in scales:
-                step = min(best_step + FREQUENCY_SCREEN_STEPS[scale], len(lambdas) - 1)
-                screen = copy.deepcopy(model).set_params(frequency_scale=scale)
-                rows = [point(screen, centre * lambdas[step], SCREEN_MAX_ITER, screen=True)]
-                paths.append(({**fixed, "frequency_scale": scale}, screen, centre, rows, True))
+                scaled = copy.deepcopy(model).set_params(frequency_scale=scale)
+                rows = screen(scaled, centre, FREQUENCY_SCREEN_STEPS[scale])
+                paths.append(({**fixed, "frequency_scale": scale}, scaled, centre, rows, True))
         pick = result.table[_select(result.table, by_group, loss, names, not explicit)]
         at = next(i for i, (*_, rows, _) in enumerate(paths) if any(row is pick for row in rows))
         fixed, model, centre, path, screened = paths[at]
