@@ -16,7 +16,7 @@ from redis_server import free_port
 
 from timbral import NMFModel
 from timbral.recommender import Recommender
-from timbral.server.config import Config
+from timbral.server.config import ENV_NAMES, Config
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -48,14 +48,17 @@ def config(model_dir: Path | None, **overrides: object) -> Config:
 class ServerProcess:
     """``python -m timbral.server`` in a process of its own, as operators run it.
 
-    Its stdout and stderr go to one file (``output()``), so tests can read everything the
-    service printed or logged.
+    It is configured by ``env`` alone: the service's variables in the test runner's own
+    environment (a ``REDIS_URL``, say) are not passed on. Its stdout and stderr go to one
+    file (``output()``), so tests can read everything the service printed or logged.
     """
 
     def __init__(self, directory: Path, env: dict[str, str]) -> None:
         self.port = free_port()
         self.log_path = directory / f"server-{self.port}.log"
-        self._env = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(self.port),
+        inherited = {name: value for name, value in os.environ.items()
+                     if name not in ENV_NAMES.values()}
+        self._env = {**inherited, "API_HOST": "127.0.0.1", "API_PORT": str(self.port),
                      "LOG_LEVEL": "WARNING", **env}
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -4,19 +4,14 @@ validation, and the SIGTERM flush."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import aiohttp
 import numpy as np
 import psycopg
 import pytest
 from redis_server import free_port
-from server_support import config
-from test_server_shutdown import ROOT, wait_until_up
+from server_support import ServerProcess, config
 
 from timbral import load_interactions
 from timbral.registry import Registry
@@ -211,23 +206,18 @@ async def test_database_down_answers_503_and_acknowledges_nothing(aiohttp_client
 
 
 @pytest.mark.slow
-async def test_sigterm_flushes_the_queue_and_loses_no_acknowledged_event(db, model_dir):
+async def test_sigterm_flushes_the_queue_and_loses_no_acknowledged_event(db, model_dir, tmp_path):
     """Requests queued when SIGTERM lands are written and answered before the process exits."""
-    port = free_port()
-    env = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(port), "DATABASE_URL": db,
-           "TIMBRAL_INGEST_TOKEN": TOKEN, "TIMBRAL_MODEL_DIR": str(model_dir), "LOG_LEVEL": "WARNING",
+    env = {"DATABASE_URL": db, "TIMBRAL_INGEST_TOKEN": TOKEN, "TIMBRAL_MODEL_DIR": str(model_dir),
            "TIMBRAL_INGEST_FLUSH_SECONDS": "1.0", "TIMBRAL_SHUTDOWN_TIMEOUT_SECONDS": "10"}
-    env.pop("REDIS_URL", None)
-    cwd = None if os.environ.get("TIMBRAL_TEST_INSTALLED") else ROOT
-    process = subprocess.Popen([sys.executable, "-m", "timbral.server"], env=env, cwd=cwd,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = ServerProcess(tmp_path, env)
     try:
-        await wait_until_up(port, process)
+        await asyncio.to_thread(server.start)
         async with aiohttp.ClientSession() as session:
             async def send(n: int) -> tuple[int, list[str]]:
                 batch = events(20, prefix=f"b{n}-")
                 try:
-                    async with session.post(f"http://127.0.0.1:{port}{URL}", json={"events": batch},
+                    async with session.post(f"{server.url}{URL}", json={"events": batch},
                                             headers=AUTH) as response:
                         return response.status, [e["event_id"] for e in batch]
                 except aiohttp.ClientError:
@@ -235,16 +225,11 @@ async def test_sigterm_flushes_the_queue_and_loses_no_acknowledged_event(db, mod
 
             sending = [asyncio.ensure_future(send(n)) for n in range(10)]
             await asyncio.sleep(0.5)  # all ten wait in the queue (1 s linger)
-            process.send_signal(signal.SIGTERM)
+            server.process.send_signal(signal.SIGTERM)
             results = await asyncio.gather(*sending)
-        started = time.monotonic()
-        assert process.wait(30) == 0
-        assert time.monotonic() - started < 30
+        assert server.process.wait(30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        process.stderr.close()
+        server.stop()
     acknowledged = {event for status, ids in results if status == 200 for event in ids}
     assert [status for status, _ in results] == [200] * 10
     assert acknowledged <= {row[0] for row in stored(db)}

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,8 +12,7 @@ import psycopg
 import pytest
 from postgres_server import fresh_database
 from redis_server import free_port
-from server_support import ADMIN_TOKEN, config
-from test_server_shutdown import ROOT, wait_until_up
+from server_support import ADMIN_TOKEN, ServerProcess, config
 
 from timbral.recommender import Recommender
 from timbral.registry import Registry
@@ -207,52 +203,45 @@ def test_a_non_postgresql_database_url_is_refused_without_echoing_it(value):
     assert "hunter2" not in repr(Config(database_url="postgresql://u:hunter2@h/db"))
 
 
-def start_replica(url: str, cache: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    env = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(port), "DATABASE_URL": url,
-           "TIMBRAL_MODEL_CACHE_DIR": str(cache), "LOG_LEVEL": "WARNING",
-           "TIMBRAL_EXECUTOR_THREADS": "1"}
-    env.pop("TIMBRAL_MODEL_DIR", None)
-    env.pop("REDIS_URL", None)
-    cwd = None if os.environ.get("TIMBRAL_TEST_INSTALLED") else ROOT
-    process = subprocess.Popen([sys.executable, "-m", "timbral.server"], env=env, cwd=cwd,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return process, port
+def replica(url: str, cache: Path) -> ServerProcess:
+    """A server process that follows the registry at ``url``, with no model directory of its own."""
+    return ServerProcess(cache.parent, {"DATABASE_URL": url, "TIMBRAL_MODEL_CACHE_DIR": str(cache),
+                                        "TIMBRAL_EXECUTOR_THREADS": "1"})
 
 
 @pytest.mark.slow
 async def test_two_replicas_follow_a_promotion_within_2s_under_load(
         registry, model_dir, other_model_dir, tmp_path):
     """Two ``python -m server`` processes, a load generator on both, a promotion midway."""
-    replicas = [start_replica(registry.url, tmp_path / f"cache{i}") for i in range(2)]
+    replicas = [replica(registry.url, tmp_path / f"cache{i}") for i in range(2)]
     try:
-        for process, port in replicas:
-            await wait_until_up(port, process)
+        for server in replicas:
+            await asyncio.to_thread(server.start)
         old, new = model_version(model_dir), model_version(other_model_dir)
         failures: list[str] = []
         first_new: dict[int, float] = {}
         stop = asyncio.Event()
         answers = 0
 
-        async def load(session: aiohttp.ClientSession, port: int, worker: int) -> None:
+        async def load(session: aiohttp.ClientSession, url: str, worker: int) -> None:
             nonlocal answers
             n = worker
             while not stop.is_set():
                 n += 7
                 try:
-                    async with session.get(f"http://127.0.0.1:{port}/api/v1/recommendations/u{n % 120}?k=5",
+                    async with session.get(f"{url}/api/v1/recommendations/u{n % 120}?k=5",
                                            ) as response:
                         body = await response.json()
                         if response.status != 200 or body["model_version"] not in (old, new):
                             failures.append(f"{response.status} {body}")
                         elif body["model_version"] == new:
-                            first_new.setdefault(port, time.monotonic())
+                            first_new.setdefault(url, time.monotonic())
                         answers += 1
                 except aiohttp.ClientError as exc:
                     failures.append(repr(exc))
 
         async with aiohttp.ClientSession() as session:
-            workers = [asyncio.create_task(load(session, port, w)) for _, port in replicas for w in range(4)]
+            workers = [asyncio.create_task(load(session, server.url, w)) for server in replicas for w in range(4)]
             await asyncio.sleep(0.5)
             promoted_at = time.monotonic()
             await asyncio.to_thread(registry.promote, 2)
@@ -262,12 +251,9 @@ async def test_two_replicas_follow_a_promotion_within_2s_under_load(
             stop.set()
             await asyncio.gather(*workers)
         assert failures == []
-        delays = {port: round(at - promoted_at, 3) for port, at in first_new.items()}
+        delays = {url: round(at - promoted_at, 3) for url, at in first_new.items()}
         assert len(delays) == 2 and max(delays.values()) < 2.0, delays
         assert answers > 100
     finally:
-        for process, _ in replicas:
-            process.terminate()
-        for process, _ in replicas:
-            process.wait(30)
-            process.stderr.close()
+        for server in replicas:
+            server.stop()

@@ -5,39 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-from redis_server import free_port
 from server_support import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-async def wait_until_up(port: int, process: subprocess.Popen, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/ping") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "the server did not start"
-            await asyncio.sleep(0.05)
-
-
-async def test_sigterm_lets_in_flight_requests_complete(model_dir):
+async def test_sigterm_lets_in_flight_requests_complete(model_dir, tmp_path):
     """Requests still being answered when SIGTERM lands get their answers.
 
     To hold requests in flight for a known time, the server's Redis is a socket that
@@ -51,38 +29,30 @@ async def test_sigterm_lets_in_flight_requests_complete(model_dir):
         hanging.append(writer)
 
     redis = await asyncio.start_server(never_answer, "127.0.0.1", 0)
-    port = free_port()
-    env = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(port),
-           "TIMBRAL_MODEL_DIR": str(model_dir), "LOG_LEVEL": "WARNING",
+    env = {"TIMBRAL_MODEL_DIR": str(model_dir),
            "REDIS_URL": f"redis://127.0.0.1:{redis.sockets[0].getsockname()[1]}/0",
            "TIMBRAL_REDIS_TIMEOUT_SECONDS": "1.5", "TIMBRAL_REDIS_BREAKER_FAILURES": "100",
            "TIMBRAL_SHUTDOWN_TIMEOUT_SECONDS": "10"}
-    # Run from the checkout when testing sources; the installed package otherwise.
-    cwd = None if os.environ.get("TIMBRAL_TEST_INSTALLED") else ROOT
-    process = subprocess.Popen([sys.executable, "-m", "timbral.server"], env=env, cwd=cwd,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = ServerProcess(tmp_path, env)
     try:
-        await wait_until_up(port, process)
+        await asyncio.to_thread(server.start)
         async with aiohttp.ClientSession() as session:
 
             async def ask(user: str) -> tuple[int, dict]:
-                url = f"http://127.0.0.1:{port}/api/v1/recommendations/{user}?k=3"
+                url = f"{server.url}/api/v1/recommendations/{user}?k=3"
                 async with session.get(url) as response:
                     return response.status, await response.json()
 
             in_flight = [asyncio.ensure_future(ask(f"u{i}")) for i in range(6)]
             await asyncio.sleep(0.5)
             assert not any(task.done() for task in in_flight)
-            process.send_signal(signal.SIGTERM)
+            server.process.send_signal(signal.SIGTERM)
             answers = await asyncio.wait_for(asyncio.gather(*in_flight), 10)
         assert [status for status, _ in answers] == [200] * 6
         assert all(body["strategy"] == "nmf" for _, body in answers)
-        assert process.wait(15) == 0
+        assert server.process.wait(15) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
-        process.stderr.close()
+        server.stop()
         for writer in hanging:
             writer.close()
         redis.close()
