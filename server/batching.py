@@ -64,11 +64,6 @@ class RecommendBatcher:
         Scorer threads (batches scored at once); the kernels release the GIL.
     max_batch : int
         Requests one thread takes at once.
-    split_min_cost : int
-        A model of at least this many items × factors is scored with ``split_threads``
-        kernel threads per call, which split its items (0 = one thread always).
-    split_threads : int
-        Kernel threads per call for such a model.
     max_queued : int
         Requests waiting or being scored at most; beyond it requests are refused with
         503 at once instead of queueing without bound behind a saturated scorer.
@@ -81,15 +76,11 @@ class RecommendBatcher:
         threads: int,
         *,
         max_batch: int = 64,
-        split_min_cost: int = 0,
-        split_threads: int = 1,
         max_queued: int = 4096,
         observe: Callable[[int, float], None] | None = None,
     ) -> None:
         self._max_batch = max(1, max_batch)
         self._max_queued = max(1, max_queued)
-        self._split_min_cost = split_min_cost
-        self._split_threads = max(1, split_threads)
         self._observe = observe
         self._loop = asyncio.get_running_loop()
         self._queue: queue.SimpleQueue[_Ask | None] = queue.SimpleQueue()
@@ -162,7 +153,7 @@ class RecommendBatcher:
         for group in groups.values():
             start = time.perf_counter()
             try:
-                answers: list[Answer] | list[Exception] = _answer(group, self.kernel_threads(group[0].model))
+                answers: list[Answer] | list[Exception] = _answer(group)
             except Exception as exc:  # handed to each caller, which re-raises it
                 answers = [exc] * len(group)
             if self._observe is not None:
@@ -172,13 +163,6 @@ class RecommendBatcher:
             self._loop.call_soon_threadsafe(self._resolve, outcomes)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
-
-    def kernel_threads(self, model: LoadedModel) -> int:
-        """Kernel threads for one scoring call on ``model``: ``split_threads`` when it is
-        large enough that a batch's read of its item factors is worth splitting, else one."""
-        n_items, n_factors = model.recommender.model.item_factors_.shape
-        large = 0 < self._split_min_cost <= n_items * n_factors
-        return self._split_threads if large else 1
 
     def _resolve(self, outcomes: list[tuple[asyncio.Future[Answer], Answer | Exception]]) -> None:
         """On the loop: give every caller of a batch its answer (or its batch's error)."""
@@ -192,16 +176,14 @@ class RecommendBatcher:
                 future.set_result(outcome)
 
 
-def _answer(asks: list[_Ask], n_threads: int) -> list[Answer]:
-    """Score ``asks`` (one model, one ``exclude_seen``) as one batch on ``n_threads`` kernel
-    threads, bodies built in this thread.
+def _answer(asks: list[_Ask]) -> list[Answer]:
+    """Score ``asks`` (one model, one ``exclude_seen``) as one batch, bodies built in this thread.
 
     The batch is scored at the largest ``k``; a shorter list is a prefix of a longer one.
     """
     model = asks[0].model
     batch = model.recommender.rank_batch(
-        [ask.user_id for ask in asks], max(ask.k for ask in asks), exclude_seen=asks[0].exclude_seen,
-        n_threads=n_threads)
+        [ask.user_id for ask in asks], max(ask.k for ask in asks), exclude_seen=asks[0].exclude_seen)
     rows = encode_rows(batch, [ask.k for ask in asks])
     answers = []
     for user, strategy, row in zip(batch.user_ids, batch.strategies, rows, strict=True):

@@ -69,10 +69,6 @@ class Config:
     # Single-user requests a scorer thread answers per batch: larger batches read the item
     # factors fewer times, smaller ones hand the loop fewer answers to write at once.
     scorer_max_batch: int = 64
-    # Items × factors from which one scoring call of the micro-batcher spreads the items
-    # over every core's kernel thread (0 = one kernel thread always): a batch over 100K
-    # items reads 25 MB of factors while the event loop's core is mostly idle.
-    scorer_split_min_cost: int = 2_000_000
     # How long a thread running Python keeps the GIL when another wants it (Python's
     # default is 5 ms): a scorer thread between kernel calls delays the event loop this long.
     gil_switch_interval_seconds: float = 0.001
@@ -198,8 +194,6 @@ def _check(config: Config) -> list[str]:
     need(config.executor_threads >= 0, "executor_threads", "an integer >= 0 (0 = one per core)")
     need(1 <= config.scorer_max_batch <= 4096, "scorer_max_batch",
          "an integer in 1..4096 (single-user requests scored together)")
-    need(config.scorer_split_min_cost >= 0, "scorer_split_min_cost",
-         "an integer >= 0 (items × factors from which a scoring call uses every core; 0 = never)")
     need(1e-6 <= config.gil_switch_interval_seconds <= 0.1, "gil_switch_interval_seconds",
          "a number of seconds in 0.000001..0.1 (Python's default is 0.005)")
     need(config.tier1_max_bytes >= 0, "tier1_max_bytes", "a number of bytes >= 0 (0 = no tier 1)")
@@ -274,7 +268,6 @@ ENV_NAMES: dict[str, str] = {
     "max_id_length": "TIMBRAL_MAX_ID_LENGTH",
     "executor_threads": "TIMBRAL_EXECUTOR_THREADS",
     "scorer_max_batch": "TIMBRAL_SCORER_MAX_BATCH",
-    "scorer_split_min_cost": "TIMBRAL_SCORER_SPLIT_MIN_COST",
     "gil_switch_interval_seconds": "TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS",
     "tier1_max_bytes": "TIMBRAL_CACHE_MAX_BYTES",
     "redis_timeout_seconds": "TIMBRAL_REDIS_TIMEOUT_SECONDS",
@@ -324,7 +317,6 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_id_length": _parse_number(int),
     "executor_threads": _parse_number(int),
     "scorer_max_batch": _parse_number(int),
-    "scorer_split_min_cost": _parse_number(int),
     "gil_switch_interval_seconds": _parse_number(float),
     "tier1_max_bytes": _parse_number(int),
     "redis_timeout_seconds": _parse_number(float),

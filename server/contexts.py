@@ -45,7 +45,6 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     # took a third off /ping's p99 under 64 connections of misses (benchmarks/README.md).
     scorers = configured or max(1, available_cpus() - 1)
     batcher = RecommendBatcher(scorers, max_batch=app[CONFIG].scorer_max_batch,
-                               split_min_cost=app[CONFIG].scorer_split_min_cost, split_threads=available_cpus(),
                                observe=app[METRICS].observe_batch)
     app[BATCHER] = batcher
     yield

@@ -7,21 +7,16 @@ import json
 import threading
 from types import SimpleNamespace
 
-import numpy as np
 import orjson
 import pytest
-from server_support import N_ITEMS, N_USERS, config
+from server_support import N_USERS, config
 
-from timbral import scoring
-from timbral._threads import available_cpus
-from timbral.exceptions import ValidationError
 from timbral.server import handlers
 from timbral.server.app import create_app
 from timbral.server.batching import RecommendBatcher
 from timbral.server.cache import recommendation_bodies
 from timbral.server.config import Config, ConfigError
 from timbral.server.errors import ApiError
-from timbral.server.keys import BATCHER, MODEL
 from timbral.server.metrics import Metrics
 from timbral.server.state import load_model
 
@@ -64,9 +59,7 @@ async def test_unknown_users_in_a_batch_get_popular_items(client):
 class _BrokenRecommender:
     """A recommender whose batch scoring fails, to inject the fault."""
 
-    model = SimpleNamespace(item_factors_=np.ones((3, 2)))
-
-    def rank_batch(self, user_ids, k, exclude_seen=True, n_threads=None):
+    def rank_batch(self, user_ids, k, exclude_seen=True):
         raise MemoryError("scratch allocation failed")
 
 
@@ -117,12 +110,11 @@ class _Gate:
         self.entered = threading.Event()
         self._recommender = model.recommender
         self.recommender = self
-        self.model = model.recommender.model
 
-    def rank_batch(self, user_ids, k, exclude_seen=True, n_threads=None):
+    def rank_batch(self, user_ids, k, exclude_seen=True):
         self.entered.set()
         assert self.opened.wait(10), "the test never opened the gate"
-        return self._recommender.rank_batch(user_ids, k, exclude_seen=exclude_seen, n_threads=n_threads)
+        return self._recommender.rank_batch(user_ids, k, exclude_seen=exclude_seen)
 
 
 async def _held(batcher: RecommendBatcher, gate: _Gate) -> asyncio.Task:
@@ -260,9 +252,6 @@ async def test_the_batcher_takes_at_most_max_batch_requests_at_once(model_dir):
     ("TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS", "0", r"=0\.0: expected a number of seconds in 0\.000001\.\.0\.1"),
     ("TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS", "5", r"=5\.0: expected a number of seconds in 0\.000001\.\.0\.1"),
     ("TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS", "nan", r"=nan: expected a number of seconds in 0\.000001"),
-    ("TIMBRAL_SCORER_SPLIT_MIN_COST", "-1", r"=-1: expected an integer >= 0 \(items × factors"),
-    ("TIMBRAL_SCORER_SPLIT_MIN_COST", "2e6", r"='2e6': expected an integer"),
-    ("TIMBRAL_SCORER_SPLIT_MIN_COST", "0x10", r"='0x10': expected an integer"),
 ])
 def test_scorer_settings_are_validated_at_start_naming_the_variable_and_the_range(variable, raw, expected):
     with pytest.raises(ConfigError, match=variable + expected):
@@ -273,49 +262,3 @@ def test_scorer_settings_are_read_from_the_environment():
     assert (Config.from_env({}).scorer_max_batch, Config.from_env({}).gil_switch_interval_seconds) == (64, 0.001)
     chosen = Config.from_env({"TIMBRAL_SCORER_MAX_BATCH": "16", "TIMBRAL_GIL_SWITCH_INTERVAL_SECONDS": "0.002"})
     assert (chosen.scorer_max_batch, chosen.gil_switch_interval_seconds) == (16, 0.002)
-    assert Config.from_env({}).scorer_split_min_cost == 2_000_000
-    assert Config.from_env({"TIMBRAL_SCORER_SPLIT_MIN_COST": "0"}).scorer_split_min_cost == 0
-
-
-async def test_a_model_at_the_split_cost_is_scored_on_every_core_and_one_below_it_on_one(aiohttp_client, model_dir):
-    cost = N_ITEMS * 6  # the test model's items × factors
-    for min_cost, threads in [(cost, available_cpus()), (cost + 1, 1), (0, 1)]:
-        app = create_app(config(model_dir, executor_threads=1, scorer_split_min_cost=min_cost))
-        await aiohttp_client(app)
-        assert app[BATCHER].kernel_threads(app[MODEL].current) == threads, min_cost
-
-
-async def test_a_split_scoring_call_runs_the_kernel_on_its_threads_and_answers_byte_for_byte_as_one(
-        model_dir, monkeypatch):
-    """The kernel splits the items of a small batch over its threads and merges the heaps:
-    the answers must not change, only who computes them."""
-    model = load_model(model_dir, Metrics())
-    kernel_threads: list[int] = []
-    kernel = scoring._top_k_kernel
-
-    def counting_kernel(*args):
-        kernel_threads.append(args[-1])
-        return kernel(*args)
-
-    monkeypatch.setattr(scoring, "_top_k_kernel", counting_kernel)
-    monkeypatch.setattr(scoring, "MIN_WORK_PER_THREAD", 1)  # the test model is far below the real bar
-    asks = [(f"u{i}", 1 + i % 9, i % 4 != 0) for i in range(0, N_USERS, 5)]
-    bodies = {}
-    for min_cost in (0, 1):
-        batcher = RecommendBatcher(1, split_min_cost=min_cost, split_threads=2)
-        try:
-            answers = await asyncio.gather(*(batcher.recommend(model, u, k, seen) for u, k, seen in asks))
-        finally:
-            await batcher.close()
-        bodies[min_cost] = [answer.body for answer in answers]
-        assert set(kernel_threads) == {1 + min_cost}, kernel_threads
-        kernel_threads.clear()
-    assert bodies[1] == bodies[0]
-    assert bodies[0][0] == _expected_body(model, *asks[0])
-
-
-@pytest.mark.parametrize("n_threads", [-1, 1.5, True, "2", np.int64(2)])
-def test_rank_batch_refuses_a_thread_count_that_is_not_a_plain_integer(model_dir, n_threads):
-    recommender = load_model(model_dir, Metrics()).recommender
-    with pytest.raises(ValidationError, match=r"`n_threads` must be an integer >= 0 .* or None .*got "):
-        recommender.rank_batch(["u1"], 3, n_threads=n_threads)

@@ -407,19 +407,14 @@ class Recommender:
         exclude_seen: bool = True,
         exclude_items: Iterable[Any] | None = None,
         items: Iterable[Any] | None = None,
-        n_threads: int | None = None,
     ) -> RankedBatch:
         """:meth:`recommend_batch` as flat arrays (:class:`RankedBatch`).
 
         Known users get strategy ``nmf`` (scored in one kernel call), unknown ones the
         popular items (``popularity``). The ids are mapped for the whole batch at once:
-        per-row NumPy calls would cost more than scoring a small batch. ``n_threads``
-        sets this call's kernel threads (0 = every core; None = the model's ``n_threads``).
+        per-row NumPy calls would cost more than scoring a small batch.
         """
         k = check_k(k, limit=self.n_items)
-        if n_threads is not None and (type(n_threads) is not int or n_threads < 0):
-            raise ValidationError(f"`n_threads` must be an integer >= 0 (0 = every core) or None "
-                                  f"(the model's); got {n_threads!r}")
         if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, Iterable):
             raise ValidationError(f"`user_ids` must be a list of user ids; got {user_ids!r}")
         user_ids = list(user_ids)
@@ -432,11 +427,10 @@ class Recommender:
         mask = item_mask(self.n_items, allow=allow, deny=deny)
         # min() of a list: for a batch of a few users, ndarray.min's Python wrapper costs more
         if rows.size and min(rows.tolist()) >= 0:  # the usual case: every user known, no padded copy
-            ranked, scores = self.model.recommend_trusted(rows, k, seen=seen, item_mask=mask,
-                                                           n_threads=n_threads)
+            ranked, scores = self.model.recommend_trusted(rows, k, seen=seen, item_mask=mask)
             user_ids, strategies = self._users.external(rows), ["nmf"] * rows.size
         else:
-            ranked, scores, strategies = self._rank_mixed(rows, user_ids, k, seen, mask, deny, allow, n_threads)
+            ranked, scores, strategies = self._rank_mixed(rows, user_ids, k, seen, mask, deny, allow)
         if ranked.size and min(ranked[:, -1].tolist()) >= 0:  # full rows (ids are -1 only at a row's end)
             offsets = np.arange(0, ranked.size + 1, ranked.shape[1], dtype=np.int64)
             return RankedBatch(user_ids, strategies, self.item_ids[ranked.ravel()],
@@ -457,7 +451,6 @@ class Recommender:
         mask: NDArray[np.bool_] | None,
         deny: NDArray[np.int64] | None,
         allow: NDArray[np.int64] | None,
-        n_threads: int | None,
     ) -> tuple[NDArray[np.integer], NDArray[np.floating], list[str]]:
         """:meth:`rank_batch` when some users are unknown: ids and scores padded to ``k``
         (unknown users get the popular items), and the strategies; stores the known
@@ -467,8 +460,7 @@ class Recommender:
         ranked = np.full((len(user_ids), k), -1, dtype=np.int64)
         scores = np.zeros((len(user_ids), k), dtype=np.float64)
         if known.size:
-            ranked[known], scores[known] = self.model.recommend_trusted(rows[known], k, seen=seen, item_mask=mask,
-                                                                        n_threads=n_threads)
+            ranked[known], scores[known] = self.model.recommend_trusted(rows[known], k, seen=seen, item_mask=mask)
             for position, user in zip(known.tolist(), self._users.external(rows[known]), strict=True):
                 user_ids[position] = user
                 strategies[position] = "nmf"

@@ -561,7 +561,6 @@ class NMFModel:
         *,
         seen: sp.csr_matrix | None,
         item_mask: NDArray[np.bool_] | None,
-        n_threads: int | None = None,
     ) -> tuple[NDArray[np.int32], NDArray[np.floating]]:
         """:meth:`recommend_batch` for inputs the caller has already checked; no checks here.
 
@@ -579,8 +578,6 @@ class NMFModel:
             Items to leave out per user, with sorted indices; None leaves none out.
         item_mask : bool ndarray of shape (n_items_,), or None
             True = never recommend (``timbral.scoring.item_mask``).
-        n_threads : int, optional
-            Kernel threads for this call (0 = every core); None uses ``self.n_threads``.
 
         Returns
         -------
@@ -590,8 +587,7 @@ class NMFModel:
         scorer = self._cached("top_k", lambda: TopK(self._scoring_items()))
         query = self._scoring_query(self.user_factors_.take(users, axis=0))  # take: a third of fancy indexing's cost
         exclude = None if seen is None else exclude_rows(seen, users)
-        ids, scores = scorer(query, k, exclude=exclude, item_mask=item_mask,
-                             n_threads=self.n_threads if n_threads is None else n_threads)
+        ids, scores = scorer(query, k, exclude=exclude, item_mask=item_mask, n_threads=self.n_threads)
         return ids, self._with_bias(scores, users)
 
     def recommend_from_factors(
