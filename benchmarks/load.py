@@ -32,6 +32,14 @@ median ratio and its spread over the rounds, of requests/s and of requests per s
 CPU second. ``--ratios 'TIMBRAL_INLINE_SCORING_MAX_COST=0'`` adds settings (same syntax
 as ``--ping-sweep``) and ``--python /venv/bin/python`` (repeatable) another checkout
 installed in that interpreter, each alternated with the defaults.
+``--loop-split`` measures only where the event loop's thread spends its time while
+``/ping`` (8 connections) runs beside 64 connections of 10K-item misses and beside 2
+connections of the largest batches (100K items), for the defaults and each setting
+(same syntax), alternated over ``--rounds``: on a CPU, waiting for one (run-queue delay,
+``/proc/<pid>/task/<tid>/schedstat``), blocked on a futex (the GIL: the loop thread takes
+no other lock), idle in ``epoll``, the last three sampled from ``/proc/.../syscall`` at
+~2 kHz, and how late a 1 ms timer on the loop fires (the loop busy with other work, or
+not running), with ``/ping``'s p50/p99 beside them.
 ``--rank-batch`` measures only, in process, the Python ``Recommender.rank_batch`` spends
 around the top-K kernel per batch of 1, 4, 16 and 64 users (10K items).
 """
@@ -43,10 +51,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import warnings
@@ -86,6 +96,39 @@ request = function()
   return wrk.format("GET", "/api/v1/recommendations/" .. (counter %% %(users)d) .. "?k=10")
 end
 """
+
+
+# ``python -m timbral.server`` with a 1 ms timer on its loop recording how late each tick
+# fires; SIGUSR1 clears the record, SIGUSR2 writes it (ms) to $TIMBRAL_LOAD_LAGS (.npy).
+PROBED_SERVER = """
+import asyncio, os, signal
+import numpy as np
+from timbral.server import __main__ as main
+
+lags = []
+
+async def probe(app):
+    loop = asyncio.get_running_loop()
+    def tick(due):
+        now = loop.time()
+        lags.append(now - due)
+        loop.call_at(now + 0.001, tick, now + 0.001)
+    loop.call_later(0.001, tick, loop.time() + 0.001)
+    loop.add_signal_handler(signal.SIGUSR1, lags.clear)
+    loop.add_signal_handler(signal.SIGUSR2, lambda: np.save(os.environ["TIMBRAL_LOAD_LAGS"], 1e3 * np.array(lags)))
+
+create_app = main.create_app
+def probed_app(config):
+    app = create_app(config)
+    app.on_startup.append(probe)
+    return app
+
+main.create_app = probed_app
+main.main([])
+"""
+# /proc/<pid>/task/<tid>/syscall's first field, x86-64: where a blocked thread waits
+LOOP_STATES = {"running": "running or runnable", "202": "futex (GIL)", "232": "idle (epoll)",
+               "281": "idle (epoll)"}
 
 
 # The issue's references, measured in the same run so figures can be read as ratios:
@@ -216,6 +259,7 @@ class Server:
 
     def __init__(self, url: str, pid: int) -> None:
         self.url = url
+        self.pid = pid
         self._process = psutil.Process(pid)
 
     def cpu_seconds(self) -> float:
@@ -224,9 +268,9 @@ class Server:
 
 
 @contextmanager
-def serving(model_dir: Path, python: str = sys.executable, **env: str) -> Iterator[Server]:
+def serving(model_dir: Path, python: str = sys.executable, *, probed: bool = False, **env: str) -> Iterator[Server]:
     """``python -m timbral.server`` (this checkout's, or the one ``python`` has installed)
-    on a free loopback port."""
+    on a free loopback port; ``probed``: with ``PROBED_SERVER``'s timer on its loop."""
     port = free_port()
     environment = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(port),
                    "TIMBRAL_MODEL_DIR": str(model_dir), "LOG_LEVEL": "INFO",
@@ -235,7 +279,7 @@ def serving(model_dir: Path, python: str = sys.executable, **env: str) -> Iterat
         environment.pop("REDIS_URL", None)
     # another interpreter's checkout is the one it has installed: run it outside this one,
     # whose timbral/ ``-m`` would otherwise find first
-    process = subprocess.Popen([python, "-m", "timbral.server"],
+    process = subprocess.Popen([python, "-c", PROBED_SERVER] if probed else [python, "-m", "timbral.server"],
                                cwd=ROOT if python == sys.executable else tempfile.gettempdir(), env=environment,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -375,6 +419,86 @@ def rank_batch_cost(model_dir: Path, sizes: tuple[int, ...] = (1, 4, 16, 64)) ->
     return results
 
 
+def _loop_states(pid: int, stop: threading.Event, counts: dict[str, int]) -> None:
+    """Count the states of ``pid``'s main thread (its event loop) at ~2 kHz until ``stop``."""
+    path = Path(f"/proc/{pid}/task/{pid}/syscall")
+    while not stop.wait(0.0005):
+        try:
+            state = LOOP_STATES.get(path.read_text().split(" ", 1)[0].strip(), "other")
+        except OSError:
+            return
+        counts[state] = counts.get(state, 0) + 1
+
+
+def _schedstat(pid: int) -> dict[int, np.ndarray]:
+    """Per thread of ``pid``: ns on a CPU, ns waiting in a run queue, time slices."""
+    stats = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stats[int(task.name)] = np.array((task / "schedstat").read_text().split(), dtype=float)
+        except (OSError, ValueError):
+            continue
+    return stats
+
+
+def loop_split(small: Path, large: Path, settings: list[dict[str, str]], rounds: int,
+               seconds: int) -> dict[str, Any]:
+    """Where the event loop's thread spends its time while /ping runs under misses and
+    under the largest batches (see the module docstring), for each setting, alternated
+    over ``rounds`` rounds; medians over the rounds."""
+    loads = {"misses": (small, "", 64, RANDOM_USERS_LUA % {"users": N_USERS}),
+             "batches": (large, "/api/v1/recommendations", 2, LARGE_BATCHES)}
+    runs: dict[str, list[dict[str, float]]] = {}
+    lags_file = Path(tempfile.mkdtemp(prefix="timbral-load-")) / "lags.npy"
+    for round_ in range(rounds):
+        for env in _rotated(settings, round_):
+            for scenario, (model, path, connections, script) in loads.items():
+                name = f"{scenario}: " + (" ".join(f"{key}={value}" for key, value in env.items()) or "defaults")
+                with serving(model, probed=True, TIMBRAL_CACHE_MAX_BYTES="0", TIMBRAL_LOAD_LAGS=str(lags_file),
+                             **env) as server, \
+                        background_wrk(server.url + path, connections, seconds + 2, script) as load:
+                    pid = server.pid
+                    stop, counts = threading.Event(), {}
+                    sampler = threading.Thread(target=_loop_states, args=(pid, stop, counts))
+                    before = _schedstat(pid)
+                    os.kill(pid, signal.SIGUSR1)
+                    sampler.start()
+                    start = time.monotonic()
+                    ping = wrk(f"{server.url}/ping", 8, seconds)
+                    wall = time.monotonic() - start
+                    stop.set()
+                    sampler.join()
+                    after = _schedstat(pid)
+                    os.kill(pid, signal.SIGUSR2)
+                    time.sleep(0.2)
+                lags = np.load(lags_file)
+                loop = (after[pid] - before[pid]) / 1e9 / wall  # the loop thread's id is the process id
+                others = sum(after[tid] - before[tid] for tid in after if tid != pid and tid in before) / 1e9 / wall
+                samples = max(1, sum(counts.values()))
+                runs.setdefault(name, []).append({
+                    "ping_p50_ms": ping["p50_ms"], "ping_p99_ms": ping["p99_ms"], "load_rps": load["rps"],
+                    "loop_on_cpu": loop[0], "loop_waiting_for_cpu": loop[1],
+                    **{f"loop_{state}": counts.get(state, 0) / samples
+                       for state in ("futex (GIL)", "idle (epoll)")},
+                    "lag_p50_ms": float(np.percentile(lags, 50)), "lag_p99_ms": float(np.percentile(lags, 99)),
+                    "other_threads_on_cpu": others[0], "other_threads_waiting_for_cpu": others[1]})
+                print(f"round {round_ + 1}: {name}: " + ", ".join(
+                    f"{key} {value:.3g}" for key, value in runs[name][-1].items()), flush=True)
+    summary = {name: {key: round(float(np.median([run[key] for run in values])), 3) for key in values[0]}
+               for name, values in runs.items()}
+    for name, figures in summary.items():
+        print(f"median of {rounds}: {name}: " + ", ".join(f"{key} {value:.3g}" for key, value in figures.items()))
+    return summary
+
+
+def _rotated(settings: list[Any], round_: int) -> list[Any]:
+    """``settings`` starting at a different one each round, so no setting always runs first
+    after the references: in one 3-round run, the defaults (always first) lost to identical
+    code run second in every round (10K misses 0.60/0.71/1.26x against 1.63/0.81/1.99x)."""
+    start = round_ % len(settings)
+    return settings[start:] + settings[:start]
+
+
 def ping_sweep(model_dir: Path, settings: list[dict[str, str]], rounds: int, seconds: int) -> dict[str, Any]:
     """/ping's p99 at 8 connections while 64 connections of misses run, for each server
     setting, alternated over ``rounds`` short rounds (the machine is shared: one long
@@ -394,7 +518,7 @@ def ping_sweep(model_dir: Path, settings: list[dict[str, str]], rounds: int, sec
         name = "reference: NumPy handler's /ping under misses"
         runs.setdefault(name, []).append({"ping_p99_ms": reference["p99_ms"], "miss_rps": misses["rps"]})
         print(f"round {round_ + 1}: {name:<44} {runs[name][-1]}", flush=True)
-        for env in settings:
+        for env in _rotated(settings, round_):
             name = " ".join(f"{key}={value}" for key, value in env.items()) or "defaults"
             with serving(model_dir, TIMBRAL_CACHE_MAX_BYTES="0", **env) as server:
                 before = server.cpu_seconds()
@@ -455,7 +579,7 @@ def headline_ratios(small: Path, large: Path, settings: list[tuple[dict[str, str
                 run(reference, f"NumPy 10K c{c}", server, server.url, c, random_users)
         with reference_server(100_000, components, "executor") as server:
             run(reference, "NumPy 100K c8", server, server.url, 8, random_users)
-        for env, python in settings:
+        for env, python in _rotated(settings, round_):
             name, ours = _setting_name(env, python), {}
             with serving(small, python, **no_cache, **env) as server:
                 run(ours, "ping c8", server, f"{server.url}/ping", 8)
@@ -515,7 +639,11 @@ def main(argv: list[str] | None = None) -> int:
                         "defaults and each value of server environment variables (optional)")
     parser.add_argument("--python", action="append", default=[],
                         help="with --ratios: also measure the checkout installed in this interpreter")
-    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of --ping-sweep and --ratios")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternated rounds of --ping-sweep, --ratios and --loop-split")
+    parser.add_argument("--loop-split", metavar="VAR=V1,V2;...", nargs="?", const="", default=None,
+                        help="only measure where the event loop's thread waits while /ping runs under "
+                        "misses and under large batches (Linux), for the defaults and each setting (optional)")
     parser.add_argument("--rank-batch", action="store_true",
                         help="only measure, in process, rank_batch against the kernel alone (10K items)")
     args = parser.parse_args(argv)
@@ -532,6 +660,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = [(env, sys.executable) for env in _settings(args.ratios)]
         settings += [({}, python) for python in args.python]
         summary = headline_ratios(small, large, settings, args.rounds, args.seconds, args.components)
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2))
+        return 0
+    if args.loop_split is not None:
+        summary = loop_split(small, large, _settings(args.loop_split), args.rounds, args.seconds)
         if args.json:
             args.json.write_text(json.dumps(summary, indent=2))
         return 0
