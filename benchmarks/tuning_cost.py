@@ -13,6 +13,11 @@ Usage::
     python benchmarks/tuning_cost.py path/to/lastfm-2k/user_artists.dat
     python benchmarks/tuning_cost.py --generate 200000 50000 10000000 [--confidence log] [--frequency-scale 0]
     python benchmarks/tuning_cost.py --generate 60000 20000 1500000 --carry
+    python benchmarks/tuning_cost.py path/to/user_artists.dat --set COLD_MAX_ITER=8
+
+``--set NAME=VALUE`` (repeatable) measures a change to a ``timbral.tuning`` constant against
+the tree as it is, in the same run: each round fits the default, its plain fit, then the
+default with the constants changed and the plain fit at what that one chose.
 
 ``--carry`` measures the rule that carries λ from the search's user sample to all the
 data: on a seeded 80/20 split, λ is chosen once on the default user sample and once
@@ -54,6 +59,60 @@ def timed_fit(matrix: sp.csr_matrix, **params: Any) -> tuple[NMFModel, float]:
         return model, time.perf_counter() - start
 
 
+def constants(assignments: list[str]) -> dict[str, int | float]:
+    """``--set`` values: existing numeric constants of ``timbral.tuning``, parsed as their type."""
+    changed: dict[str, int | float] = {}
+    for assignment in assignments:
+        name, _, value = assignment.partition("=")
+        current = getattr(tuning, name, None)
+        if not name.isupper() or type(current) not in (int, float):
+            raise ValueError(f"--set {assignment!r}: {name!r} is not a numeric constant of timbral.tuning; "
+                             "pass NAME=VALUE, e.g. COLD_MAX_ITER=8.")
+        try:
+            changed[name] = type(current)(value)
+        except ValueError:
+            raise ValueError(f"--set {assignment!r}: {value!r} is not a {type(current).__name__}; "
+                             f"e.g. --set {name}={current}.") from None
+    return changed
+
+
+def default_and_plain(matrix: sp.csr_matrix, common: dict[str, Any], search: dict[str, Any],
+                      changed: dict[str, int | float]) -> tuple[NMFModel, float, NMFModel, float]:
+    """The default fit with ``changed`` tuning constants (restored after), and one plain fit at its choice."""
+    saved = {name: getattr(tuning, name) for name in changed}
+    try:
+        for name, value in changed.items():
+            setattr(tuning, name, value)
+        default, default_s = timed_fit(matrix, **common, **search)
+    finally:
+        for name, value in saved.items():
+            setattr(tuning, name, value)
+    chosen = {"regularization": default.regularization_, "confidence": default.confidence_,
+              "frequency_scale": default.frequency_scale_}
+    plain, plain_s = timed_fit(matrix, **common, **chosen)
+    return default, default_s, plain, plain_s
+
+
+def report(label: str, runs: list[tuple[NMFModel, float, NMFModel, float]]) -> None:
+    """Medians of the default fits against the plain fits, and the epoch ratio of the last run."""
+    default, _, plain, _ = runs[-1]
+    defaults, plains = [run[1] for run in runs], [run[3] for run in runs]
+    table = default.search_results_ or []
+    search_epochs = sum(row["n_iter"] for row in table)
+    screens = [row for row in table if row.get("screen")]
+    chosen = {"regularization": round(default.regularization_, 4), "confidence": default.confidence_,
+              "frequency_scale": default.frequency_scale_}
+    print(f"{label}:")
+    print(f"  search: {len(table)} settings ({len(screens)} screens, {sum(r['n_iter'] for r in screens)} epochs), "
+          f"{search_epochs} epochs, {sum(row['seconds'] for row in table):.1f} s of fits and scorings; chosen {chosen}")
+    print(f"  default fit (search + refit): median {np.median(defaults):.2f} s of {len(runs)}, "
+          f"{default.n_iter_} epochs in the refit")
+    print(f"  one fit at the chosen setting: median {np.median(plains):.2f} s, {plain.n_iter_} epochs")
+    print(f"  ratio: {np.median(defaults) / np.median(plains):.2f}× in time (per run: "
+          f"{', '.join(f'{d / p:.2f}' for d, p in zip(defaults, plains, strict=True))}), "
+          f"{(search_epochs + default.n_iter_) / plain.n_iter_:.2f}× in epochs", flush=True)
+
+
 def carry(matrix: sp.csr_matrix, common: dict[str, Any]) -> None:
     """λ chosen on the default user sample against λ chosen on all users, both scored on a test split."""
     train, test = random_split(matrix, test_fraction=0.2, seed=0, min_interactions=5)
@@ -81,9 +140,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="ν of the frequency-scaled ridge: 'auto' (the default) searches it, a number fixes it")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of both fits; medians are reported")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a timbral.tuning constant for a second default fit, alternated with the tree's")
     parser.add_argument("--carry", action="store_true",
                         help="measure λ chosen on the user sample against λ chosen on all users")
     args = parser.parse_args(argv)
+    try:
+        changed = constants(args.set)
+    except ValueError as error:
+        parser.error(str(error))
     if args.generate:
         matrix = generated(*args.generate)
     elif args.data:
@@ -96,25 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         carry(matrix, common)
         return 0
     nu = args.frequency_scale if args.frequency_scale == "auto" else float(args.frequency_scale)
-    defaults, plains = [], []
+    search = {"confidence": args.confidence, "frequency_scale": nu}
+    tree: list[tuple[NMFModel, float, NMFModel, float]] = []
+    patched: list[tuple[NMFModel, float, NMFModel, float]] = []
     for _ in range(args.repeat):  # interleaved, so a burst of load lands on both
-        default, default_s = timed_fit(matrix, **common, confidence=args.confidence, frequency_scale=nu)
-        chosen = {"regularization": default.regularization_, "confidence": default.confidence_,
-                  "frequency_scale": default.frequency_scale_}
-        plain, plain_s = timed_fit(matrix, **common, **chosen)
-        defaults.append(default_s)
-        plains.append(plain_s)
-    table = default.search_results_ or []
-    search_epochs = sum(row["n_iter"] for row in table)
-    screens = [row for row in table if row.get("screen")]
-    print(f"search: {len(table)} settings ({len(screens)} screens, {sum(r['n_iter'] for r in screens)} epochs), "
-          f"{search_epochs} epochs, {sum(row['seconds'] for row in table):.1f} s of fits; chosen {chosen}")
-    print(f"default fit (search + refit): median {np.median(defaults):.2f} s of {args.repeat}, "
-          f"{default.n_iter_} epochs in the refit")
-    print(f"one fit at the chosen setting: median {np.median(plains):.2f} s, {plain.n_iter_} epochs")
-    print(f"ratio: {np.median(defaults) / np.median(plains):.2f}× in time (per run: "
-          f"{', '.join(f'{d / p:.2f}' for d, p in zip(defaults, plains, strict=True))}), "
-          f"{(search_epochs + default.n_iter_) / plain.n_iter_:.2f}× in epochs")
+        tree.append(default_and_plain(matrix, common, search, {}))
+        if changed:
+            patched.append(default_and_plain(matrix, common, search, changed))
+    report("the tree's constants", tree)
+    if changed:
+        report(f"with {', '.join(f'{name}={value}' for name, value in changed.items())}", patched)
     return 0
 
 
