@@ -24,8 +24,8 @@ from typing import IO
 
 import numpy as np
 import orjson
-from numpy.typing import NDArray
 from aiohttp import web
+from numpy.typing import NDArray
 
 from timbral.logs import SERVICE
 
