@@ -5,11 +5,11 @@ Going through ``logging`` (a LogRecord, a lock, a formatter, a flushed write per
 line) costs about 19 µs per request, as much as answering ``/ping`` itself. A request
 only records its fields (a tuple); lines are formatted and written in batches instead,
 every ``FLUSH_SECONDS``, at ``MAX_PENDING`` lines, and at shutdown. A JSON batch is
-formatted column by column: the timestamps by one NumPy call, each text column by one
-orjson call, and the lines interleaved from the columns and the template's constant
-pieces by one ``bytes.join``: only the duration's ``round`` runs per line in Python
-(~1.6 µs a line against ~1.9 µs through a bytes template per line, 3.2 µs through a
-dict and ``datetime``).
+formatted column by column: the timestamps and the durations by NumPy, each text
+column by one orjson call, and the lines interleaved from the columns and the
+template's constant pieces by one ``bytes.join``: no Python runs per line (~0.8 µs a
+line against ~1.8 µs with ``datetime_as_string`` of every stamp and ``round`` of every
+duration, 3.2 µs through a dict and ``datetime``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import IO
 import numpy as np
 import orjson
 from aiohttp import web
+from numpy.typing import NDArray
 
 from timbral.logs import SERVICE
 
@@ -93,16 +94,48 @@ def _json_lines(pending: list[_Fields]) -> bytes:
     and control characters are escaped.
     """
     stamps, request_ids, methods, paths, routes, statuses, seconds = zip(*pending, strict=True)
-    micros = np.rint(np.array(stamps) * 1e6).astype(np.int64)
     columns = [
-        _strings(np.datetime_as_string(micros.view("datetime64[us]"), unit="us", timezone="UTC").tolist()),
+        _timestamps(np.rint(np.array(stamps) * 1e6).astype(np.int64)),
         _strings(request_ids), _strings(methods), _strings(paths), _strings(routes),
         orjson.dumps(statuses)[1:-1].split(b","),
-        orjson.dumps([round(value * 1000, 3) for value in seconds])[1:-1].split(b","),
+        _milliseconds(seconds),
     ]
     first, *between = _JSON_PIECES
     return b"".join(chain.from_iterable(zip(
         repeat(first), *chain.from_iterable(zip(columns, map(repeat, between), strict=True)))))
+
+
+_DIGIT_PLACES = 10 ** np.arange(5, -1, -1)  # the six digits of the microseconds
+
+
+def _timestamps(micros: NDArray[np.int64]) -> list[bytes]:
+    """``2025-12-01T14:00:00.123456Z`` for each count of µs since the epoch.
+
+    A batch spans a fraction of a second, so only its few distinct whole seconds go
+    through ``datetime_as_string``; each line's text is put together as bytes, in one
+    array (0.1 µs a line against 0.5 for ``datetime_as_string`` of every line).
+    """
+    seconds, fraction = np.divmod(micros, 1_000_000)
+    distinct, which = np.unique(seconds, return_inverse=True)
+    dates = np.datetime_as_string(distinct.view("datetime64[s]"), unit="s", timezone="UTC")
+    text = np.empty((micros.size, 27), np.uint8)  # 19 of date and time, ".", 6 digits, "Z"
+    text[:, :19] = np.frombuffer("".join(dates.tolist()).encode(), np.uint8).reshape(-1, 20)[which.ravel(), :19]
+    text[:, 19] = ord(".")
+    text[:, 20:26] = fraction[:, None] // _DIGIT_PLACES % 10 + ord("0")
+    text[:, 26] = ord("Z")
+    return text.view("S27").ravel().tolist()
+
+
+def _milliseconds(seconds: tuple[float, ...]) -> list[bytes]:
+    """Each duration in ms to the µs, as ``round(seconds * 1000, 3)`` prints it.
+
+    Rounded as µs by NumPy (half to even, as ``round``) and divided back: the double
+    nearest ``n / 1000`` prints as that decimal, so only an exact tie, where the two
+    products round apart, could differ (by 1 µs). 0.15 µs a line against 0.8 for
+    ``round`` per line.
+    """
+    return orjson.dumps(np.rint(np.array(seconds) * 1e6) / 1000,
+                        option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
 
 
 def _strings(texts: tuple[str, ...] | list[str]) -> list[bytes]:

@@ -15,7 +15,7 @@ from .config import Config
 from .contexts import CLEANUP_CONTEXTS
 from .keys import ACCESS_LOG, CACHE, CONFIG, LIFECYCLE, METRICS, MODEL, OPENAPI, RELOADER
 from .metrics import Metrics
-from .middlewares import observe
+from .middlewares import observer
 from .routes import ROUTES
 from .state import Lifecycle, ModelSlot, Reloader
 
@@ -62,8 +62,9 @@ def create_app(config: Config) -> web.Application:
     request and released in reverse at shutdown.
     """
     quiet_client_errors()
-    app = web.Application(middlewares=[observe], client_max_size=config.max_body_bytes)
     metrics = Metrics()
+    access_log = AccessLog(log_format=config.log_format) if config.log_level in ("DEBUG", "INFO") else None
+    app = web.Application(middlewares=[observer(metrics, access_log)], client_max_size=config.max_body_bytes)
     slot = ModelSlot()
     cache = TieredCache(LRUCache(config.tier1_max_bytes, config.cache_ttl_seconds), metrics)
     metrics.cache_bytes.set_function(lambda: cache.tier1.nbytes)
@@ -77,7 +78,6 @@ def create_app(config: Config) -> web.Application:
     app[CACHE] = cache
     app[RELOADER] = reloader
     app[OPENAPI] = OPENAPI_PATH.read_bytes()
-    access_log = AccessLog(log_format=config.log_format) if config.log_level in ("DEBUG", "INFO") else None
     app[ACCESS_LOG] = access_log
     app.router.add_routes(ROUTES)
     app.cleanup_ctx.extend(CLEANUP_CONTEXTS)

@@ -28,22 +28,22 @@ class _RequestSeries(Collector):
     """Requests by (route, method, status), latency by route, cache hits/misses by tier.
 
     Updated from the event loop only, without locks; read when scraped (on the loop too).
+    A request touches one list, its (route, method, status)'s latency buckets: the
+    request counts and each route's histogram are summed from them when scraped.
     """
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], int] = {}
-        # per route: counts per bucket (the last is +Inf), then the sum of seconds
-        self.latency: dict[str, list[float]] = {}
+        # per (route, method, status): counts per bucket (the last is +Inf), then the sum of seconds
+        self.latency: dict[tuple[str, str, int], list[float]] = {}
         self.hits = {"1": 0, "2": 0}
         self.misses = {"1": 0, "2": 0}
         self.in_flight = 0
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
-        series = self.latency.get(route)
+        series = self.latency.get(key)
         if series is None:
-            series = self.latency[route] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+            series = self.latency[key] = [0.0] * (len(LATENCY_BUCKETS) + 2)
         series[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le is inclusive
         series[-1] += seconds
 
@@ -51,13 +51,16 @@ class _RequestSeries(Collector):
         requests = CounterMetricFamily(
             "timbral_requests", "HTTP requests answered, by route, method and status.",
             labels=("route", "method", "status"))
-        for (route, method, status), count in sorted(self.requests.items()):
-            requests.add_metric((route, method, str(status)), count)
+        by_route: dict[str, list[float]] = {}
+        for (route, method, status), series in sorted(self.latency.items()):
+            requests.add_metric((route, method, str(status)), sum(series[:-1]))
+            total = by_route.setdefault(route, [0.0] * len(series))
+            total[:] = map(sum, zip(total, series, strict=True))
         yield requests
         latency = HistogramMetricFamily(
             "timbral_request_duration_seconds", "Time to answer an HTTP request, by route.",
             labels=("route",))
-        for route, series in sorted(self.latency.items()):
+        for route, series in by_route.items():
             cumulative, buckets = 0.0, []
             for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), series[:-1], strict=True):
                 cumulative += count

@@ -7,6 +7,7 @@ import io
 import json
 from datetime import UTC, datetime
 
+import numpy as np
 import orjson
 import pytest
 from server_support import config
@@ -72,6 +73,20 @@ def test_batched_json_lines_are_byte_identical_to_one_line_at_a_time():
     pending.append((stamp, "", "", "", "", 599, 12.3456789))
     assert access_log._json_lines(pending) == _reference_lines(pending)
     assert access_log._json_lines(pending[:1]) == _reference_lines(pending[:1])  # a batch of one
+
+
+def test_a_batch_across_seconds_and_days_with_any_duration_matches_the_reference():
+    """Timestamps are put together from the batch's distinct whole seconds, durations
+    rounded by NumPy: the bytes are still those of one line at a time, across a second,
+    a day and a year boundary, for stamps in any order (the clock may step back), and
+    for durations from nanoseconds to minutes."""
+    rng = np.random.default_rng(14)
+    midnight = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    stamps = np.concatenate([midnight + rng.uniform(-2.5, 2.5, 300), [midnight, midnight - 1e-6, 0.0, 1e-6]])
+    durations = rng.random(stamps.size) * 10.0 ** rng.uniform(-9, 2.5, stamps.size)
+    pending = [(float(stamp), f"id-{i}", "GET", "/ping", "/ping", 200, float(seconds))
+               for i, (stamp, seconds) in enumerate(zip(stamps, durations, strict=True))]
+    assert access_log._json_lines(pending) == _reference_lines(pending)
 
 
 def test_a_full_buffer_is_written_at_once(monkeypatch):
