@@ -13,7 +13,7 @@ from .access_log import AccessLog
 from .cache import LRUCache, TieredCache
 from .config import Config
 from .contexts import CLEANUP_CONTEXTS
-from .keys import ACCESS_LOG, CACHE, CONFIG, LIFECYCLE, METRICS, MODEL, OPENAPI, RELOADER
+from .keys import CACHE, CONFIG, LIFECYCLE, METRICS, MODEL, OPENAPI, RELOADER
 from .metrics import Metrics
 from .middlewares import observer
 from .routes import ROUTES
@@ -78,7 +78,6 @@ def create_app(config: Config) -> web.Application:
     app[CACHE] = cache
     app[RELOADER] = reloader
     app[OPENAPI] = OPENAPI_PATH.read_bytes()
-    app[ACCESS_LOG] = access_log
     app.router.add_routes(ROUTES)
     app.cleanup_ctx.extend(CLEANUP_CONTEXTS)
     if access_log is not None:

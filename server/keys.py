@@ -6,7 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from .access_log import AccessLog
 from .batching import RecommendBatcher
 from .cache import TieredCache
 from .config import Config
@@ -25,7 +24,6 @@ BATCHER = web.AppKey("batcher", RecommendBatcher)
 CACHE = web.AppKey("cache", TieredCache)
 RELOADER = web.AppKey("reloader", Reloader)
 OPENAPI = web.AppKey("openapi", bytes)
-ACCESS_LOG = web.AppKey("access_log", AccessLog | None)  # None below LOG_LEVEL=INFO
 FOLLOWER = web.AppKey("registry_follower", RegistryFollower | None)  # None without DATABASE_URL
 INGEST = web.AppKey("ingest", IngestQueue | None)  # None without TIMBRAL_INGEST_TOKEN
 
