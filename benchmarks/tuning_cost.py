@@ -24,9 +24,9 @@ search's validation metrics and epochs, a digest of the default fit's factors), 
 alternate rounds of two checkouts, each with its own venv, and check that a change meant to
 save time left every number where it was::
 
-    for round in 1 2 3 4 5; do
-        for tree in old new; do $tree/venv/bin/python $tree/benchmarks/tuning_cost.py DATA --components 64 --repeat 1 --json; done
-    done
+    for round in 1 2 3 4 5; do for tree in old new; do
+        $tree/venv/bin/python $tree/benchmarks/tuning_cost.py DATA --components 64 --repeat 1 --json
+    done; done
 
 ``--carry`` measures the rule that carries λ from the search's user sample to all the
 data: on a seeded 80/20 split, λ is chosen once on the default user sample and once

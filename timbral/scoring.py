@@ -27,9 +27,9 @@ CHUNK_ITEMS = 4096
 BLOCK_QUERIES = 64
 # Scores of scratch a unit fills per BLAS call (128 KiB in float32): with the chunk's item
 # factors beside it (512 × 64 float32, another 128 KiB) it stays in a 512 KiB L2. Measured
-# (benchmarks/compare_topk.py --chunks): 64 users a block at 512 items a call score 1.2-1.5×
-# faster than at 4096 (Last.fm's 1,877 validation users over 17,617 items, and 64 users over
-# 10K and 100K items); blocks of 1 and 8 users use little scratch and keep CHUNK_ITEMS.
+# (benchmarks/compare_topk.py --scratch, benchmarks/README.md): blocks of 64 users at 512 items
+# a call take about 0.8× the time of 4096 (Last.fm's 1,877 validation users over 17,617 items,
+# 64 users over 10K and 100K items); batches of 1 to 8 users use little scratch and keep 4096.
 SCRATCH_SCORES = 32_768
 
 # Below this many multiply-adds per thread, waking a second thread costs more than it
