@@ -4,6 +4,16 @@ One user (median of many repetitions) and a batch of 1000 users, 64 factors,
 top-10, 2 threads, at 10K, 100K and 1M items. Run from the repository root:
 
     python benchmarks/compare_topk.py [--sizes 10000 100000 1000000]
+    python benchmarks/compare_topk.py --scratch 262144 16384 32768 65536 [--rounds 5]
+
+``--scratch`` measures ``timbral.scoring.SCRATCH_SCORES`` instead (the scores a work unit
+fills per BLAS call: ``scoring.chunk_items`` gives a block of n queries that over n items per
+call, at most ``CHUNK_ITEMS``; 262144 = 4096 × 64 is the fixed 4096-item chunk): the validation search's shape
+(1,877 users × 17,617 items, Last.fm's, 2 threads) and the service's (1, 8 and 64 users over
+10K and 100K items, 1 thread), every value in each round in a rotated order, best and median
+of the rounds as ratios to the first value's time, and the lists checked equal to the
+first value's (scores within the rounding of a sum of ``N_FACTORS`` float32 products:
+BLAS blocks the sums differently for other chunk widths).
 
 Targets: one user over 100K items within 1.3x NumPy ``H @ w`` alone and faster
 than implicit; the 1000-user batch over 100K items under 0.3 s and at least 1.5x
@@ -26,12 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from timbral import scoring  # noqa: E402
 from timbral.scoring import top_k  # noqa: E402
 
 N_FACTORS = 64
 TOP = 10
 N_THREADS = 2
 BATCH_USERS = 1000
+#: ``--scratch`` shapes: (name, users, items, threads); the search scores Last.fm's validation users.
+CHUNK_SHAPES = (("search 1877x17617 2t", 1877, 17_617, 2),
+                *((f"serve {u}x{n // 1000}K 1t", u, n, 1) for n in (10_000, 100_000) for u in (1, 8, 64)))
 PAUSE_SECONDS = 0.5
 NUMPY_BLOCK = 256  # users per NumPy block, so the batch baseline stays in bounded memory
 
@@ -125,10 +139,51 @@ def report(n_items: int, t: dict[str, float]) -> None:
     print(f"  batch    : numpy block / timbral    = {t['batch/numpy_block'] / batch:.2f}x faster")
 
 
+def scratch_sweep(values: list[int], rounds: int, seed: int = 0) -> None:
+    """Time ``top_k`` at each ``SCRATCH_SCORES`` on ``CHUNK_SHAPES``, the values rotated each round."""
+    rng = np.random.default_rng(seed)
+    data = {name: (rng.random((u, N_FACTORS), dtype=np.float32), rng.random((n, N_FACTORS), dtype=np.float32), t)
+            for name, u, n, t in CHUNK_SHAPES}
+    times = {(name, c): [] for name in data for c in values}
+    answers = {}
+    default = scoring.SCRATCH_SCORES
+    try:
+        for r in range(rounds):
+            for value in values[r % len(values):] + values[: r % len(values)]:
+                scoring.SCRATCH_SCORES = value
+                for name, (users, items, threads) in data.items():
+                    reps = max(3, min(200, 20_000_000 // (users.shape[0] * items.shape[0])))
+                    answers[name, value] = top_k(users, items, TOP, n_threads=threads)  # warm-up
+                    start = time.perf_counter()
+                    for _ in range(reps):
+                        top_k(users, items, TOP, n_threads=threads)
+                    times[name, value].append((time.perf_counter() - start) / reps)
+    finally:
+        scoring.SCRATCH_SCORES = default
+    print(f"SCRATCH_SCORES sweep, {N_FACTORS} factors, top-{TOP}, BLOCK_QUERIES={scoring.BLOCK_QUERIES}, "
+          f"CHUNK_ITEMS={scoring.CHUNK_ITEMS}, {rounds} rounds; time / time at {values[0]} (best, median)")
+    print(f"  {'shape':<24}" + "".join(f"{c:>18}" for c in values) + f"   ms at {values[0]} (best)")
+    for name in data:
+        ref_best, ref_median = min(times[name, values[0]]), statistics.median(times[name, values[0]])
+        cells = "".join(f"{min(times[name, c]) / ref_best:>9.3f}{statistics.median(times[name, c]) / ref_median:>9.3f}"
+                        for c in values)
+        print(f"  {name:<24}{cells}   {ref_best * 1e3:.3f}")
+        ids, scores = answers[name, values[0]]
+        for c in values[1:]:
+            np.testing.assert_array_equal(answers[name, c][0], ids)
+            np.testing.assert_allclose(answers[name, c][1], scores, rtol=N_FACTORS * np.finfo(np.float32).eps)
+    print(f"  same lists at every value; scores within {N_FACTORS} float32 eps (a {N_FACTORS}-term sum's rounding)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--scratch", type=int, nargs="+", help="sweep SCRATCH_SCORES over these values instead")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the --scratch sweep")
     args = parser.parse_args(argv)
+    if args.scratch:
+        scratch_sweep(args.scratch, args.rounds)
+        return
     print(
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} "
         f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}"

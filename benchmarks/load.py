@@ -405,7 +405,7 @@ def rank_batch_cost(model_dir: Path, sizes: tuple[int, ...] = (1, 4, 16, 64)) ->
             ids, scores = np.empty((size, 10), np.int32), np.empty((size, 10), query.dtype)
             calls = {
                 "kernel_us": partial(kernel, query, items, indptr, indices, scoring._NO_MASK, ids, scores,
-                                     scoring.CHUNK_ITEMS, scoring.BLOCK_QUERIES, 1),
+                                     scoring.chunk_items(size), scoring.BLOCK_QUERIES, 1),
                 "rank_batch_us": partial(recommender.rank_batch, users, 10),
             }
             number = max(20, 400 // size)

@@ -19,6 +19,15 @@ Usage::
 the tree as it is, in the same run: each round fits the default, its plain fit, then the
 default with the constants changed and the plain fit at what that one chose.
 
+``--json`` prints each round as one JSON line instead (seconds of both fits, the choice, the
+search's validation metrics and epochs, a digest of the default fit's factors), so a driver can
+alternate rounds of two checkouts, each with its own venv, and check that a change meant to
+save time left every number where it was::
+
+    for round in 1 2 3 4 5; do for tree in old new; do
+        $tree/venv/bin/python $tree/benchmarks/tuning_cost.py DATA --components 64 --repeat 1 --json
+    done; done
+
 ``--carry`` measures the rule that carries λ from the search's user sample to all the
 data: on a seeded 80/20 split, λ is chosen once on the default user sample and once
 on the whole training part, each is fitted on the training part, and both are
@@ -28,6 +37,8 @@ scored (NDCG@10) on the test part, which neither search sees.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 import time
 import warnings
@@ -113,6 +124,19 @@ def report(label: str, runs: list[tuple[NMFModel, float, NMFModel, float]]) -> N
           f"{(search_epochs + default.n_iter_) / plain.n_iter_:.2f}× in epochs", flush=True)
 
 
+def record(run: tuple[NMFModel, float, NMFModel, float]) -> dict[str, Any]:
+    """One round as ``--json`` prints it."""
+    default, default_s, plain, plain_s = run
+    table = default.search_results_ or []
+    digest = hashlib.sha256(default.user_factors_.tobytes() + default.item_factors_.tobytes()).hexdigest()
+    return {"default_s": round(default_s, 4), "plain_s": round(plain_s, 4),
+            "chosen": {"regularization": default.regularization_, "confidence": default.confidence_,
+                       "frequency_scale": default.frequency_scale_},
+            "validation": [row["rmse" if default.feedback == "explicit" else f"ndcg@{tuning.K}"] for row in table],
+            "search_epochs": [row["n_iter"] for row in table], "refit_epochs": default.n_iter_,
+            "plain_epochs": plain.n_iter_, "factors_sha256": digest[:16]}
+
+
 def carry(matrix: sp.csr_matrix, common: dict[str, Any]) -> None:
     """λ chosen on the default user sample against λ chosen on all users, both scored on a test split."""
     train, test = random_split(matrix, test_fraction=0.2, seed=0, min_interactions=5)
@@ -142,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of both fits; medians are reported")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a timbral.tuning constant for a second default fit, alternated with the tree's")
+    parser.add_argument("--json", action="store_true", help="print each round of the tree as one JSON line")
     parser.add_argument("--carry", action="store_true",
                         help="measure λ chosen on the user sample against λ chosen on all users")
     args = parser.parse_args(argv)
+    if args.json and (args.set or args.carry):
+        parser.error("--json prints the tree's rounds only; run --set and --carry without it")
     try:
         changed = constants(args.set)
     except ValueError as error:
@@ -155,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         matrix = load_interactions(args.data).user_items
     else:
         parser.error("give DATA or --generate USERS ITEMS INTERACTIONS")
-    print(f"{matrix.shape[0]} users × {matrix.shape[1]} items, {matrix.nnz} interactions", flush=True)
+    if not args.json:
+        print(f"{matrix.shape[0]} users × {matrix.shape[1]} items, {matrix.nnz} interactions", flush=True)
     common = {"n_components": args.components, "n_threads": args.threads}
     if args.carry:
         carry(matrix, common)
@@ -166,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     patched: list[tuple[NMFModel, float, NMFModel, float]] = []
     for _ in range(args.repeat):  # interleaved, so a burst of load lands on both
         tree.append(default_and_plain(matrix, common, search, {}))
+        if args.json:
+            print(json.dumps(record(tree[-1])), flush=True)
         if changed:
             patched.append(default_and_plain(matrix, common, search, changed))
+    if args.json:
+        return 0
     report("the tree's constants", tree)
     if changed:
         report(f"with {', '.join(f'{name}={value}' for name, value in changed.items())}", patched)

@@ -15,6 +15,7 @@ from timbral.metrics import (
     hit_rate_at_k,
     map_at_k,
     ndcg_at_k,
+    ndcg_by_user,
     popularity_top_k,
     precision_at_k,
     ranking_metrics,
@@ -115,6 +116,54 @@ def test_metric_input_errors():
         ranking_scores(REC[:2], TEST)
     with pytest.raises(ValidationError, match="test must be a scipy.sparse matrix, got ndarray"):
         ranking_scores(REC, TEST.toarray())
+
+
+def test_ndcg_by_user_hand_computed():
+    # user 0: hits [1, 0, 1] of 2 relevant; user 1: no hit; user 2: no test item (NaN, not 0).
+    got = ndcg_by_user(REC, TEST)
+    expected = [(1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3)), 0.0]
+    np.testing.assert_allclose(got[:2], expected, rtol=1e-15)
+    assert np.isnan(got[2])
+    # hits at ranks 1 and 3 of 3 relevant; rows follow users=, any order, repeats allowed.
+    test = matrix([[0, 1, 2], [4]])
+    rec = np.array([[4, 1, 3, 5], [5, 0, 4, 2], [4, -1, -1, -1]])
+    dcg = 1 / math.log2(3) + 1 / math.log2(5)
+    idcg = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    np.testing.assert_allclose(ndcg_by_user(rec, test, users=[1, 0, 1]), [1.0, dcg / idcg, 1.0], rtol=1e-15)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ndcg_by_user_gives_ranking_scores_ndcg_for_every_subset(seed):
+    """Means of the per-user values are ranking_scores' NDCG over the same users (1e-12),
+    whole and in groups, as the validation search takes them; users without test items are NaN."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items, k = 300, 80, 10
+    test = sp.random(n_users, n_items, density=0.05, format="csr", random_state=rng)
+    users = rng.permutation(n_users)[:250]
+    rec = np.stack([rng.permutation(n_items)[:k] for _ in users])
+    rec[rng.random(rec.shape) < 0.1] = -1  # padding counts as a miss wherever it sits
+    per_user = ndcg_by_user(rec, test, users)
+    evaluated = np.diff(test.indptr)[users] > 0
+    assert not evaluated.all() and np.array_equal(np.isnan(per_user), ~evaluated)
+    assert np.mean(per_user[evaluated]) == pytest.approx(ndcg_at_k(rec, test, users), abs=1e-12)
+    for group in np.array_split(np.flatnonzero(evaluated), 7):
+        assert np.mean(per_user[group]) == pytest.approx(
+            ranking_scores(rec[group], test, users[group])["ndcg"], abs=1e-12)
+    for row in rng.choice(np.flatnonzero(evaluated), 20, replace=False):
+        assert per_user[row] == pytest.approx(ndcg_at_k(rec[row : row + 1], test, users[row : row + 1]), abs=1e-12)
+
+
+def test_ndcg_by_user_empty_and_bad_input():
+    assert ndcg_by_user(np.zeros((0, 10), dtype=np.int64), TEST, users=[]).shape == (0,)
+    assert np.isnan(ndcg_by_user(REC, matrix([[], [], []]))).all()
+    with pytest.raises(ValidationError, match="recommended must be a 2-D int array"):
+        ndcg_by_user(np.array([1.5, 2.0]), TEST)
+    with pytest.raises(ValidationError, match=r"expected 0..5 or -1 for padding"):
+        ndcg_by_user(np.array([[-7]] * 3), TEST)
+    with pytest.raises(ValidationError, match=r"users must hold one row index of test \(0..2\)"):
+        ndcg_by_user(REC, TEST, users=[0, 1, 3])
+    with pytest.raises(ValidationError, match="test must be a scipy.sparse matrix, got list"):
+        ndcg_by_user(REC, [[1, 0]])
 
 
 class TableModel:

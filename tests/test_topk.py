@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_info
 from timbral import _reference
 from timbral._core._topk import top_k as top_k_kernel
 from timbral.exceptions import ValidationError
-from timbral.scoring import CHUNK_ITEMS, TopK, exclude_rows, top_k
+from timbral.scoring import BLOCK_QUERIES, CHUNK_ITEMS, SCRATCH_SCORES, TopK, chunk_items, exclude_rows, top_k
 
 DTYPES = [np.float32, np.float64]
 
@@ -74,6 +74,31 @@ def test_exact_ties_go_to_the_lower_index(dtype, n_threads):
     ref_ids, ref_scores = _reference.top_k(query, items, 25)
     np.testing.assert_array_equal(got_ids, ref_ids)
     np.testing.assert_array_equal(got_scores, ref_scores)
+
+
+@pytest.mark.parametrize("n_queries", [1, 8, 9, 63, 64, 65, 2000])
+def test_chunk_items_keeps_a_blocks_scratch_within_its_budget(n_queries):
+    chunk = chunk_items(n_queries)
+    assert 1 <= chunk <= CHUNK_ITEMS
+    assert chunk * min(n_queries, BLOCK_QUERIES) <= SCRATCH_SCORES
+    if n_queries <= SCRATCH_SCORES // CHUNK_ITEMS:  # the service's small batches keep the whole chunk
+        assert chunk == CHUNK_ITEMS
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_large_batch_gives_each_users_answer_alone(dtype):
+    """A block of 64 users scores narrower chunks than one user does: the same lists and
+    exact ties (integer scores) still to the lower index, scores equal."""
+    rng = np.random.default_rng(7)
+    query = rng.integers(0, 3, (130, 4)).astype(dtype)
+    items = rng.integers(0, 3, (3 * CHUNK_ITEMS + 11, 4)).astype(dtype)
+    exclude = random_exclude(rng, 130, items.shape[0], 0.01)
+    assert chunk_items(130) < chunk_items(1)
+    ids, scores = top_k(query, items, 20, exclude=exclude, n_threads=2)
+    for user in (0, 63, 64, 129):
+        one_ids, one_scores = top_k(query[user : user + 1], items, 20, exclude=exclude[user], n_threads=1)
+        np.testing.assert_array_equal(ids[user], one_ids[0])
+        np.testing.assert_array_equal(scores[user], one_scores[0])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -50,3 +50,27 @@ def test_each_setting_tried_is_scored_once(split, monkeypatch):
     model = NMFModel(n_components=6, n_threads=1).fit(train_part)
     assert len(calls) == len(model.search_results_) >= len(tuning.PATH[:2])
     assert len(set(calls)) == 1  # the same validation users each time
+
+
+def test_each_row_takes_one_metric_pass_with_ranking_scores_numbers(split, monkeypatch):
+    """A row's NDCG, overall and per group of validation users, comes from one ndcg_by_user pass
+    (before: a ranking_scores call overall and one per group), and is what ranking_scores gives
+    over the same recommendations. The only ranking_scores call left is the popularity floor's."""
+    train_part, _ = split
+    passes, scores_calls = [], []
+    by_user, ranking_scores = tuning.ndcg_by_user, tuning.ranking_scores
+
+    def counting_by_user(recommended, test, users):
+        passes.append((recommended.copy(), test, users.copy()))
+        return by_user(recommended, test, users)
+
+    def counting_scores(*args, **kwargs):
+        scores_calls.append(args)
+        return ranking_scores(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "ndcg_by_user", counting_by_user)
+    monkeypatch.setattr(tuning, "ranking_scores", counting_scores)
+    model = NMFModel(n_components=6, n_threads=1).fit(train_part)
+    assert len(passes) == len(model.search_results_) and len(scores_calls) == 1
+    for row, (recommended, valid, users) in zip(model.search_results_, passes, strict=True):
+        assert row["ndcg@10"] == pytest.approx(ranking_scores(recommended, valid, users)["ndcg"], abs=1e-12)

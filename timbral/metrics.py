@@ -40,6 +40,7 @@ __all__ = [
     "hit_rate_at_k",
     "map_at_k",
     "ndcg_at_k",
+    "ndcg_by_user",
     "popularity_top_k",
     "precision_at_k",
     "ranking_metrics",
@@ -67,6 +68,30 @@ def capped_recall_at_k(recommended: ArrayLike, test: sp.spmatrix, users: ArrayLi
 def ndcg_at_k(recommended: ArrayLike, test: sp.spmatrix, users: ArrayLike | None = None) -> float:
     """Mean normalised discounted cumulative gain (binary gains, log2 discount)."""
     return ranking_scores(recommended, test, users)["ndcg"]
+
+
+def ndcg_by_user(
+    recommended: ArrayLike, test: sp.spmatrix, users: ArrayLike | None = None
+) -> NDArray[np.float64]:
+    """NDCG of each row of ``recommended`` alone, the values :func:`ndcg_at_k` averages.
+
+    For callers that average over several subsets of the same users (a validation search's
+    groups): one pass instead of one :func:`ranking_scores` call per subset, and the same
+    numbers, since every mean is of these values. Arguments as :func:`ranking_scores`.
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+        NDCG@k of row ``r`` for user ``users[r]``; NaN where that user has no test item
+        (nothing to find: :func:`ndcg_at_k` leaves such users out of its mean).
+    """
+    rec, test, users = _check(recommended, test, users)
+    n_rel = np.diff(test.indptr)[users]
+    out = np.full(len(users), np.nan)
+    evaluated = n_rel > 0
+    if rec.shape[1] and evaluated.any():
+        out[evaluated] = _ndcg(_hits(rec[evaluated], test, users[evaluated]), n_rel[evaluated])
+    return out
 
 
 def map_at_k(recommended: ArrayLike, test: sp.spmatrix, users: ArrayLike | None = None) -> float:
@@ -119,15 +144,13 @@ def ranking_scores(
     hits = _hits(rec, test, users)
     n_hits = hits.sum(axis=1)
     denominator = np.minimum(n_rel, k)
-    discount = 1.0 / np.log2(np.arange(2, k + 2))
-    ideal = np.cumsum(discount)[denominator - 1]
     precision_at_rank = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
     shown = rec[rec >= 0]
     out.update(
         precision=float(np.mean(n_hits / k)),
         recall=float(np.mean(n_hits / n_rel)),
         recall_capped=float(np.mean(n_hits / denominator)),
-        ndcg=float(np.mean((hits @ discount) / ideal)),
+        ndcg=float(np.mean(_ndcg(hits, n_rel))),
         map=float(np.mean((precision_at_rank * hits).sum(axis=1) / denominator)),
         hit_rate=float(np.mean(n_hits > 0)),
         coverage=float(np.unique(shown).size / n_items) if n_items else 0.0,
@@ -274,6 +297,13 @@ def _check(
             f"({rec.shape[0]}), got shape {users.shape}"
         )
     return rec, test, users
+
+
+def _ndcg(hits: NDArray[np.float64], n_rel: NDArray[np.int64]) -> NDArray[np.float64]:
+    """NDCG of each row of ``hits`` (n, k), whose users have ``n_rel`` ≥ 1 test items."""
+    k = hits.shape[1]
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    return (hits @ discount) / np.cumsum(discount)[np.minimum(n_rel, k) - 1]
 
 
 def _hits(rec: NDArray[np.int64], test: sp.csr_matrix, users: NDArray[np.int64]) -> NDArray[np.float64]:

@@ -21,10 +21,16 @@ from timbral._threads import effective_n_threads, single_threaded_blas
 from timbral._validation import check_k
 from timbral.exceptions import ValidationError
 
-# Items scored per BLAS call and queries per work unit: the per-thread scratch is
-# CHUNK_ITEMS × BLOCK_QUERIES scores (1 MiB in float32).
+# Queries per work unit, and items scored per BLAS call at most: a unit's scratch holds
+# chunk × (queries in its block) scores, the chunk set per call by ``chunk_items``.
 CHUNK_ITEMS = 4096
 BLOCK_QUERIES = 64
+# Scores of scratch a unit fills per BLAS call (128 KiB in float32): with the chunk's item
+# factors beside it (512 × 64 float32, another 128 KiB) it stays in a 512 KiB L2. Measured
+# (benchmarks/compare_topk.py --scratch, benchmarks/README.md): blocks of 64 users at 512 items
+# a call take about 0.8× the time of 4096 (Last.fm's 1,877 validation users over 17,617 items,
+# 64 users over 10K and 100K items); batches of 1 to 8 users use little scratch and keep 4096.
+SCRATCH_SCORES = 32_768
 
 # Below this many multiply-adds per thread, waking a second thread costs more than it
 # saves: one user over 10K items × 64 factors runs on one thread, over 100K on two.
@@ -204,6 +210,13 @@ def top_k(
     return _select(query, items, k, indptr, indices, mask, effective_n_threads(n_threads))
 
 
+def chunk_items(n_queries: int) -> int:
+    """Items per BLAS call for ``n_queries`` query rows: ``SCRATCH_SCORES`` over the width of a
+    block of queries, at most ``CHUNK_ITEMS``. The lists do not depend on it; the scores only by
+    the rounding of BLAS's blocking (a few float32 ulps)."""
+    return max(1, min(CHUNK_ITEMS, SCRATCH_SCORES // max(1, min(n_queries, BLOCK_QUERIES))))
+
+
 def _select(
     query: NDArray[np.floating],
     items: NDArray[np.floating],
@@ -224,13 +237,14 @@ def _select(
     scores = np.empty((n_queries, k), dtype=items.dtype)
     work = n_queries * items.shape[0] * max(1, items.shape[1])
     threads = max(1, min(n_threads, work // MIN_WORK_PER_THREAD))
+    chunk = chunk_items(n_queries)
     with single_threaded_blas():
         failed = _top_k_kernel(
-            query, items, indptr, indices, mask, ids, scores, CHUNK_ITEMS, BLOCK_QUERIES, threads
+            query, items, indptr, indices, mask, ids, scores, chunk, BLOCK_QUERIES, threads
         )
     if failed:
         raise MemoryError(
-            f"top_k: {failed} thread(s) could not allocate {CHUNK_ITEMS * BLOCK_QUERIES} "
+            f"top_k: {failed} thread(s) could not allocate {chunk * BLOCK_QUERIES} "
             f"scores of scratch; lower `n_threads` (got {n_threads})."
         )
     return ids, scores

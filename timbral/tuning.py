@@ -85,7 +85,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from timbral.exceptions import ConvergenceWarning, ValidationError
-from timbral.metrics import popularity_top_k, ranking_scores, rating_metrics
+from timbral.metrics import ndcg_by_user, popularity_top_k, ranking_scores, rating_metrics
 from timbral.nmf import NMFModel
 from timbral.nmf.objective import DEFAULT_ALPHA, DEFAULT_CONFIDENCE, DEFAULT_FREQUENCY_SCALE, auto_regularization
 from timbral.split import random_split
@@ -469,17 +469,17 @@ def _score(
     if explicit:
         overall = float(rating_metrics(model, valid)["rmse"])
         return overall, np.array([rating_metrics(model, _rows_of(valid, g))["rmse"] for g in groups])
-    # One top-K for every validation user.
+    # One top-K and one NDCG per validation user (every one has validation items); each
+    # figure is a mean of those values, as ranking_scores' over the same users would be.
     users = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+    if not users.size:
+        return 0.0, np.zeros(0)
     ids = np.full((users.size, K), -1, dtype=np.int64)  # padded as ranking_metrics pads a small catalogue
-    if users.size:
-        found = np.asarray(model.recommend_batch(users, K, exclude_seen=True)[0])
-        ids[:, : found.shape[1]] = found
-    overall = float(ranking_scores(ids, valid, users)["ndcg"])
+    found = np.asarray(model.recommend_batch(users, K, exclude_seen=True)[0])
+    ids[:, : found.shape[1]] = found
+    ndcg = ndcg_by_user(ids, valid, users)
     cuts = np.cumsum([len(g) for g in groups])[:-1]
-    return overall, np.array(
-        [ranking_scores(part, valid, g)["ndcg"] for part, g in zip(np.split(ids, cuts), groups, strict=True)]
-    )
+    return float(np.mean(ndcg)), np.array([np.mean(part) for part in np.split(ndcg, cuts)])
 
 
 def _user_groups(valid: sp.csr_matrix, rng: np.random.Generator) -> list[NDArray[np.int64]]:
