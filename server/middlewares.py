@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from multidict import istr
 
 from timbral.exceptions import ArtifactError, UnknownIdError, ValidationError
 
@@ -24,7 +25,9 @@ Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 error_log = logging.getLogger("timbral.server.error")
 
-REQUEST_ID_HEADER = "X-Request-ID"
+# An ``istr``, so neither the request's lookup nor the response's header folds its case
+# per request (~70 and ~90 ns saved of /ping's path, timeit).
+REQUEST_ID_HEADER = istr("X-Request-ID")
 _ids = itertools.count(1)
 _prefix = f"{os.getpid():x}-"
 

@@ -45,6 +45,15 @@ async def test_the_callers_request_id_is_echoed_and_logged(logged, capfd):
     assert line["request_id"] == "caller-7"
 
 
+async def test_the_request_id_header_is_read_in_any_case(logged, capfd):
+    client = await logged()
+    response = await client.get("/ping", headers={"x-request-id": "lower-1"})
+    assert (b"X-Request-ID", b"lower-1") in response.raw_headers  # sent spelled as documented
+    await client.close()
+    (line,) = _access_lines(capfd.readouterr().err)
+    assert line["request_id"] == "lower-1"
+
+
 @pytest.mark.parametrize("sent", [None, "", "x" * 129])
 async def test_a_missing_empty_or_overlong_request_id_is_replaced_by_a_fresh_one(logged, capfd, sent):
     client = await logged()
