@@ -91,7 +91,7 @@ async def index(request: web.Request) -> web.Response:
     model = request.app[MODEL].current
     endpoints = sorted(
         {(route.method, route.resource.canonical) for route in request.app.router.routes()
-         if route.method != "HEAD" and route.resource is not None})
+         if route.method not in ("HEAD", "*") and route.resource is not None})  # "*": the catch-all
     return json_response({
         "service": "timbral-ml",
         "version": __version__,
