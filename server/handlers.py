@@ -302,7 +302,7 @@ async def send_json(request: web.Request, body: bytes) -> web.StreamResponse:
     response = web.StreamResponse()
     response.content_type = "application/json"
     response.content_length = len(body)
-    # the headers leave with prepare(), before the middleware could add this one
+    # the headers leave with prepare(), before observe could add this one
     response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
     await response.prepare(request)
     view = memoryview(body)
