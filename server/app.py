@@ -4,6 +4,7 @@ server``, ``timbral serve`` and the tests)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from aiohttp import web
@@ -13,9 +14,9 @@ from .access_log import AccessLog
 from .cache import LRUCache, TieredCache
 from .config import Config
 from .contexts import CLEANUP_CONTEXTS
-from .keys import CACHE, CONFIG, LIFECYCLE, METRICS, MODEL, OPENAPI, RELOADER
+from .keys import CACHE, CONFIG, LIFECYCLE, METRICS, MODEL, OBSERVE, OPENAPI, RELOADER
 from .metrics import Metrics
-from .middlewares import observer
+from .middlewares import UNMATCHED, is_observed, observer, unmatched
 from .routes import ROUTES
 from .state import Lifecycle, ModelSlot, Reloader
 
@@ -64,7 +65,8 @@ def create_app(config: Config) -> web.Application:
     quiet_client_errors()
     metrics = Metrics()
     access_log = AccessLog(log_format=config.log_format) if config.log_level in ("DEBUG", "INFO") else None
-    app = web.Application(middlewares=[observer(metrics, access_log)], client_max_size=config.max_body_bytes)
+    app = web.Application(client_max_size=config.max_body_bytes)
+    app[OBSERVE] = observer(metrics, access_log)
     slot = ModelSlot()
     cache = TieredCache(LRUCache(config.tier1_max_bytes, config.cache_ttl_seconds), metrics)
     metrics.cache_bytes.set_function(lambda: cache.tier1.nbytes)
@@ -78,8 +80,36 @@ def create_app(config: Config) -> web.Application:
     app[CACHE] = cache
     app[RELOADER] = reloader
     app[OPENAPI] = OPENAPI_PATH.read_bytes()
-    app.router.add_routes(ROUTES)
+    add_routes(app, ROUTES)
+    # Last, and keyed on "/": the router tries it only after every other route failed.
+    app.router.add_route("*", "/{tail:.*}", app[OBSERVE](unmatched, UNMATCHED), name=UNMATCHED)
+    app.on_startup.insert(0, _refuse_unobserved_routes)  # before any resource opens
     app.cleanup_ctx.extend(CLEANUP_CONTEXTS)
     if access_log is not None:
         app.cleanup_ctx.append(access_log.flushing)
     return app
+
+
+def add_routes(app: web.Application, routes: Iterable[web.RouteDef]) -> None:
+    """Register ``routes`` on an app from :func:`create_app`, each handler observed (request
+    id, metrics, access log, JSON errors) under its route's template as its name.
+
+    The only way to add a route: one added with ``app.router`` directly is refused when
+    the app starts.
+    """
+    observe = app[OBSERVE]
+    for route in routes:
+        # aiohttp reuses the resource just added for the same path and name when registering
+        resource = app.router.add_resource(route.path, name=route.kwargs.get("name"))
+        web.RouteDef(route.method, route.path, observe(route.handler, resource.canonical),
+                     route.kwargs).register(app.router)
+
+
+async def _refuse_unobserved_routes(app: web.Application) -> None:
+    """A route added with ``app.router`` would answer with no request id, metrics or log line."""
+    for route in app.router.routes():
+        if not is_observed(route.handler):
+            raise RuntimeError(
+                f"route {route.method} {route.resource.canonical if route.resource else '?'} was added "
+                f"with app.router directly, so it would answer unobserved (no request id, metrics or "
+                f"access log); add it with timbral.server.app.add_routes(app, [web.get(...)])")

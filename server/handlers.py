@@ -91,7 +91,7 @@ async def index(request: web.Request) -> web.Response:
     model = request.app[MODEL].current
     endpoints = sorted(
         {(route.method, route.resource.canonical) for route in request.app.router.routes()
-         if route.method != "HEAD" and route.resource is not None})
+         if route.method not in ("HEAD", "*") and route.resource is not None})  # "*": the catch-all
     return json_response({
         "service": "timbral-ml",
         "version": __version__,
@@ -302,7 +302,7 @@ async def send_json(request: web.Request, body: bytes) -> web.StreamResponse:
     response = web.StreamResponse()
     response.content_type = "application/json"
     response.content_length = len(body)
-    # the headers leave with prepare(), before the middleware could add this one
+    # the headers leave with prepare(), before observe could add this one
     response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
     await response.prepare(request)
     view = memoryview(body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -13,6 +14,9 @@ from .ingest import IngestQueue
 from .metrics import Metrics
 from .registry_follower import RegistryFollower
 from .state import Lifecycle, ModelSlot, Reloader
+
+if TYPE_CHECKING:
+    from .middlewares import Observe
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
@@ -26,5 +30,6 @@ RELOADER = web.AppKey("reloader", Reloader)
 OPENAPI = web.AppKey("openapi", bytes)
 FOLLOWER = web.AppKey("registry_follower", RegistryFollower | None)  # None without DATABASE_URL
 INGEST = web.AppKey("ingest", IngestQueue | None)  # None without TIMBRAL_INGEST_TOKEN
+OBSERVE: web.AppKey[Observe] = web.AppKey("observe")  # wraps every route's handler (app.add_routes)
 
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -10,11 +10,12 @@ from datetime import UTC, datetime
 import numpy as np
 import orjson
 import pytest
+from aiohttp import web
 from server_support import config
 
 from timbral.server import access_log
 from timbral.server.access_log import AccessLog
-from timbral.server.app import create_app
+from timbral.server.app import add_routes, create_app
 
 HOSTILE = ['a"b', "back\\slash", "tab\there", "new\nline", "\x00\x1f", "é☃𝄞", "}\n{\"level\":\"ERROR\"}"]
 
@@ -109,7 +110,7 @@ async def test_every_line_is_written_in_order_at_shutdown_failed_requests_too(ai
         raise RuntimeError("the handler failed")
 
     app = create_app(config(model_dir, log_level="INFO"))
-    app.router.add_get("/crash", crash)
+    add_routes(app, [web.get("/crash", crash)])
     client = await aiohttp_client(app)
     asked = []
     for i in range(40):

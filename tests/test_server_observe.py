@@ -8,10 +8,11 @@ import json
 import re
 
 import pytest
+from aiohttp import web
 from server_support import config
 
 from timbral.server import access_log
-from timbral.server.app import create_app
+from timbral.server.app import add_routes, create_app
 from timbral.server.keys import METRICS
 
 
@@ -26,7 +27,7 @@ def logged(capfd, aiohttp_client, model_dir, monkeypatch):
 
     async def build():
         app = create_app(config(model_dir, log_level="INFO"))
-        app.router.add_get("/crash", crash)
+        add_routes(app, [web.get("/crash", crash)])
         return await aiohttp_client(app)
 
     return build
@@ -43,6 +44,15 @@ async def test_the_callers_request_id_is_echoed_and_logged(logged, capfd):
     await client.close()
     (line,) = _access_lines(capfd.readouterr().err)
     assert line["request_id"] == "caller-7"
+
+
+async def test_the_request_id_header_is_read_in_any_case(logged, capfd):
+    client = await logged()
+    response = await client.get("/ping", headers={"x-request-id": "lower-1"})
+    assert (b"X-Request-ID", b"lower-1") in response.raw_headers  # sent spelled as documented
+    await client.close()
+    (line,) = _access_lines(capfd.readouterr().err)
+    assert line["request_id"] == "lower-1"
 
 
 @pytest.mark.parametrize("sent", [None, "", "x" * 129])
@@ -99,7 +109,7 @@ async def test_metrics_count_each_route_method_and_status_and_sum_each_routes_la
     async def crash(request):
         raise RuntimeError("the handler failed")
 
-    app.router.add_get("/crash", crash)
+    add_routes(app, [web.get("/crash", crash)])
     client = await aiohttp_client(app)
     for path in ("/ping", "/ping", "/crash", "/nowhere"):
         await client.get(path)
@@ -132,3 +142,36 @@ def test_a_routes_histogram_sums_its_statuses_buckets_and_seconds():
     assert float(total) == pytest.approx(7.0044, rel=1e-12)
     assert f'timbral_requests_total{{method="GET",{route},status="200"}} 2.0' in text
     assert f'timbral_requests_total{{method="GET",{route},status="503"}} 2.0' in text
+
+
+async def test_the_routers_own_404_and_405_are_answered_as_json_with_an_id(aiohttp_client, model_dir):
+    """They go through the catch-all route: the 405's Allow lists what the path allows,
+    for templated paths and for "/" alike; the index never lists the catch-all."""
+    client = await aiohttp_client(create_app(config(model_dir)))
+    for method, path, status, allow in (("POST", "/api/v1/similar/1000", 405, "GET,HEAD"),
+                                        ("DELETE", "/", 405, "GET,HEAD"),
+                                        ("PUT", "/api/v1/recommendations", 405, "POST"),
+                                        ("GET", "/api/v1/similar", 404, None),
+                                        ("GET", "/ping/", 404, None)):
+        response = await client.request(method, path)
+        assert response.status == status and response.headers.get("Allow") == allow
+        assert response.headers["X-Request-ID"]
+        code = (await response.json())["error"]["code"]
+        assert code == ("method_not_allowed" if status == 405 else "not_found")
+    head = await client.head("/nowhere")
+    assert head.status == 404 and head.headers["X-Request-ID"]
+    listed = (await (await client.get("/")).json())["endpoints"]
+    assert all(endpoint["method"] != "*" and "{tail}" not in endpoint["path"] for endpoint in listed)
+
+
+async def test_a_route_added_without_observe_is_refused_when_the_app_starts(model_dir):
+    app = create_app(config(model_dir))
+
+    async def unseen(request):
+        return web.Response(text="no id, no metrics, no log line")
+
+    app.router.add_get("/unseen", unseen)
+    runner = web.AppRunner(app)
+    with pytest.raises(RuntimeError, match=r"route (GET|HEAD) /unseen was added with app.router directly.*add_routes"):
+        await runner.setup()
+    await runner.cleanup()
