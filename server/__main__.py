@@ -47,7 +47,7 @@ def run(config: Config) -> None:
         host=config.api_host,
         port=config.api_port,
         shutdown_timeout=config.shutdown_timeout_seconds,
-        access_log=None,  # observe (server/middlewares.py) writes one JSON line per request
+        access_log=None,  # observe (server/observe.py) writes one JSON line per request
         print=None,
         loop=loop,
     )

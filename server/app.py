@@ -16,7 +16,7 @@ from .config import Config
 from .contexts import CLEANUP_CONTEXTS
 from .keys import CACHE, CONFIG, LIFECYCLE, METRICS, MODEL, OBSERVE, OPENAPI, RELOADER
 from .metrics import Metrics
-from .middlewares import UNMATCHED, is_observed, observer, unmatched
+from .observe import UNMATCHED, is_observed, observer, unmatched
 from .routes import ROUTES
 from .state import Lifecycle, ModelSlot, Reloader
 

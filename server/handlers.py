@@ -41,7 +41,7 @@ from .keys import (
     REQUEST_ID,
     SCORING_THREADS,
 )
-from .middlewares import REQUEST_ID_HEADER
+from .observe import REQUEST_ID_HEADER
 from .recent import RecentPlays
 from .schemas import (
     BatchRequest,

@@ -16,7 +16,7 @@ from .registry_follower import RegistryFollower
 from .state import Lifecycle, ModelSlot, Reloader
 
 if TYPE_CHECKING:
-    from .middlewares import Observe
+    from .observe import Observe
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
