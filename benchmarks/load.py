@@ -9,8 +9,9 @@ load saturates the scorer or while the largest batches allowed (users × k = 100
 answered. The issue's references run in the same invocation (a bare aiohttp + uvloop
 ``/ping``, the same with one core kept busy by a one-thread sgemm loop, which is what
 this machine allows ``/ping`` while our scorer runs a kernel, an aiohttp handler
-scoring top-10 with NumPy, and that handler's ``/ping`` under the same 64 connections of
-misses as ours), and each of our figures is
+scoring top-10 with NumPy, that handler's ``/ping`` under the same 64 connections of
+misses as ours, and the bare ``/ping`` under 64 connections of ``/ping``: the floor of any
+single-loop server whose loop is saturated), and each of our figures is
 also printed as a ratio to its reference: of requests/s, and of requests per CPU second
 of the server process (steadier when other work shares the cores), with the machine's
 load average at the start and the end.
@@ -26,7 +27,8 @@ alternated over ``--rounds`` short rounds, each beside the busy-core reference.
 ``--ratios`` measures only the issue's headline ratios (``/ping`` against the bare
 aiohttp ``/ping``, a miss at 10K items at 8 and 64 connections against the NumPy
 handler, a miss at 100K items at 8 connections against it) and ``/ping``'s p99 under 64
-connections of 10K misses, over ``--rounds`` short rounds; in each round the references
+connections of 10K misses beside the bare ``/ping``'s under 64 connections of ``/ping``
+(the floor above), over ``--rounds`` short rounds; in each round the references
 and every setting run back to back, so each ratio compares one moment. It prints the
 median ratio and its spread over the rounds, of requests/s and of requests per server
 CPU second. ``--ratios 'TIMBRAL_INLINE_SCORING_MAX_COST=0'`` adds settings (same syntax
@@ -185,6 +187,12 @@ a = np.random.default_rng(0).random((512, 512), dtype=np.float32)
 while True:
     a @ a
 """
+
+
+# The bare /ping's p99 while 64 connections of /ping itself saturate its event loop: no
+# request is cheaper, so no single-loop aiohttp service can answer /ping faster than this
+# while 64 connections of anything keep its loop busy (the floor under the issue's 5 ms).
+SATURATED_LOOP_FLOOR = "bare /ping p99 ms under 64 connections of /ping"
 
 
 @contextmanager
@@ -563,6 +571,7 @@ def headline_ratios(small: Path, large: Path, settings: list[tuple[dict[str, str
     no_cache = {"TIMBRAL_CACHE_MAX_BYTES": "0"}
     ratios: dict[str, dict[str, list[float]]] = {}
     ping_p99: dict[str, list[float]] = {}
+    floor_p99: list[float] = []  # the bare /ping's p99 with its own loop saturated (SATURATED_LOOP_FLOOR)
 
     def run(figures: dict[str, dict[str, float]], name: str, server: Server, url: str, connections: int,
             script: str | None = None) -> None:
@@ -577,6 +586,8 @@ def headline_ratios(small: Path, large: Path, settings: list[tuple[dict[str, str
             run(reference, "bare /ping c8", server, f"{server.url}/ping", 8)
             for c in (8, 64):
                 run(reference, f"NumPy 10K c{c}", server, server.url, c, random_users)
+            with background_wrk(f"{server.url}/ping", 64, seconds + 2, None):
+                floor_p99.append(wrk(f"{server.url}/ping", 8, seconds)["p99_ms"])
         with reference_server(100_000, components, "executor") as server:
             run(reference, "NumPy 100K c8", server, server.url, 8, random_users)
         for env, python in _rotated(settings, round_):
@@ -599,7 +610,8 @@ def headline_ratios(small: Path, large: Path, settings: list[tuple[dict[str, str
                 f"{figure} {values[-1]:.2f}x" for figure, values in ratios[name].items())
                 + f", /ping p99 under 64 connections of 10K misses {p99:.2f} ms", flush=True)
         print(f"round {round_ + 1}: references (req/s): "
-              + ", ".join(f"{key} {value['rps']:.0f}" for key, value in reference.items()), flush=True)
+              + ", ".join(f"{key} {value['rps']:.0f}" for key, value in reference.items())
+              + f"; {SATURATED_LOOP_FLOOR} {floor_p99[-1]:.2f} ms", flush=True)
 
     def spread(values: list[float]) -> dict[str, float]:
         return {"median": round(float(np.median(values)), 3), "min": round(min(values), 3),
@@ -608,6 +620,7 @@ def headline_ratios(small: Path, large: Path, settings: list[tuple[dict[str, str
     summary = {name: {**{figure: spread(values) for figure, values in series.items()},
                       "/ping p99 ms under 64 connections of 10K misses": spread(ping_p99[name])}
                for name, series in ratios.items()}
+    summary["references"] = {SATURATED_LOOP_FLOOR: spread(floor_p99)}
     for name, figures in summary.items():
         print(f"median of {rounds} rounds (min-max): {name}")
         for figure, values in figures.items():
@@ -700,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
         record("reference: NumPy handler, 100K", 8, server, server.url, random_users)
         with background_wrk(server.url, 64, seconds + 2, random_users):
             record("reference: bare /ping under NumPy misses", 8, server, f"{server.url}/ping")
+        with background_wrk(f"{server.url}/ping", 64, seconds + 2, None):
+            record("reference: bare /ping under 64 /ping", 8, server, f"{server.url}/ping")
 
     no_cache = {"TIMBRAL_CACHE_MAX_BYTES": "0"}
     with serving(small, **no_cache) as server:
@@ -745,7 +760,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{results['reference: bare /ping, one core busy c8']['p99_ms']} ms for the bare aiohttp "
           "/ping with one core busy (what this machine allows), "
           f"{results['reference: bare /ping under NumPy misses c8']['p99_ms']} ms for the NumPy reference's "
-          "/ping under the same miss load (its thread pool scoring, the same two wrk processes)")
+          "/ping under the same miss load (its thread pool scoring, the same two wrk processes), "
+          f"{results['reference: bare /ping under 64 /ping c8']['p99_ms']} ms for the bare /ping with "
+          "64 connections of /ping saturating its loop (the floor of any single-loop server)")
     results["load_average"] = {"start": load_at_start, "end": os.getloadavg()}
     print(f"load average (1, 5, 15 min): {load_at_start} at the start, {os.getloadavg()} at the end")
     if args.json:
