@@ -97,7 +97,8 @@ class HalfItems:
 
     ``tiles`` of shape (ceil(n_items / 8), n_factors, 8), float16 bits: item ``8t + l``'s
     factors times ``scale`` at ``tiles[t, :, l]``, zeros past the last item. ``scale`` is
-    the power of two that brings the largest value into [2**14, 2**15); values more than
+    the power of two that brings the largest value into [2**14, 2**15) (at most 2**±120,
+    so that it and the kernel's bounds stay finite in float32); values more than
     2**28 below it land in float16's subnormal range (absolute rounding, 2**-25 at most,
     which the kernel's bound carries) or flush to zero. ``score_bound`` is the largest row
     sum times max(scale, 1): the kernel ranks a query exactly when its scores could
@@ -119,7 +120,7 @@ def half_items(items: NDArray[np.floating]) -> HalfItems | None:
     if not _topk_half.item_bounds(items, bounds):
         return None
     high, row_sum = bounds.tolist()
-    scale = 1.0 if high == 0.0 else math.ldexp(1.0, max(-100, min(100, _HALF_TOP_EXPONENT - math.frexp(high)[1])))
+    scale = 1.0 if high == 0.0 else math.ldexp(1.0, max(-120, min(120, _HALF_TOP_EXPONENT - math.frexp(high)[1])))
     tiles = np.empty((-(-items.shape[0] // 8), items.shape[1], 8), dtype=np.uint16)
     _topk_half.half_tiles(items, scale, tiles)
     return HalfItems(tiles, scale, row_sum * max(scale, 1.0))
