@@ -9,7 +9,6 @@ import pytest
 import scipy.sparse as sp
 from numpy.testing import assert_array_equal
 
-from timbral import scoring
 from timbral.exceptions import ValidationError
 from timbral.model import NMFModel
 from timbral.nmf.estimator import FittedState
@@ -17,14 +16,6 @@ from timbral.recommender import Recommender
 from timbral.scoring import item_mask, top_k
 
 N_USERS, N_ITEMS, N_FACTORS = 40, 300, 8
-
-
-@pytest.fixture(autouse=True)
-def _checked_top_k_takes_the_pre_pass_too(monkeypatch):
-    """``top_k`` builds the float16 copy per call only for large batches, while the trusted
-    path keeps one per model: with the threshold at one query both take the same kernel
-    (the pre-pass for non-negative float32 factors), so they can be compared bit for bit."""
-    monkeypatch.setattr(scoring, "HALF_MIN_QUERIES", 1)
 
 
 def random_model(feedback: str, dtype: type, seed: int) -> NMFModel:

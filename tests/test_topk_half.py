@@ -76,7 +76,7 @@ def test_random_non_negative_models_give_the_exact_lists(n_queries, n_items, fil
         np.testing.assert_array_equal(ids, _reference.top_k(query, items, k, exclude=exclude, item_mask=mask)[0])
         assert_float32_scores(query, items, ids, scores)
         got = TopK(items)(query, k, exclude=exclusions(exclude) if filtered else None, item_mask=mask)
-        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[0], want[0])  # whichever kernel the shape picks
 
 
 @pytest.mark.parametrize("k", [37, 40, 41, 100])
@@ -243,12 +243,14 @@ def test_a_negative_query_through_top_k_gets_the_exact_lists():
     np.testing.assert_allclose(scores, exact(query, items, 10)[1], rtol=10 * 2.0**-23)
 
 
-def test_the_validation_search_shape_takes_the_pre_pass_on_two_threads(monkeypatch):
-    """top_k builds the copy per call for 64+ queries (the search scores blocks of users)."""
+def test_top_k_builds_the_copy_for_large_batches_over_many_items(monkeypatch):
+    """top_k builds the copy per call for 64+ queries when a block of them is memory-bound
+    (at least HALF_MIN_ITEMS_PER_QUERY items per query), on two threads."""
     rng = np.random.default_rng(20)
-    items = rng.gamma(0.5, size=(3001, 16)).astype(np.float32)
+    n_items = scoring.HALF_MIN_ITEMS_PER_QUERY * BLOCK_QUERIES + 3
+    items = rng.gamma(0.5, size=(n_items, 16)).astype(np.float32)
     query = rng.gamma(0.5, size=(150, 16)).astype(np.float32)
-    seen = sp.random(150, 3001, density=0.02, format="csr", random_state=rng)
+    seen = sp.random(150, n_items, density=0.002, format="csr", random_state=rng)
     built = []
     monkeypatch.setattr(scoring, "half_items", lambda items: built.append(1) or half_items(items))
     ids, scores = top_k(query, items, 10, exclude=seen, n_threads=2)
@@ -256,7 +258,8 @@ def test_the_validation_search_shape_takes_the_pre_pass_on_two_threads(monkeypat
     np.testing.assert_array_equal(ids, _reference.top_k(query, items, 10, exclude=seen)[0])
     assert_float32_scores(query, items, ids, scores)
     top_k(query[:63], items, 10, exclude=seen[:63], n_threads=2)
-    assert built == [1]  # small batches keep the exact kernel
+    top_k(query, items[: n_items - 4], 10, n_threads=2)
+    assert built == [1]  # small batches, and items too few per query, keep the exact kernel
 
 
 def test_the_float16_copy_is_half_the_float32_items_and_the_switch_turns_it_off(monkeypatch):

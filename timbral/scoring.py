@@ -53,8 +53,15 @@ MIN_WORK_PER_THREAD = 2_000_000
 HALF_PREPASS = True
 # It pays when the candidates (about k·ln(m/k)) are few against the items it streams...
 HALF_MIN_ITEMS_PER_K = 16
-# ...and, for ``top_k``, which builds the copy per call, when the batch is large enough to
-# amortize the copy (a few passes over the float32 items): the validation search's blocks.
+# ...and when a block of queries is memory-bound: with many queries per item the exact kernel's
+# GEMM computes as fast as the pre-pass and reads the items from cache. Measured at 64 factors
+# (benchmarks/compare_topk.py --prepass): 64 users over 10K items (156 items per query) 0.89x
+# the exact kernel's time, Last.fm's search blocks (275) 0.99x, 8 users over 10K (1,250) 1.43x,
+# 64 over 100K (1,562) 1.33x; 1 to 8 users over 100K 2.4-2.8x.
+HALF_MIN_ITEMS_PER_QUERY = 512
+# ...and, for ``top_k``, which builds the copy per call (one pass over the float32 items, then
+# one writing the copy: 0.9 ms for Last.fm's 17,617 items, 5.5 ms for 100K), when the batch is
+# large enough to amortize it. Last.fm's search blocks stay on the exact kernel by the rule above.
 HALF_MIN_QUERIES = 64
 # Scaled item values reach [2**14, 2**15): well inside float16's range (max 65504), so the
 # smallest values stay normal (>= 2**-14) as far below the largest as possible.
@@ -95,8 +102,9 @@ def _as_factors(name: str, array: NDArray[np.floating], dtype: np.dtype) -> NDAr
 class HalfItems:
     """Item factors as the pre-pass reads them (``timbral._core._topk_half``).
 
-    ``tiles`` of shape (ceil(n_items / 8), n_factors, 8), float16 bits: item ``8t + l``'s
-    factors times ``scale`` at ``tiles[t, :, l]``, zeros past the last item. ``scale`` is
+    ``tiles`` of shape (2 ceil(n_items / 16), n_factors, 8), float16 bits: item ``8t + l``'s
+    factors times ``scale`` at ``tiles[t, :, l]``, zeros past the last item (the kernel
+    scores tiles in pairs). ``scale`` is
     the power of two that brings the largest value into [2**14, 2**15) (at most 2**±120,
     so that it and the kernel's bounds stay finite in float32); values more than
     2**28 below it land in float16's subnormal range (absolute rounding, 2**-25 at most,
@@ -121,13 +129,15 @@ def half_items(items: NDArray[np.floating]) -> HalfItems | None:
         return None
     high, row_sum = bounds.tolist()
     scale = 1.0 if high == 0.0 else math.ldexp(1.0, max(-120, min(120, _HALF_TOP_EXPONENT - math.frexp(high)[1])))
-    tiles = np.empty((-(-items.shape[0] // 8), items.shape[1], 8), dtype=np.uint16)
+    tiles = np.empty((2 * -(-items.shape[0] // 16), items.shape[1], 8), dtype=np.uint16)  # pairs of tiles
     _topk_half.half_tiles(items, scale, tiles)
     return HalfItems(tiles, scale, row_sum * max(scale, 1.0))
 
 
-def _half_pays(k: int, n_items: int) -> bool:
-    return HALF_PREPASS and k * HALF_MIN_ITEMS_PER_K <= n_items
+def _half_pays(k: int, n_items: int, n_queries: int) -> bool:
+    """Whether the pre-pass is expected to beat the exact kernel on this call's shape."""
+    return (HALF_PREPASS and k * HALF_MIN_ITEMS_PER_K <= n_items
+            and n_items >= HALF_MIN_ITEMS_PER_QUERY * min(n_queries, BLOCK_QUERIES))
 
 
 def item_mask(
@@ -270,7 +280,7 @@ def top_k(
                 "pass one boolean per item (True = never recommend)."
             )
         mask = mask.view(np.uint8)
-    half = half_items(items) if n_queries >= HALF_MIN_QUERIES and _half_pays(k, n_items) else None
+    half = half_items(items) if n_queries >= HALF_MIN_QUERIES and _half_pays(k, n_items, n_queries) else None
     return _select(query, items, k, indptr, indices, mask, effective_n_threads(n_threads), half)
 
 
@@ -303,7 +313,7 @@ def _select(
     scores = np.empty((n_queries, k), dtype=items.dtype)
     work = n_queries * items.shape[0] * max(1, items.shape[1])
     threads = max(1, min(n_threads, work // MIN_WORK_PER_THREAD))
-    if half is not None and _half_pays(k, items.shape[0]):
+    if half is not None and _half_pays(k, items.shape[0], n_queries):
         # one block of queries per thread at most: each block streams the tiles once
         threads = min(threads, -(-n_queries // BLOCK_QUERIES))
         if _topk_half.top_k_half(query, items, half.tiles, half.scale, half.score_bound, indptr, indices,

@@ -46,8 +46,9 @@ include "_topk_heap.pxi"
 
 cdef extern from "_topk_half.h" nogil:
     int TH_TILE
+    int TH_PAIR
     int TH_MAX_GROUP
-    int th_tile(const uint16_t* tile, int f, const float* q, ptrdiff_t ldq, int n, float up,
+    int th_pair(const uint16_t* tile, int f, const float* q, ptrdiff_t ldq, int n, float up,
                 const float* add, const float* thr, float* acc_out, int* bits)
     float th_dot(const float* x, const float* y, int f)
     void th_pack(const float* rows, int f, int n_rows, float scale, uint16_t* tile)
@@ -122,12 +123,13 @@ def item_bounds(const float[:, ::1] items, float[::1] out):
 
 def half_tiles(const float[:, ::1] items, float scale, uint16_t[:, :, ::1] tiles):
     """``tiles[t, j, l]`` = fp16(``scale`` · ``items[8t + l, j]``) (float16 bits, rounded to
-    nearest even), zeros past the last item; ``tiles`` of shape (ceil(m / 8), f, 8)."""
+    nearest even), zeros past the last item; ``tiles`` of shape (2 ceil(m / 16), f, 8)."""
     cdef Py_ssize_t t, m = items.shape[0]
     cdef int f = <int> items.shape[1]
     with nogil:
         for t in range(tiles.shape[0]):
-            th_pack(&items[t * TH_TILE, 0], f, <int> min(TH_TILE, m - t * TH_TILE), scale, &tiles[t, 0, 0])
+            th_pack(&items[min(t * TH_TILE, m - 1), 0], f, <int> max(0, min(TH_TILE, m - t * TH_TILE)),
+                    scale, &tiles[t, 0, 0])
 
 
 def top_k_half(
@@ -146,7 +148,7 @@ def top_k_half(
 ):
     """``_topk.top_k``'s answer for float32 ``query`` and ``items``, through the pre-pass.
 
-    ``tiles`` (shape ``(ceil(m / 8), f, 8)``, float16 bits) holds ``scale · items`` with
+    ``tiles`` (shape ``(2 ceil(m / 16), f, 8)``, float16 bits) holds ``scale · items`` with
     item ``8t + l`` at ``tiles[t, :, l]``, zeros past ``m``; ``scale`` is a power of two
     and every item value is finite and >= 0. ``score_bound`` = max row sum of ``items`` ×
     max(``scale``, 1). Other arguments as ``_topk.top_k``; blocks of ``block_queries``
@@ -163,7 +165,6 @@ def top_k_half(
     cdef Py_ssize_t n_tiles = tiles.shape[0]
     cdef Py_ssize_t n_blocks = (n + block_queries - 1) // block_queries
     cdef Py_ssize_t cap = 4 * k + CANDIDATE_SLACK
-    cdef int last_lanes = (1 << (m - (n_tiles - 1) * TH_TILE)) - 1  # the last tile's real items
     cdef float rho = 2.0 * (2.0 ** -11 + (2.0 * f + 16.0) * 2.0 ** -24)
     cdef float up = 1.0 + rho, down = 1.0 - rho
     cdef double underflow = 2.0 * (scale + 1.0) * (f + 2.0) * 2.0 ** -149
@@ -195,7 +196,7 @@ def top_k_half(
         cand_id = <int32_t*> malloc(block_queries * cap * sizeof(int32_t))
         n_cand = <Py_ssize_t*> malloc(block_queries * sizeof(Py_ssize_t))
         pos = <Py_ssize_t*> malloc(block_queries * sizeof(Py_ssize_t))
-        acc = <float*> malloc(TH_MAX_GROUP * TH_TILE * sizeof(float))
+        acc = <float*> malloc(TH_MAX_GROUP * TH_PAIR * sizeof(float))
         bits = <int*> malloc(TH_MAX_GROUP * sizeof(int))
         try:
             for blk in prange(n_blocks, schedule="dynamic"):
@@ -221,23 +222,23 @@ def top_k_half(
                     thr[r] = -INFINITY if ok else INFINITY  # +inf: no lane ever reaches it
                     n_cand[r] = 0 if ok else -1
                     pos[r] = indptr[q] if indptr != NULL else 0
-                for t in range(n_tiles):
+                for t in range(0, n_tiles, 2):  # a pair of tiles: items 8t .. 8t + 15
                     for gi in range((nq + TH_MAX_GROUP - 1) // TH_MAX_GROUP):
                         g = gi * TH_MAX_GROUP
-                        if th_tile(&tiles[t, 0, 0], f, &query[q0 + g, 0], f, min(TH_MAX_GROUP, nq - g),
+                        if th_pair(&tiles[t, 0, 0], f, &query[q0 + g, 0], f, min(TH_MAX_GROUP, nq - g),
                                    up, add + g, thr + g, acc, bits) == 0:
                             continue
                         for r in range(g, min(g + TH_MAX_GROUP, nq)):
-                            b = bits[r - g] & (last_lanes if t == n_tiles - 1 else 0xFF)
-                            for lane in range(TH_TILE):
-                                if not (b >> lane) & 1 or n_cand[r] < 0:
-                                    continue
+                            b = bits[r - g]
+                            for lane in range(TH_PAIR):
                                 item = <int32_t> (t * TH_TILE + lane)
+                                if not (b >> lane) & 1 or item >= m or n_cand[r] < 0:  # item >= m: padding
+                                    continue
                                 if mask != NULL and mask[item]:
                                     continue
                                 if indptr != NULL and _excluded(item, excl, &pos[r], indptr[q0 + r + 1]):
                                     continue
-                                if not _offer(acc[(r - g) * TH_TILE + lane], item, up, down, add[r],
+                                if not _offer(acc[(r - g) * TH_PAIR + lane], item, up, down, add[r],
                                               &thr[r], heap_lo + r * k, heap_id + r * k, k,
                                               cand_hi + r * cap, cand_id + r * cap, &n_cand[r], cap):
                                     n_cand[r] = -1
