@@ -16,13 +16,13 @@ of the rounds as ratios to the first value's time, and the lists checked equal t
 first value's (scores within the rounding of a sum of ``N_FACTORS`` float32 products:
 BLAS blocks the sums differently for other chunk widths).
 
-``--prepass`` measures the float16 pre-pass (``timbral._core._topk_half``) against the exact
-kernel (``scoring.HALF_PREPASS = False``) and NumPy (``q @ H.T``, argpartition, sort; BLAS on the
-shape's threads) on the same shapes: the service's through a ``TopK`` built once, the search's
-through ``top_k``, which builds the float16 copy in each call (its cost is printed too). The
-three methods run in a rotated order in each round; medians over the rounds, the lists checked
-equal (but for items whose float32 scores tie within a sum's rounding, which BLAS and the
-pre-pass's rescoring may order either way).
+``--prepass`` measures the float16 pre-pass (``timbral._core._topk_half``, forced at every
+shape) against the exact kernel (``scoring.HALF_PREPASS = False``) and NumPy (``q @ H.T``,
+argpartition, sort; BLAS on the shape's threads) on the same shapes: the service's through a
+``TopK`` built once, the search's through ``top_k``, which builds the float16 copy in each call
+(its cost is printed too). The three methods run in a rotated order in each round; medians
+over the rounds, the lists checked equal (but for items whose float32 scores tie within a
+sum's rounding, which BLAS and the pre-pass's rescoring may order either way).
 
 Targets: one user over 100K items within 1.3x NumPy ``H @ w`` alone and faster
 than implicit; the 1000-user batch over 100K items under 0.3 s and at least 1.5x
@@ -206,7 +206,8 @@ def prepass_compare(rounds: int, seed: int = 0) -> None:
         users, items, threads = data[name]
 
         def call() -> tuple[np.ndarray, np.ndarray]:
-            scoring.HALF_PREPASS = prepass
+            scoring.HALF_PREPASS = prepass  # False: the exact kernel; True: the pre-pass at every shape
+            scoring.HALF_MIN_ITEMS_PER_QUERY = 0 if prepass else default_items_per_query
             if name.startswith("search"):  # the search's path: top_k builds the copy per call
                 return top_k(users, items, TOP, n_threads=threads)
             return prepared[name](users, TOP, n_threads=threads)
@@ -218,6 +219,7 @@ def prepass_compare(rounds: int, seed: int = 0) -> None:
 
     methods = ("prepass", "exact", "numpy")
     times = {(name, m): [] for name in data for m in (*methods, "build")}
+    default_items_per_query = scoring.HALF_MIN_ITEMS_PER_QUERY
     try:
         for r in range(rounds):
             for name, (users, items, threads) in data.items():
@@ -238,6 +240,7 @@ def prepass_compare(rounds: int, seed: int = 0) -> None:
                 times[name, "build"].append(time.perf_counter() - start)
     finally:
         scoring.HALF_PREPASS = True
+        scoring.HALF_MIN_ITEMS_PER_QUERY = default_items_per_query
     print(f"float16 pre-pass vs the exact kernel and NumPy, {N_FACTORS} factors, top-{TOP}, {rounds} rounds "
           f"(methods rotated), median ms per call; the lists equal in every round (to float32 near-ties)")
     print(f"  {'shape':<22}{'pre-pass':>10}{'exact':>10}{'numpy':>10}{'exact/pre':>11}{'numpy/pre':>11}"
@@ -248,6 +251,8 @@ def prepass_compare(rounds: int, seed: int = 0) -> None:
               f"{med['exact'] / med['prepass']:>10.2f}x{med['numpy'] / med['prepass']:>10.2f}x"
               f"{med['build'] * 1e3:>9.3f}")
     print("  build: half_items(items) alone (inside the search's pre-pass time; once per model for the service)")
+    print(f"  the library takes the pre-pass where a block has >= {default_items_per_query} items per query "
+          "(scoring.HALF_MIN_ITEMS_PER_QUERY), else the exact kernel")
 
 
 def main(argv: list[str] | None = None) -> None:
