@@ -15,7 +15,7 @@ and F16C (``timbral._core.topk_half``): a pass over a float16 copy of the items
 float32. Same lists as the exact kernel, scores the float32 dot products; a query it
 cannot bound (a negative value) is ranked by an exact scan. ``TopK`` keeps the copy, half
 the float32 items' size more per model; ``top_k`` builds it per call for batches of at
-least ``HALF_MIN_QUERIES``.
+least ``HALF_MIN_QUERIES``. Either takes it only where it pays (``_half_pays``).
 """
 
 from __future__ import annotations

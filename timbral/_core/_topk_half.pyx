@@ -6,10 +6,10 @@ can only over-select, then exact float32 rescoring of what it kept. Fully GIL-fr
 Built with AVX2, FMA and F16C; ``timbral._core`` imports it only on a CPU with all three.
 The items come twice: float32 rows (the exact scores) and float16 tiles of 8 items,
 scaled by a power of two ``scale`` (``timbral.scoring.half_items``). A unit (a block of
-queries) streams the tiles once: for each tile and each group of up to 8 queries, 8 FMA
-lanes give the tile's approximate scores ``a``, and one compare + movemask finds the
-lanes whose upper bound reaches the query's threshold ``L`` (the k-th best lower bound
-so far); nearly every tile finds none and costs no scalar work. Those lanes become
+queries) streams the tiles once: for each pair of tiles (16 items) and each group of up
+to 4 queries, FMA lanes give the items' approximate scores ``a``, and a compare +
+movemask finds the items whose upper bound reaches the query's threshold ``L`` (the k-th
+best lower bound so far); nearly every pair finds none and costs no scalar work. Those lanes become
 candidates and raise ``L``. At the end the candidates still above the final ``L`` are
 rescored from the float32 rows and selected with ``_topk``'s rules (score descending,
 ties to the lower index, excluded and masked items never, -1 / -inf padding).
