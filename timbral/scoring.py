@@ -55,9 +55,9 @@ HALF_PREPASS = True
 HALF_MIN_ITEMS_PER_K = 16
 # ...and when a block of queries is memory-bound: with many queries per item the exact kernel's
 # GEMM computes as fast as the pre-pass and reads the items from cache. Measured at 64 factors
-# (benchmarks/compare_topk.py --prepass): 64 users over 10K items (156 items per query) 0.89x
-# the exact kernel's time, Last.fm's search blocks (275) 0.99x, 8 users over 10K (1,250) 1.43x,
-# 64 over 100K (1,562) 1.33x; 1 to 8 users over 100K 2.4-2.8x.
+# (benchmarks/compare_topk.py --prepass, exact kernel's time / pre-pass's): 64 users over 10K
+# items (156 items per query) 0.81x, Last.fm's search blocks (275) 0.97x, 64 users over 100K
+# (1,562) 1.05x, 8 users over 10K (1,250) 1.33x; 1 and 8 users over 100K 2.77x and 1.73x.
 HALF_MIN_ITEMS_PER_QUERY = 512
 # ...and, for ``top_k``, which builds the copy per call (one pass over the float32 items, then
 # one writing the copy: 0.9 ms for Last.fm's 17,617 items, 5.5 ms for 100K), when the batch is
@@ -104,11 +104,10 @@ class HalfItems:
 
     ``tiles`` of shape (2 ceil(n_items / 16), n_factors, 8), float16 bits: item ``8t + l``'s
     factors times ``scale`` at ``tiles[t, :, l]``, zeros past the last item (the kernel
-    scores tiles in pairs). ``scale`` is
-    the power of two that brings the largest value into [2**14, 2**15) (at most 2**±120,
-    so that it and the kernel's bounds stay finite in float32); values more than
-    2**28 below it land in float16's subnormal range (absolute rounding, 2**-25 at most,
-    which the kernel's bound carries) or flush to zero. ``score_bound`` is the largest row
+    scores tiles in pairs). ``scale`` is the power of two that brings the largest value
+    into [2**14, 2**15) (at most 2**±120, so that it and the kernel's bounds stay finite in
+    float32); values more than 2**28 below it land in float16's subnormal range (absolute
+    rounding, 2**-25 at most, which the kernel's bound carries) or flush to zero. ``score_bound`` is the largest row
     sum times max(scale, 1): the kernel ranks a query exactly when its scores could
     approach float32's range.
     """
