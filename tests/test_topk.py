@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -46,6 +47,17 @@ def kernel_top_k(query, items, k, exclude, item_mask, chunk, block, n_threads):
     failed = top_k_kernel(query, items, indptr, indices, mask, ids, scores, chunk, block, n_threads)
     assert failed == 0
     return ids, scores
+
+
+def test_the_half_precision_pre_pass_matches_the_cpu():
+    """The pre-pass module is there exactly when the CPU can run it (or a switch turned it off)."""
+    from timbral._core import _cpu_has, topk_half
+
+    switched_off = os.environ.get("TIMBRAL_KERNELS") == "portable" or os.environ.get("TIMBRAL_TOPK") == "exact"
+    if topk_half is not None:
+        assert topk_half.__name__ == "timbral._core._topk_half" and _cpu_has("AVX2", "FMA3", "F16C")
+    elif os.environ.get("TIMBRAL_TEST_INSTALLED") == "1" and _cpu_has("AVX2", "FMA3", "F16C"):
+        assert switched_off, "the wheel lacks the pre-pass build"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
