@@ -29,7 +29,7 @@ OPENMP_PROBE = textwrap.dedent(
 )
 # Extensions built for a wider instruction set as well as the portable baseline; the
 # package imports them only on a CPU that has the instructions (timbral/_core/__init__.py).
-SIMD_VARIANTS = {"_nmf_avx2": ["-mavx2", "-mfma"]}
+SIMD_VARIANTS = {"_nmf_avx2": ["-mavx2", "-mfma"], "_topk_half": ["-mavx2", "-mfma", "-mf16c"]}
 SIMD_PROBE = "int main(void) { return 0; }\n"
 
 

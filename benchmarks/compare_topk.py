@@ -5,6 +5,7 @@ top-10, 2 threads, at 10K, 100K and 1M items. Run from the repository root:
 
     python benchmarks/compare_topk.py [--sizes 10000 100000 1000000]
     python benchmarks/compare_topk.py --scratch 262144 16384 32768 65536 [--rounds 5]
+    python benchmarks/compare_topk.py --prepass [--rounds 7]
 
 ``--scratch`` measures ``timbral.scoring.SCRATCH_SCORES`` instead (the scores a work unit
 fills per BLAS call: ``scoring.chunk_items`` gives a block of n queries that over n items per
@@ -14,6 +15,14 @@ call, at most ``CHUNK_ITEMS``; 262144 = 4096 × 64 is the fixed 4096-item chunk)
 of the rounds as ratios to the first value's time, and the lists checked equal to the
 first value's (scores within the rounding of a sum of ``N_FACTORS`` float32 products:
 BLAS blocks the sums differently for other chunk widths).
+
+``--prepass`` measures the float16 pre-pass (``timbral._core._topk_half``, forced at every
+shape) against the exact kernel (``scoring.HALF_PREPASS = False``) and NumPy (``q @ H.T``,
+argpartition, sort; BLAS on the shape's threads) on the same shapes: the service's through a
+``TopK`` built once, the search's through ``top_k``, which builds the float16 copy in each call
+(its cost is printed too). The three methods run in a rotated order in each round; medians
+over the rounds, the lists checked equal (but for items whose float32 scores tie within a
+sum's rounding, which BLAS and the pre-pass's rescoring may order either way).
 
 Targets: one user over 100K items within 1.3x NumPy ``H @ w`` alone and faster
 than implicit; the 1000-user batch over 100K items under 0.3 s and at least 1.5x
@@ -175,12 +184,87 @@ def scratch_sweep(values: list[int], rounds: int, seed: int = 0) -> None:
     print(f"  same lists at every value; scores within {N_FACTORS} float32 eps (a {N_FACTORS}-term sum's rounding)")
 
 
+def same_lists(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray | None],
+               users: np.ndarray, items: np.ndarray) -> None:
+    """Equal ids, except where two items' float32 scores tie within a float32 sum's rounding
+    (BLAS and the pre-pass's rescoring sum in different orders): there the swapped items'
+    exact (float64) scores must be that close."""
+    differ = got[0] != want[0]
+    rows, _ = np.nonzero(differ)
+    truth = lambda ids: np.einsum("rf,rf->r", users[rows].astype(np.float64), items[ids].astype(np.float64))  # noqa: E731
+    np.testing.assert_allclose(truth(got[0][differ]), truth(want[0][differ]), rtol=N_FACTORS * 2.0**-23)
+
+
+def prepass_compare(rounds: int, seed: int = 0) -> None:
+    """Time the pre-pass, the exact kernel and NumPy on ``CHUNK_SHAPES``, the methods rotated each round."""
+    rng = np.random.default_rng(seed)
+    data = {name: (rng.random((u, N_FACTORS), dtype=np.float32), rng.random((n, N_FACTORS), dtype=np.float32), t)
+            for name, u, n, t in CHUNK_SHAPES}
+    prepared = {name: scoring.TopK(items) for name, (_, items, _) in data.items()}
+
+    def kernel(name: str, prepass: bool) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+        users, items, threads = data[name]
+
+        def call() -> tuple[np.ndarray, np.ndarray]:
+            scoring.HALF_PREPASS = prepass  # False: the exact kernel; True: the pre-pass at every shape
+            scoring.HALF_MIN_ITEMS_PER_QUERY = 0 if prepass else default_items_per_query
+            if name.startswith("search"):  # the search's path: top_k builds the copy per call
+                return top_k(users, items, TOP, n_threads=threads)
+            return prepared[name](users, TOP, n_threads=threads)
+        return call
+
+    def numpy(name: str) -> Callable[[], np.ndarray]:
+        users, items, _ = data[name]
+        return lambda: numpy_batch(users, items, TOP)
+
+    methods = ("prepass", "exact", "numpy")
+    times = {(name, m): [] for name in data for m in (*methods, "build")}
+    default_items_per_query = scoring.HALF_MIN_ITEMS_PER_QUERY
+    try:
+        for r in range(rounds):
+            for name, (users, items, threads) in data.items():
+                calls = {"prepass": kernel(name, True), "exact": kernel(name, False), "numpy": numpy(name)}
+                reps = max(3, min(200, 20_000_000 // (users.shape[0] * items.shape[0])))
+                answers = {}
+                for method in methods[r % 3:] + methods[: r % 3]:
+                    with threadpool_limits(limits=threads, user_api="blas"):  # NumPy's; the kernels set their own
+                        answers[method] = calls[method]()  # warm-up, and the answer checked below
+                        start = time.perf_counter()
+                        for _ in range(reps):
+                            calls[method]()
+                        times[name, method].append((time.perf_counter() - start) / reps)
+                same_lists(answers["prepass"], answers["exact"], users, items)
+                same_lists(answers["prepass"], (answers["numpy"], None), users, items)
+                start = time.perf_counter()
+                scoring.half_items(items)
+                times[name, "build"].append(time.perf_counter() - start)
+    finally:
+        scoring.HALF_PREPASS = True
+        scoring.HALF_MIN_ITEMS_PER_QUERY = default_items_per_query
+    print(f"float16 pre-pass vs the exact kernel and NumPy, {N_FACTORS} factors, top-{TOP}, {rounds} rounds "
+          f"(methods rotated), median ms per call; the lists equal in every round (to float32 near-ties)")
+    print(f"  {'shape':<22}{'pre-pass':>10}{'exact':>10}{'numpy':>10}{'exact/pre':>11}{'numpy/pre':>11}"
+          f"{'build':>9}")
+    for name in data:
+        med = {m: statistics.median(times[name, m]) for m in (*methods, "build")}
+        print(f"  {name:<22}{med['prepass'] * 1e3:>10.3f}{med['exact'] * 1e3:>10.3f}{med['numpy'] * 1e3:>10.3f}"
+              f"{med['exact'] / med['prepass']:>10.2f}x{med['numpy'] / med['prepass']:>10.2f}x"
+              f"{med['build'] * 1e3:>9.3f}")
+    print("  build: half_items(items) alone (inside the search's pre-pass time; once per model for the service)")
+    print(f"  the library takes the pre-pass where a block has >= {default_items_per_query} items per query "
+          "(scoring.HALF_MIN_ITEMS_PER_QUERY), else the exact kernel")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--scratch", type=int, nargs="+", help="sweep SCRATCH_SCORES over these values instead")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of the --scratch sweep")
+    parser.add_argument("--prepass", action="store_true", help="the float16 pre-pass vs the exact kernel and NumPy")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the --scratch sweep or --prepass")
     args = parser.parse_args(argv)
+    if args.prepass:
+        prepass_compare(args.rounds)
+        return
     if args.scratch:
         scratch_sweep(args.scratch, args.rounds)
         return

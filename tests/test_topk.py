@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 from threadpoolctl import threadpool_info
 
-from timbral import _reference
+from timbral import _reference, scoring
 from timbral._core._topk import top_k as top_k_kernel
 from timbral.exceptions import ValidationError
 from timbral.scoring import BLOCK_QUERIES, CHUNK_ITEMS, SCRATCH_SCORES, TopK, chunk_items, exclude_rows, top_k
@@ -46,6 +47,17 @@ def kernel_top_k(query, items, k, exclude, item_mask, chunk, block, n_threads):
     failed = top_k_kernel(query, items, indptr, indices, mask, ids, scores, chunk, block, n_threads)
     assert failed == 0
     return ids, scores
+
+
+def test_the_half_precision_pre_pass_matches_the_cpu():
+    """The pre-pass module is there exactly when the CPU can run it (or a switch turned it off)."""
+    from timbral._core import _cpu_has, topk_half
+
+    switched_off = os.environ.get("TIMBRAL_KERNELS") == "portable" or os.environ.get("TIMBRAL_TOPK") == "exact"
+    if topk_half is not None:
+        assert topk_half.__name__ == "timbral._core._topk_half" and _cpu_has("AVX2", "FMA3", "F16C")
+    elif os.environ.get("TIMBRAL_TEST_INSTALLED") == "1" and _cpu_has("AVX2", "FMA3", "F16C"):
+        assert switched_off, "the wheel lacks the pre-pass build"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -253,7 +265,10 @@ def test_bad_inputs_name_the_argument_and_value(kwargs, match):
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
 @pytest.mark.parametrize("rows", [[4], [0, 4, 4, 11], list(range(30))], ids=["one", "several", "many"])
 @pytest.mark.parametrize("n_threads", [0, 1, 2])
-def test_prepared_top_k_is_top_k_bit_for_bit(dtype, rows, n_threads):
+def test_prepared_top_k_is_top_k_bit_for_bit(dtype, rows, n_threads, monkeypatch):
+    # top_k builds the float16 copy per call only for large batches; here it takes the
+    # pre-pass whenever TopK does, so both run the same kernel
+    monkeypatch.setattr(scoring, "HALF_MIN_QUERIES", 1)
     rng = np.random.default_rng(len(rows))
     items = (rng.random((CHUNK_ITEMS + 300, 12)) * 10).astype(dtype)
     users = (rng.random((30, 12)) * 10).astype(dtype)

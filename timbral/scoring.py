@@ -8,14 +8,26 @@ place that checks ``k`` for top-K (positive, clamped to the number of items).
 ``TopK`` is the same call prepared for one item matrix, for callers that score many
 small batches against it (the service): the items are checked and coerced once, and
 each call only allocates the results and runs the kernel, trusting its inputs.
+
+Non-negative float32 items (implicit models) take a faster kernel on CPUs with AVX2, FMA
+and F16C (``timbral._core.topk_half``): a pass over a float16 copy of the items
+(``half_items``) that can only over-select, then the candidates rescored exactly in
+float32. Same lists as the exact kernel, scores the float32 dot products; a query it
+cannot bound (a negative value) is ranked by an exact scan. ``TopK`` keeps the copy, half
+the float32 items' size more per model; ``top_k`` builds it per call for batches of at
+least ``HALF_MIN_QUERIES``. Either takes it only where it pays (``_half_pays``).
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from timbral._core import topk_half as _topk_half
 from timbral._core._topk import top_k as _top_k_kernel
 from timbral._threads import effective_n_threads, single_threaded_blas
 from timbral._validation import check_k
@@ -35,6 +47,25 @@ SCRATCH_SCORES = 32_768
 # Below this many multiply-adds per thread, waking a second thread costs more than it
 # saves: one user over 10K items × 64 factors runs on one thread, over 100K on two.
 MIN_WORK_PER_THREAD = 2_000_000
+
+# The float16 pre-pass: ``False`` sends every call to the exact kernel (compare_topk.py's A/B;
+# ``TIMBRAL_TOPK=exact`` at import does the same without building the float16 copies).
+HALF_PREPASS = True
+# It pays when the candidates (about k·ln(m/k)) are few against the items it streams...
+HALF_MIN_ITEMS_PER_K = 16
+# ...and when a block of queries is memory-bound: with many queries per item the exact kernel's
+# GEMM computes as fast as the pre-pass and reads the items from cache. Measured at 64 factors
+# (benchmarks/compare_topk.py --prepass, exact kernel's time / pre-pass's): 64 users over 10K
+# items (156 items per query) 0.81x, Last.fm's search blocks (275) 0.97x, 64 users over 100K
+# (1,562) 1.05x, 8 users over 10K (1,250) 1.33x; 1 and 8 users over 100K 2.77x and 1.73x.
+HALF_MIN_ITEMS_PER_QUERY = 512
+# ...and, for ``top_k``, which builds the copy per call (one pass over the float32 items, then
+# one writing the copy: 0.9 ms for Last.fm's 17,617 items, 5.5 ms for 100K), when the batch is
+# large enough to amortize it. Last.fm's search blocks stay on the exact kernel by the rule above.
+HALF_MIN_QUERIES = 64
+# Scaled item values reach [2**14, 2**15): well inside float16's range (max 65504), so the
+# smallest values stay normal (>= 2**-14) as far below the largest as possible.
+_HALF_TOP_EXPONENT = 15
 
 _MAX_ITEMS = int(np.iinfo(np.int32).max) - 1  # item ids are int32, -1 is padding; np.iinfo costs ~1 µs a call
 _NO_EXCLUDE_INDPTR = np.empty(0, dtype=np.int64)
@@ -65,6 +96,47 @@ def _as_factors(name: str, array: NDArray[np.floating], dtype: np.dtype) -> NDAr
             f"reshape a single factor vector with `{name}.reshape(1, -1)`."
         )
     return np.ascontiguousarray(out, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class HalfItems:
+    """Item factors as the pre-pass reads them (``timbral._core._topk_half``).
+
+    ``tiles`` of shape (2 ceil(n_items / 16), n_factors, 8), float16 bits: item ``8t + l``'s
+    factors times ``scale`` at ``tiles[t, :, l]``, zeros past the last item (the kernel
+    scores tiles in pairs). ``scale`` is the power of two that brings the largest value
+    into [2**14, 2**15) (at most 2**±120, so that it and the kernel's bounds stay finite in
+    float32); values more than 2**28 below it land in float16's subnormal range (absolute
+    rounding, 2**-25 at most, which the kernel's bound carries) or flush to zero. ``score_bound`` is the largest row
+    sum times max(scale, 1): the kernel ranks a query exactly when its scores could
+    approach float32's range.
+    """
+
+    tiles: NDArray[np.uint16]
+    scale: float
+    score_bound: float
+
+
+def half_items(items: NDArray[np.floating]) -> HalfItems | None:
+    """``items`` (2-D, C-contiguous) for the pre-pass, or ``None`` when it does not apply:
+    no pre-pass kernel on this CPU, items not float32, no factors, or a value that is
+    negative or not finite (explicit models' bias column, say)."""
+    if _topk_half is None or items.dtype != np.float32 or items.size == 0:
+        return None
+    bounds = np.empty(2, dtype=np.float32)
+    if not _topk_half.item_bounds(items, bounds):
+        return None
+    high, row_sum = bounds.tolist()
+    scale = 1.0 if high == 0.0 else math.ldexp(1.0, max(-120, min(120, _HALF_TOP_EXPONENT - math.frexp(high)[1])))
+    tiles = np.empty((2 * -(-items.shape[0] // 16), items.shape[1], 8), dtype=np.uint16)  # pairs of tiles
+    _topk_half.half_tiles(items, scale, tiles)
+    return HalfItems(tiles, scale, row_sum * max(scale, 1.0))
+
+
+def _half_pays(k: int, n_items: int, n_queries: int) -> bool:
+    """Whether the pre-pass is expected to beat the exact kernel on this call's shape."""
+    return (HALF_PREPASS and k * HALF_MIN_ITEMS_PER_K <= n_items
+            and n_items >= HALF_MIN_ITEMS_PER_QUERY * min(n_queries, BLOCK_QUERIES))
 
 
 def item_mask(
@@ -207,7 +279,8 @@ def top_k(
                 "pass one boolean per item (True = never recommend)."
             )
         mask = mask.view(np.uint8)
-    return _select(query, items, k, indptr, indices, mask, effective_n_threads(n_threads))
+    half = half_items(items) if n_queries >= HALF_MIN_QUERIES and _half_pays(k, n_items, n_queries) else None
+    return _select(query, items, k, indptr, indices, mask, effective_n_threads(n_threads), half)
 
 
 def chunk_items(n_queries: int) -> int:
@@ -225,18 +298,30 @@ def _select(
     indices: NDArray[np.int32],
     mask: NDArray[np.uint8],
     n_threads: int,
+    half: HalfItems | None = None,
 ) -> tuple[NDArray[np.int32], NDArray[np.floating]]:
     """The kernel call behind ``top_k`` and ``TopK``, on inputs that meet its preconditions.
 
     ``query`` and ``items`` C-contiguous of one float dtype and width, ``1 <= k <= n_items``,
     the exclusion pair in int64/int32 (empty for none), ``mask`` uint8 (empty for none),
     ``n_threads`` resolved (≥ 1); small problems use fewer threads (``MIN_WORK_PER_THREAD``).
+    ``half``, ``half_items(items)``, takes the pre-pass when it pays (``_half_pays``).
     """
     n_queries = query.shape[0]
     ids = np.empty((n_queries, k), dtype=np.int32)
     scores = np.empty((n_queries, k), dtype=items.dtype)
     work = n_queries * items.shape[0] * max(1, items.shape[1])
     threads = max(1, min(n_threads, work // MIN_WORK_PER_THREAD))
+    if half is not None and _half_pays(k, items.shape[0], n_queries):
+        # one block of queries per thread at most: each block streams the tiles once
+        threads = min(threads, -(-n_queries // BLOCK_QUERIES))
+        if _topk_half.top_k_half(query, items, half.tiles, half.scale, half.score_bound, indptr, indices,
+                                 mask, ids, scores, BLOCK_QUERIES, threads) < 0:
+            raise MemoryError(
+                f"top_k: a thread could not allocate the pre-pass's candidates for {BLOCK_QUERIES} "
+                f"queries at k={k}; lower `n_threads` (got {n_threads}) or `k`."
+            )
+        return ids, scores
     chunk = chunk_items(n_queries)
     with single_threaded_blas():
         failed = _top_k_kernel(
@@ -263,7 +348,8 @@ class TopK:
     -----
     A call does no validation: it is for callers whose inputs are already checked
     (``NMFModel.recommend_trusted``); the extents the kernel reads are still guarded.
-    Safe to share between threads.
+    Safe to share between threads. Non-negative float32 items also keep ``half``, their
+    float16 copy for the pre-pass (``half_items``): half the items' float32 size again.
     """
 
     def __init__(self, items: NDArray[np.floating]) -> None:
@@ -271,6 +357,7 @@ class TopK:
         self.items = _as_factors("items", items, self.dtype)
         self.n_items = self.items.shape[0]
         _check_n_items(self.n_items)
+        self.half = half_items(self.items)
 
     def __call__(
         self,
@@ -302,4 +389,4 @@ class TopK:
                 f"{self.items.shape}, k={k}, item_mask size {mask.size}, exclude "
                 f"{indptr.size} row pointers and {indices.size} indices); use top_k, which checks them."
             )
-        return _select(query, self.items, k, indptr, indices, mask, effective_n_threads(n_threads))
+        return _select(query, self.items, k, indptr, indices, mask, effective_n_threads(n_threads), self.half)
