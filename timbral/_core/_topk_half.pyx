@@ -165,6 +165,9 @@ def top_k_half(
     cdef Py_ssize_t n_tiles = tiles.shape[0]
     cdef Py_ssize_t n_blocks = (n + block_queries - 1) // block_queries
     cdef Py_ssize_t cap = 4 * k + CANDIDATE_SLACK
+    # a block's scratch, for as many queries as a block holds: one user's call then
+    # allocates ~9 KB, not a 64-user block's ~0.5 MB (an mmap, and page faults, per call)
+    cdef Py_ssize_t width = min(block_queries, n)
     cdef float rho = 2.0 * (2.0 ** -11 + (2.0 * f + 16.0) * 2.0 ** -24)
     cdef float up = 1.0 + rho, down = 1.0 - rho
     cdef double underflow = 2.0 * (scale + 1.0) * (f + 2.0) * 2.0 ** -149
@@ -188,14 +191,14 @@ def top_k_half(
     cdef int* bits
     cdef int n_failed = 0, n_exact = 0
     with nogil, parallel(num_threads=n_threads):
-        add = <float*> malloc(block_queries * sizeof(float))
-        thr = <float*> malloc(block_queries * sizeof(float))
-        heap_lo = <float*> malloc(block_queries * k * sizeof(float))
-        heap_id = <int32_t*> malloc(block_queries * k * sizeof(int32_t))
-        cand_hi = <float*> malloc(block_queries * cap * sizeof(float))
-        cand_id = <int32_t*> malloc(block_queries * cap * sizeof(int32_t))
-        n_cand = <Py_ssize_t*> malloc(block_queries * sizeof(Py_ssize_t))
-        pos = <Py_ssize_t*> malloc(block_queries * sizeof(Py_ssize_t))
+        add = <float*> malloc(width * sizeof(float))
+        thr = <float*> malloc(width * sizeof(float))
+        heap_lo = <float*> malloc(width * k * sizeof(float))
+        heap_id = <int32_t*> malloc(width * k * sizeof(int32_t))
+        cand_hi = <float*> malloc(width * cap * sizeof(float))
+        cand_id = <int32_t*> malloc(width * cap * sizeof(int32_t))
+        n_cand = <Py_ssize_t*> malloc(width * sizeof(Py_ssize_t))
+        pos = <Py_ssize_t*> malloc(width * sizeof(Py_ssize_t))
         acc = <float*> malloc(TH_MAX_GROUP * TH_PAIR * sizeof(float))
         bits = <int*> malloc(TH_MAX_GROUP * sizeof(int))
         try:
