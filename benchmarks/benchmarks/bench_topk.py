@@ -1,4 +1,5 @@
-"""Top-K recommendation: one user and a batch, with and without seen-item exclusion."""
+"""Top-K recommendation: one user and a batch, with and without seen-item exclusion, and the
+service's micro-batches through a prepared ``TopK`` (the float16 pre-pass where it applies)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,27 @@ class TopK:
 
     def peakmem_top_k(self, n_users: int, n_items: int, exclude_seen: bool) -> None:
         self.top_k(self.users, self.items, 10, exclude=self.exclude, n_threads=2)
+
+
+class ServingTopK:
+    """A scorer thread's call: one prepared item matrix (``TopK``, as the service keeps per
+    model), micro-batches of 1 and 8 users, one thread. Non-negative float32 factors take
+    the float16 pre-pass on a CPU with AVX2, FMA and F16C; ``TIMBRAL_TOPK=exact`` gives
+    the exact kernel's figures to compare."""
+
+    params = ([1, 8], ITEM_SIZES)
+    param_names = ["n_users", "n_items"]
+
+    def setup(self, n_users: int, n_items: int) -> None:
+        try:
+            from timbral.scoring import TopK
+        except ImportError as exc:  # a commit before the prepared top-K existed
+            raise NotImplementedError(str(exc)) from exc
+        self.top_k = TopK(factors(n_items, seed=2))
+        self.users = factors(n_users, seed=1)
+
+    def time_top_k(self, n_users: int, n_items: int) -> None:
+        self.top_k(self.users, 10, n_threads=1)
 
 
 class TopKMatchesNumPy:
