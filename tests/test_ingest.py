@@ -205,11 +205,24 @@ async def test_database_down_answers_503_and_acknowledges_nothing(aiohttp_client
     assert (await client.get("/api/v1/recommendations/u1")).status == 200
 
 
+async def queued_events(session: aiohttp.ClientSession, url: str, n: int, *, within: float) -> None:
+    """Wait until the service's ingest queue holds ``n`` events (its ``/metrics`` gauge): on a
+    busy machine a fixed sleep may end before the last request has reached the server."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        async with session.get(f"{url}/metrics") as response:
+            if f"timbral_ingest_queue_events {float(n)}" in await response.text():
+                return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the ingest queue did not reach {n} events within {within} s")
+        await asyncio.sleep(0.02)
+
+
 @pytest.mark.slow
 async def test_sigterm_flushes_the_queue_and_loses_no_acknowledged_event(db, model_dir, tmp_path):
     """Requests queued when SIGTERM lands are written and answered before the process exits."""
     env = {"DATABASE_URL": db, "TIMBRAL_INGEST_TOKEN": TOKEN, "TIMBRAL_MODEL_DIR": str(model_dir),
-           "TIMBRAL_INGEST_FLUSH_SECONDS": "1.0", "TIMBRAL_SHUTDOWN_TIMEOUT_SECONDS": "10"}
+           "TIMBRAL_INGEST_FLUSH_SECONDS": "4.0", "TIMBRAL_SHUTDOWN_TIMEOUT_SECONDS": "10"}
     server = ServerProcess(tmp_path, env)
     try:
         await asyncio.to_thread(server.start)
@@ -224,7 +237,7 @@ async def test_sigterm_flushes_the_queue_and_loses_no_acknowledged_event(db, mod
                     return 0, []
 
             sending = [asyncio.ensure_future(send(n)) for n in range(10)]
-            await asyncio.sleep(0.5)  # all ten wait in the queue (1 s linger)
+            await queued_events(session, server.url, 200, within=3.0)  # all ten wait (4 s linger)
             server.process.send_signal(signal.SIGTERM)
             results = await asyncio.gather(*sending)
         assert server.process.wait(30) == 0
