@@ -258,7 +258,6 @@ def search(
     train, valid = random_split(sample, test_fraction=VALIDATION_FRACTION, seed=rng, min_interactions=5)
     valid = _limit_users(valid, rng)
     groups = _user_groups(valid, rng)
-    floor = 0.0 if explicit else STARTED * _popularity_ndcg(train, valid, groups)
     grids = {
         "confidence": confidences if "confidence" in names else (_named(params["confidence"]),),
         "alpha": ALPHA_GRID if "alpha" in names else (params["alpha"],),
@@ -270,6 +269,7 @@ def search(
         result.params = _fallback(user_items, params, names)
         result.seconds = time.perf_counter() - started
         return result
+    floor = 0.0 if explicit else STARTED * _popularity_ndcg(train, valid, groups)
     lambdas = (None,) if "regularization" not in names else PATH
     scales = FREQUENCY_SCALE_GRID[1:] if "frequency_scale" in names else ()
     nu = DEFAULT_FREQUENCY_SCALE if params["frequency_scale"] == "auto" else float(params["frequency_scale"])
@@ -457,7 +457,7 @@ def _gain(candidate: NDArray[np.float64], reference: NDArray[np.float64], higher
 def _popularity_ndcg(train: sp.csr_matrix, valid: sp.csr_matrix, groups: list[NDArray[np.int64]]) -> float:
     """NDCG@K on ``valid`` of the popularity baseline: what a model whose factors collapsed
     under a too strong λ still reaches."""
-    users = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+    users = np.concatenate(groups)
     return float(ranking_scores(popularity_top_k(train, users, K), valid, users)["ndcg"])
 
 
@@ -471,9 +471,7 @@ def _score(
         return overall, np.array([rating_metrics(model, _rows_of(valid, g))["rmse"] for g in groups])
     # One top-K and one NDCG per validation user (every one has validation items); each
     # figure is a mean of those values, as ranking_scores' over the same users would be.
-    users = np.concatenate(groups) if groups else np.zeros(0, np.int64)
-    if not users.size:
-        return 0.0, np.zeros(0)
+    users = np.concatenate(groups)  # never empty: search returns before scoring an empty split
     ids = np.full((users.size, K), -1, dtype=np.int64)  # padded as ranking_metrics pads a small catalogue
     found = np.asarray(model.recommend_batch(users, K, exclude_seen=True)[0])
     ids[:, : found.shape[1]] = found
