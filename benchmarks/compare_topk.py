@@ -17,7 +17,7 @@ first value's (scores within the rounding of a sum of ``N_FACTORS`` float32 prod
 BLAS blocks the sums differently for other chunk widths).
 
 ``--prepass`` measures the float16 pre-pass (``timbral._core._topk_half``, forced at every
-shape) against the exact kernel (``scoring.HALF_PREPASS = False``) and NumPy (``q @ H.T``,
+shape) against the exact kernel (no shape taking it) and NumPy (``q @ H.T``,
 argpartition, sort; BLAS on the shape's threads) on the same shapes: the service's through a
 ``TopK`` built once, the search's through ``top_k``, which builds the float16 copy in each call
 (its cost is printed too). The three methods run in a rotated order in each round; medians
@@ -206,8 +206,8 @@ def prepass_compare(rounds: int, seed: int = 0) -> None:
         users, items, threads = data[name]
 
         def call() -> tuple[np.ndarray, np.ndarray]:
-            scoring.HALF_PREPASS = prepass  # False: the exact kernel; True: the pre-pass at every shape
-            scoring.HALF_MIN_ITEMS_PER_QUERY = 0 if prepass else default_items_per_query
+            # 0: the pre-pass at every shape; sys.maxsize: no shape pays, the exact kernel
+            scoring.HALF_MIN_ITEMS_PER_QUERY = 0 if prepass else sys.maxsize
             if name.startswith("search"):  # the search's path: top_k builds the copy per call
                 return top_k(users, items, TOP, n_threads=threads)
             return prepared[name](users, TOP, n_threads=threads)
@@ -239,7 +239,6 @@ def prepass_compare(rounds: int, seed: int = 0) -> None:
                 scoring.half_items(items)
                 times[name, "build"].append(time.perf_counter() - start)
     finally:
-        scoring.HALF_PREPASS = True
         scoring.HALF_MIN_ITEMS_PER_QUERY = default_items_per_query
     print(f"float16 pre-pass vs the exact kernel and NumPy, {N_FACTORS} factors, top-{TOP}, {rounds} rounds "
           f"(methods rotated), median ms per call; the lists equal in every round (to float32 near-ties)")

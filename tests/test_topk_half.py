@@ -8,6 +8,8 @@ domain (negative or non-finite values) must all give the exact kernel's ids.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -272,5 +274,5 @@ def test_the_float16_copy_is_half_the_float32_items_and_the_switch_turns_it_off(
     monkeypatch.delenv("TIMBRAL_TOPK")
     assert _core._select_topk_half() is _core.topk_half
     query = items[:4] * 0.5
-    monkeypatch.setattr(scoring, "HALF_PREPASS", False)  # benchmarks' A/B: the exact kernel, its scores
+    monkeypatch.setattr(scoring, "HALF_MIN_ITEMS_PER_QUERY", sys.maxsize)  # no shape pays: the exact kernel
     np.testing.assert_array_equal(prepared(query, 5)[1], exact(query, items, 5)[1])

@@ -48,10 +48,8 @@ SCRATCH_SCORES = 32_768
 # saves: one user over 10K items × 64 factors runs on one thread, over 100K on two.
 MIN_WORK_PER_THREAD = 2_000_000
 
-# The float16 pre-pass: ``False`` sends every call to the exact kernel (compare_topk.py's A/B;
-# ``TIMBRAL_TOPK=exact`` at import does the same without building the float16 copies).
-HALF_PREPASS = True
-# It pays when the candidates (about k·ln(m/k)) are few against the items it streams...
+# The float16 pre-pass (``TIMBRAL_TOPK=exact`` at import turns it off, copies and all)
+# pays when the candidates (about k·ln(m/k)) are few against the items it streams...
 HALF_MIN_ITEMS_PER_K = 16
 # ...and when a block of queries is memory-bound: with many queries per item the exact kernel's
 # GEMM computes as fast as the pre-pass and reads the items from cache. Measured at 64 factors
@@ -135,7 +133,7 @@ def half_items(items: NDArray[np.floating]) -> HalfItems | None:
 
 def _half_pays(k: int, n_items: int, n_queries: int) -> bool:
     """Whether the pre-pass is expected to beat the exact kernel on this call's shape."""
-    return (HALF_PREPASS and k * HALF_MIN_ITEMS_PER_K <= n_items
+    return (k * HALF_MIN_ITEMS_PER_K <= n_items
             and n_items >= HALF_MIN_ITEMS_PER_QUERY * min(n_queries, BLOCK_QUERIES))
 
 
