@@ -250,7 +250,7 @@ def over_seeds(method: Method, n_seeds: int, run: Callable[[int], dict[str, Any]
     """``run(seed)`` for model seeds 0 … n_seeds-1 (seed 0 only for a deterministic method), as one row:
     the mean of every number, ``<headline>_sd`` across seeds, ``per_seed`` the headline metric of each
     seed and ``chosen`` each parameter's value per seed, joined by "/" (one value where all seeds agree
-    to 4 significant digits)."""
+    to 3 significant digits)."""
     runs = [run(seed) for seed in (range(n_seeds) if method.seeded else [0])]
     row = {key: float(np.mean([r[key] for r in runs])) for key, value in runs[0].items()
            if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None}
@@ -265,7 +265,7 @@ def over_seeds(method: Method, n_seeds: int, run: Callable[[int], dict[str, Any]
 
 
 def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def ndcg(model: Any, train: sp.csr_matrix, test: sp.csr_matrix) -> float:
