@@ -248,14 +248,15 @@ def nested(method: Method, inner: tuple[sp.csr_matrix, sp.csr_matrix], outer: tu
             "tuning_s": tuning_s, "settings_tried": len(method.settings)}
 
 
-def over_seeds(method: Method, n_seeds: int, run: Callable[[int], dict[str, Any]], headline: str) -> dict[str, Any]:
-    """``run(seed)`` for model seeds 0 … n_seeds-1 (seed 0 only for a deterministic method), as one row:
+def over_seeds(method: Method, n_seeds: int, run: Callable[[Method, int], dict[str, Any]],
+               headline: str) -> dict[str, Any]:
+    """``run(method, seed)`` for model seeds 0 … n_seeds-1 (seed 0 only for a deterministic method), as one row:
     the mean of every number, ``<headline>_sd`` across seeds, ``per_seed`` the headline metric of each
     seed and ``chosen`` each parameter's value per seed, joined by "/" (one value where all seeds agree
     to 3 significant digits)."""
-    runs = [run(seed) for seed in (range(n_seeds) if method.seeded else [0])]
+    runs = [run(method, seed) for seed in (range(n_seeds) if method.seeded else [0])]
     row = {key: float(np.mean([r[key] for r in runs])) for key, value in runs[0].items()
-           if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None}
+           if isinstance(value, (int, float)) and not isinstance(value, bool)}
     row |= {"model": method.name, "seeds": len(runs), f"{headline}_sd": float(np.std([r[headline] for r in runs])),
             "per_seed": [r[headline] for r in runs]}
     choices = [{key: _short(value) for key, value in r["chosen"].items()} for r in runs]
@@ -341,7 +342,7 @@ def ranking_rows(data: Any, name: str, only: list[str] | None = None, scale: flo
 
     rows = []
     for method in selected(methods, only):
-        row = over_seeds(method, n_seeds, lambda seed, method=method: run(method, seed), "ndcg")
+        row = over_seeds(method, n_seeds, run, "ndcg")
         rows.append(row)
         print(f"  {method.name}: ndcg {row['ndcg']:.4f} ± {row['ndcg_sd']:.4f} over {row['seeds']} seed(s)  "
               f"chosen {row['chosen']}  (fit {row['fit_s']:.1f}s, tuning {row['tuning_s']:.1f}s)", file=sys.stderr)
@@ -408,7 +409,7 @@ def rating_rows(path: str, only: list[str] | None = None, n_seeds: int = 1) -> l
 
     rows = []
     for method in selected(methods, only):
-        row = over_seeds(method, n_seeds, lambda seed, method=method: run(method, seed), "rmse")
+        row = over_seeds(method, n_seeds, run, "rmse")
         rows.append(row)
         print(f"  {method.name}: rmse {row['rmse']:.4f} ± {row['rmse_sd']:.4f} over {row['seeds']} seed(s)  "
               f"chosen {row['chosen']}  (fit {row['fit_s']:.1f}s)", file=sys.stderr)

@@ -26,7 +26,7 @@ finally:
 def test_a_seeded_row_is_the_mean_over_seeds_with_its_spread_and_each_seeds_choice():
     seen = []
 
-    def run(seed):
+    def run(method, seed):
         seen.append(seed)
         return {"model": "m", "ndcg": [0.30, 0.34, 0.32][seed], "fit_s": 1.0 + seed, "validation": None,
                 "chosen": {"lambda": [30, 30, 100][seed], "confidence": "raw"}}
@@ -44,7 +44,7 @@ def test_a_seeded_row_is_the_mean_over_seeds_with_its_spread_and_each_seeds_choi
 def test_a_deterministic_method_runs_once_whatever_the_seeds():
     seen = []
 
-    def run(seed):
+    def run(method, seed):
         seen.append(seed)
         return {"model": "ease", "ndcg": 0.4, "chosen": {"lambda": 200.0}}
 
