@@ -386,16 +386,14 @@ def batch_latency(url: str, repeats: int = 3) -> dict[str, float]:
 
 def rank_batch_cost(model_dir: Path, sizes: tuple[int, ...] = (1, 4, 16, 64)) -> dict[str, Any]:
     """In process: CPU µs of ``Recommender.rank_batch`` per batch size against the top-K
-    kernel it runs (the float16 pre-pass where ``scoring`` takes it, else the exact one)
-    alone on the same users (inputs prepared), as the server runs them (BLAS and the
-    model on one thread), garbage collector off, best of 9 repeats. The difference is the
-    Python a scorer thread spends around the kernel per batch."""
+    call it runs (``scoring._select``: the float16 pre-pass where it pays, else the exact
+    kernel, by the library's own rule) alone on the same users (inputs prepared), as the
+    server runs them (BLAS and the model on one thread), garbage collector off, best of 9
+    repeats. The difference is the Python a scorer thread spends around the kernel per batch."""
     import gc
     import timeit
 
     from timbral import scoring
-    from timbral._core import topk_half
-    from timbral._core._topk import top_k as exact_kernel
     from timbral._threads import pin_blas_to_one_thread
     from timbral.recommender import Recommender
 
@@ -413,15 +411,8 @@ def rank_batch_cost(model_dir: Path, sizes: tuple[int, ...] = (1, 4, 16, 64)) ->
             rows = np.asarray(users, dtype=np.int64)
             query = np.ascontiguousarray(model.user_factors_[rows])
             indptr, indices = scoring.exclude_rows(recommender.user_items, rows)
-            ids, scores = np.empty((size, 10), np.int32), np.empty((size, 10), query.dtype)
-            if half is not None and scoring._half_pays(10, items.shape[0], size):
-                kernel = partial(topk_half.top_k_half, query, items, half.tiles, half.scale, half.score_bound,
-                                 indptr, indices, scoring._NO_MASK, ids, scores, scoring.BLOCK_QUERIES, 1)
-            else:
-                kernel = partial(exact_kernel, query, items, indptr, indices, scoring._NO_MASK, ids, scores,
-                                 scoring.chunk_items(size), scoring.BLOCK_QUERIES, 1)
             calls = {
-                "kernel_us": kernel,
+                "kernel_us": partial(scoring._select, query, items, 10, indptr, indices, scoring._NO_MASK, 1, half),
                 "rank_batch_us": partial(recommender.rank_batch, users, 10),
             }
             number = max(20, 400 // size)
