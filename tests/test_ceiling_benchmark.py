@@ -1,0 +1,73 @@
+"""benchmarks/ceiling.py: the test-split bounds the quality bar is read against."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+import timbral  # noqa: F401 - the package under test, before the benchmark puts its checkout on sys.path
+
+# The benchmark puts the checkout first on sys.path; left there, Dask's worker processes and
+# importlib.metadata would find the checkout (no compiled kernel) instead of the installed package.
+_saved_path = list(sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+try:
+    import ceiling  # noqa: E402
+finally:
+    sys.path[:] = _saved_path
+
+
+def test_the_walk_goes_strong_to_weak_on_a_sqrt2_grid_and_stops_after_two_falls():
+    curve = {2: 0.10, 1: 0.20, 0: 0.30, -1: 0.25, -2: 0.31, -3: 0.29, -4: 0.28, -5: 0.50}
+    seen = []
+
+    def score(lam):
+        j = round(2 * math.log2(lam / 8.0))
+        seen.append(j)
+        return curve[j]
+
+    points = ceiling.walk(score, centre=8.0)
+    assert seen == [2, 1, 0, -1, -2, -3, -4]  # a fall, a new best (the count restarts), two falls
+    assert points[0][0] == pytest.approx(16.0) and points[1][0] == pytest.approx(8.0 * 2**0.5)
+    assert max(points, key=lambda p: p[1])[1] == 0.31
+
+
+def test_the_walk_ends_at_its_last_step_on_a_curve_that_never_falls():
+    points = ceiling.walk(lambda lam: 1.0 / lam, centre=1.0)
+    assert len(points) == ceiling.FIRST_HALF_STEP - ceiling.LAST_HALF_STEP + 1
+
+
+def test_the_report_gives_each_ratio_and_their_geometric_mean():
+    rows = [{"data": "a", "als": 0.40, "als_setting": {"lambda": 30}, "ceiling": 0.38, "defaults": 0.36,
+             "ceiling_setting": {"confidence": "log", "regularization": 17.5}},
+            {"data": "b", "als": 0.20, "als_setting": {"lambda": 3}, "ceiling": 0.22, "defaults": 0.21,
+             "ceiling_setting": {"confidence": "bm25", "regularization": 90.0}}]
+    text = ceiling.report(rows)
+    assert "0.950x" in text and "1.100x" in text and "0.900x" in text and "1.050x" in text
+    geometric = text.splitlines()[3]
+    assert geometric.startswith("geometric mean")
+    assert f"{(0.95 * 1.10) ** 0.5:.3f}x" in geometric and f"{(0.90 * 1.05) ** 0.5:.3f}x" in geometric
+    assert "Timbral's best confidence=log, regularization=17.5" in text
+
+
+def test_bounds_on_a_small_generated_set_give_both_bests_with_their_settings_and_the_defaults(capsys):
+    row = ceiling.bounds(ceiling.generated(150, 80, 1500), "small", n_seeds=1)
+    assert row["als_setting"]["confidence"] in {"raw", "log1p", "bm25"}
+    assert 0 < row["defaults"] and 0 < row["ceiling"] <= 1
+    assert set(row["ceiling_setting"]) == {"confidence", "frequency_scale", "regularization"}
+    assert "timbral log ν 0 λ" in capsys.readouterr().err
+
+
+def test_seeds_below_one_are_refused_with_the_value(capsys):
+    with pytest.raises(SystemExit):
+        ceiling.main(["--generate", "10", "10", "50", "--seeds", "0"])
+    assert "--seeds must be at least 1; got 0" in capsys.readouterr().err
+
+
+def test_generated_sets_come_once_per_kind_of_values_from_the_same_plays():
+    (plays, plays_name), (hours, hours_name) = ceiling.data_sets([], [40, 30, 400], ["plays", "hours"])
+    assert plays_name == "generated 40 × 30, 400 plays" and hours_name == "generated 40 × 30, 400 hours"
+    assert hours.nnz <= plays.nnz and set(zip(*hours.nonzero(), strict=True)) <= set(zip(*plays.nonzero(), strict=True))
