@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from benchmark_support import import_benchmark
 
-import timbral  # noqa: F401 - the package under test, before the benchmark puts its checkout on sys.path
-
-# The benchmark puts the checkout first on sys.path; left there, Dask's worker processes and
-# importlib.metadata would find the checkout (no compiled kernel) instead of the installed package.
-_saved_path = list(sys.path)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-try:
-    import ceiling  # noqa: E402
-finally:
-    sys.path[:] = _saved_path
+ceiling = import_benchmark("ceiling")
 
 
 def test_the_walk_goes_strong_to_weak_on_a_sqrt2_grid_and_stops_after_two_falls():

@@ -3,24 +3,11 @@ its row is the mean, with the spread beside it; deterministic methods run once."
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from benchmark_support import import_benchmark
 
-import timbral  # noqa: F401, E402 - the package under test, before the benchmark puts its checkout on sys.path
-
-# quality.py puts the checkout first on sys.path (a benchmark measures the tree it sits in). Left
-# there, every later import of timbral from a subprocess (Dask's worker processes) or through
-# importlib.metadata would find the checkout, which holds no compiled kernel, instead of the
-# installed package: the path is restored once the module is loaded.
-_saved_path = list(sys.path)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-try:
-    import quality  # noqa: E402
-finally:
-    sys.path[:] = _saved_path
+quality = import_benchmark("quality")
 
 
 def test_a_seeded_row_is_the_mean_over_seeds_with_its_spread_and_each_seeds_choice():
