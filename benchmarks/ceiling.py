@@ -41,7 +41,7 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's timbral
 
-from quality import FACTORS, as_hours, generated, implicit_methods, ndcg  # noqa: E402
+from quality import FACTORS, Method, as_hours, generated, implicit_methods, ndcg  # noqa: E402
 
 from timbral import NMFModel  # noqa: E402
 from timbral.data import load_interactions  # noqa: E402
@@ -85,10 +85,14 @@ def mean_over_seeds(fit: Callable[[int], Any], train: sp.csr_matrix, test: sp.cs
         return float(np.mean([ndcg(fit(seed), train, test) for seed in range(n_seeds)]))
 
 
-def bounds(data: sp.csr_matrix, name: str, n_seeds: int) -> dict[str, Any]:
+def implicit_als() -> Method | None:
+    """quality.py's implicit ALS (the same grid and fit), or None without the implicit package."""
+    return next((m for m in implicit_methods() if m.name == "implicit ALS"), None)
+
+
+def bounds(data: sp.csr_matrix, name: str, n_seeds: int, als: Method) -> dict[str, Any]:
     """ALS's and Timbral's best settings on the test split, and Timbral's defaults, for one data set."""
     train, test = random_split(data, test_fraction=0.2, seed=0, min_interactions=5)
-    als = next(m for m in implicit_methods() if m.name == "implicit ALS")
     als_scores = [(mean_over_seeds(lambda s, st=st: als.fit(train, st, s), train, test, n_seeds), st)
                   for st in als.settings]
     als_best = max(als_scores, key=lambda pair: pair[0])
@@ -163,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     sets = data_sets(args.data, args.generate, args.values)
     if not sets:
         parser.error("give DATA or --generate")
-    print(report([bounds(data, name, args.seeds) for data, name in sets]))
+    als = implicit_als()
+    if als is None:
+        parser.error("implicit ALS is the reference this measures: install implicit (pip install implicit)")
+    print(report([bounds(data, name, args.seeds, als) for data, name in sets]))
     return 0
 
 

@@ -8,6 +8,7 @@ import pytest
 from benchmark_support import import_benchmark
 
 ceiling = import_benchmark("ceiling")
+quality = import_benchmark("quality")
 
 
 def test_the_walk_goes_strong_to_weak_on_a_sqrt2_grid_and_stops_after_two_falls():
@@ -43,12 +44,24 @@ def test_the_report_gives_each_ratio_and_their_geometric_mean():
     assert "Timbral's best confidence=log, regularization=17.5" in text
 
 
-def test_bounds_on_a_small_generated_set_give_both_bests_with_their_settings_and_the_defaults(capsys):
-    row = ceiling.bounds(ceiling.generated(150, 80, 1500), "small", n_seeds=1)
-    assert row["als_setting"]["confidence"] in {"raw", "log1p", "bm25"}
-    assert 0 < row["defaults"] and 0 < row["ceiling"] <= 1
+def test_bounds_take_each_sides_best_mean_setting_on_the_test_split_and_fit_the_defaults(capsys):
+    # The reference's place is filled by popularity under a grid of two settings (implicit is not a
+    # test dependency): what is checked is the choice of the best mean, not ALS's numbers.
+    reference = ceiling.Method("implicit ALS", quality.popularity, [{"variant": 1}, {"variant": 2}])
+    row = ceiling.bounds(ceiling.generated(150, 80, 1500), "small", n_seeds=1, als=reference)
+    assert row["als_setting"] == {"variant": 1}  # equal means: the first setting is kept
+    assert 0 < row["als"] < row["ceiling"] <= 1 and 0 < row["defaults"]
     assert set(row["ceiling_setting"]) == {"confidence", "frequency_scale", "regularization"}
-    assert "timbral log ν 0 λ" in capsys.readouterr().err
+    assert row["ceiling_setting"]["confidence"] in ceiling.CONFIDENCES
+    err = capsys.readouterr().err
+    assert "timbral log ν 0 λ" in err and "timbral bm25 ν 1 λ" in err
+
+
+def test_without_implicit_the_script_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setattr(ceiling, "implicit_methods", lambda: [])
+    with pytest.raises(SystemExit):
+        ceiling.main(["--generate", "10", "10", "50"])
+    assert "install implicit (pip install implicit)" in capsys.readouterr().err
 
 
 def test_seeds_below_one_are_refused_with_the_value(capsys):
