@@ -53,7 +53,7 @@ CONFIDENCES = ("log", "linear", "bm25")
 FREQUENCY_SCALES = (0.0, 1.0)
 #: The first (strongest) point of each λ walk, in half path steps above ``centre``, and the last.
 FIRST_HALF_STEP, LAST_HALF_STEP = 2, -12
-#: Points below the walk's best after which it stops.
+#: Points in a row below the walk's best after which it stops.
 FALLS = 2
 
 
