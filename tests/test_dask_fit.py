@@ -283,6 +283,23 @@ def test_routing_ships_selected_rows_or_whole_blocks(client, plays):
     np.testing.assert_array_equal(routed.model.user_factors_, broadcast.model.user_factors_)
 
 
+def test_a_block_that_arrives_unaligned_gives_the_same_gram_bit_for_bit():
+    """A process worker can receive a block at any byte of its message; on such data NumPy's
+    matmul sums in another order than BLAS. Its XᵀX must be the one of the same block at home."""
+    import importlib
+
+    gram_sum = importlib.import_module("timbral.dask.fit")._gram_sum
+    block = np.random.default_rng(0).random((40, 6), dtype=np.float32)
+    message = np.zeros(block.nbytes + 64, np.uint8)
+    start = (-message.ctypes.data) % 64 + 1  # one byte past a cache line: unaligned for float32
+    received = np.frombuffer(message[start:start + block.nbytes], dtype=block.dtype).reshape(block.shape)
+    received[...] = block
+    assert not received.flags.aligned
+    gram, total = gram_sum(received)
+    np.testing.assert_array_equal(gram, block.T @ block)
+    assert total == float(block.sum(dtype=np.float64))
+
+
 def test_fit_refuses_what_it_cannot_do(client, plays):
     with pytest.raises(ValidationError, match=r"support feedback .* got 'explicit'. Fit explicit"):
         fit(NMFModel(feedback="explicit"), plays / "parts", client)
