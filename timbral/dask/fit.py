@@ -173,15 +173,11 @@ def _stats(result: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _gram_sum(X: NDArray[np.floating]) -> tuple[NDArray[np.floating], float]:
-    X = _aligned(X)
+    """(XᵀX, ΣX) of a block. A block a worker receives can start at any byte of its message, and
+    on unaligned data NumPy's matmul leaves BLAS for a loop that sums in another order: such a
+    block is copied to aligned memory first, so its XᵀX is the one it has in-process."""
+    X = np.require(X, requirements="A")  # X itself when already aligned
     return X.T @ X, float(X.sum(dtype=np.float64))
-
-
-def _aligned(X: NDArray[np.floating]) -> NDArray[np.floating]:
-    """``X``, or an aligned copy of it. A block a worker receives can start at any byte of its
-    message, and on unaligned data NumPy's matmul leaves BLAS for a loop that sums in another
-    order: the same block would give another XᵀX on a process worker than in-process."""
-    return X if X.flags.aligned else np.require(X, requirements="A")
 
 
 def _block_sums(block: sp.csr_matrix, feedback: str, alpha: float, confidence: str) -> tuple[float, float]:
