@@ -41,10 +41,8 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's timbral
 
-from quality import FACTORS, Method, as_hours, generated, implicit_methods, ndcg  # noqa: E402
+from quality import Method, data_sets, implicit_methods, ndcg, timbral_default  # noqa: E402
 
-from timbral import NMFModel  # noqa: E402
-from timbral.data import load_interactions  # noqa: E402
 from timbral.nmf.objective import auto_regularization  # noqa: E402
 from timbral.split import random_split  # noqa: E402
 
@@ -102,9 +100,8 @@ def bounds(data: sp.csr_matrix, name: str, n_seeds: int, als: Method) -> dict[st
     for confidence in CONFIDENCES:
         for nu in FREQUENCY_SCALES:
             def score(lam: float, confidence: str = confidence, nu: float = nu) -> float:
-                value = mean_over_seeds(lambda s: NMFModel(
-                    n_components=FACTORS, regularization=lam, confidence=confidence, alpha=1.0,
-                    frequency_scale=nu, random_state=s).fit(train), train, test, n_seeds)
+                setting = {"regularization": lam, "confidence": confidence, "alpha": 1.0, "frequency_scale": nu}
+                value = mean_over_seeds(lambda s: timbral_default(train, setting, s), train, test, n_seeds)
                 print(f"  timbral {confidence} ν {nu:g} λ {lam:.3g}: {value:.4f}", file=sys.stderr)
                 return value
 
@@ -116,20 +113,9 @@ def bounds(data: sp.csr_matrix, name: str, n_seeds: int, als: Method) -> dict[st
             ours += [(value, {"confidence": confidence, "frequency_scale": nu, "regularization": lam})
                      for lam, value in points]
     ours_best = max(ours, key=lambda pair: pair[0])
-    defaults = mean_over_seeds(lambda s: NMFModel(n_components=FACTORS, random_state=s).fit(train),
-                               train, test, n_seeds)
+    defaults = mean_over_seeds(lambda s: timbral_default(train, {}, s), train, test, n_seeds)
     return {"data": name, "als": als_best[0], "als_setting": als_best[1], "ceiling": ours_best[0],
             "ceiling_setting": ours_best[1], "defaults": defaults}
-
-
-def data_sets(paths: list[str], generate: list[int] | None, values: list[str]) -> list[tuple[sp.csr_matrix, str]]:
-    """``(matrix, name)`` of every file, then of quality.py's generated set once per kind of ``values``."""
-    sets = [(load_interactions(path).user_items, path) for path in paths]
-    if generate:
-        matrix = generated(*generate)
-        sets += [(as_hours(matrix) if kind == "hours" else matrix, "generated {} × {}, {} {}".format(*generate, kind))
-                 for kind in values]
-    return sets
 
 
 def report(rows: list[dict[str, Any]]) -> str:

@@ -317,6 +317,17 @@ def as_hours(matrix: sp.csr_matrix, seed: int = 0) -> sp.csr_matrix:
     return out
 
 
+def data_sets(paths: list[str], generate: list[int] | None, values: list[str]) -> list[tuple[sp.csr_matrix, str]]:
+    """``(matrix, name)`` of every file, then of the generated set (``generated``) once per kind of
+    ``values``: play counts, or the same plays as hours (``as_hours``)."""
+    sets = [(load_interactions(path).user_items, path) for path in paths]
+    if generate:
+        matrix = generated(*generate)
+        sets += [(as_hours(matrix) if kind == "hours" else matrix, "generated {} × {}, {} {}".format(*generate, kind))
+                 for kind in values]
+    return sets
+
+
 def ranking_rows(data: Any, name: str, only: list[str] | None = None, scale: float = 1.0,
                  n_seeds: int = 1) -> list[dict[str, Any]]:
     if scale != 1.0:
@@ -471,12 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1; got {args.seeds}")
-    sets = [(load_interactions(path), path) for path in args.data]
-    if args.generate:
-        matrix = generated(*args.generate)
-        if args.values == "hours":
-            matrix = as_hours(matrix)
-        sets.append((matrix, "generated {} users × {} items, {} {}".format(*args.generate, args.values)))
+    sets = data_sets(args.data, args.generate, [args.values])
     if not sets and not args.ratings:
         parser.error("give DATA, --generate or --ratings")
     result: dict[str, Any] = {"ranking": []}

@@ -48,7 +48,7 @@ def test_bounds_take_each_sides_best_mean_setting_on_the_test_split_and_fit_the_
     # The reference's place is filled by popularity under a grid of two settings (implicit is not a
     # test dependency): what is checked is the choice of the best mean, not ALS's numbers.
     reference = ceiling.Method("implicit ALS", quality.popularity, [{"variant": 1}, {"variant": 2}])
-    row = ceiling.bounds(ceiling.generated(150, 80, 1500), "small", n_seeds=1, als=reference)
+    row = ceiling.bounds(quality.generated(150, 80, 1500), "small", n_seeds=1, als=reference)
     assert row["als_setting"] == {"variant": 1}  # equal means: the first setting is kept
     assert 0 < row["als"] < row["ceiling"] <= 1 and 0 < row["defaults"]
     assert set(row["ceiling_setting"]) == {"confidence", "frequency_scale", "regularization"}
@@ -68,9 +68,3 @@ def test_seeds_below_one_are_refused_with_the_value(capsys):
     with pytest.raises(SystemExit):
         ceiling.main(["--generate", "10", "10", "50", "--seeds", "0"])
     assert "--seeds must be at least 1; got 0" in capsys.readouterr().err
-
-
-def test_generated_sets_come_once_per_kind_of_values_from_the_same_plays():
-    (plays, plays_name), (hours, hours_name) = ceiling.data_sets([], [40, 30, 400], ["plays", "hours"])
-    assert plays_name == "generated 40 × 30, 400 plays" and hours_name == "generated 40 × 30, 400 hours"
-    assert hours.nnz <= plays.nnz and set(zip(*hours.nonzero(), strict=True)) <= set(zip(*plays.nonzero(), strict=True))

@@ -57,3 +57,9 @@ def test_seeds_below_one_are_refused_with_the_value(capsys):
     with pytest.raises(SystemExit):
         quality.main(["--generate", "10", "10", "50", "--seeds", "0"])
     assert "--seeds must be at least 1; got 0" in capsys.readouterr().err
+
+
+def test_generated_sets_come_once_per_kind_of_values_from_the_same_plays():
+    (plays, plays_name), (hours, hours_name) = quality.data_sets([], [40, 30, 400], ["plays", "hours"])
+    assert plays_name == "generated 40 × 30, 400 plays" and hours_name == "generated 40 × 30, 400 hours"
+    assert hours.nnz <= plays.nnz and set(zip(*hours.nonzero(), strict=True)) <= set(zip(*plays.nonzero(), strict=True))
